@@ -1,0 +1,1 @@
+"""Relational state: models, engine, migrations."""

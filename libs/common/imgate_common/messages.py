@@ -1,0 +1,208 @@
+"""Versioned message models carried on the bus; every producer and consumer validates them."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from imgate_common.errors import FailureCategory
+
+CONTRACT_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Base of bus models: versioned, strict about unknown versions, tolerant of extra fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = CONTRACT_VERSION
+
+
+class MessageKind(StrEnum):
+    TEXT = "text"
+    RICH_TEXT = "rich_text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    FILE = "file"
+    VIDEO = "video"
+    UNSUPPORTED = "unsupported"
+
+
+class ConversationType(StrEnum):
+    SINGLE = "single"
+    GROUP = "group"
+
+
+class Sender(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str  # the platform's stable user id (DingTalk: staff id when known, else senderId)
+    staff_id: str | None = None
+    nick: str | None = None
+    corp_id: str | None = None
+    is_admin: bool = False
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: MessageKind
+    download_code: str | None = None
+    name: str | None = None
+    duration_ms: int | None = None
+
+
+class ReplyTarget(BaseModel):
+    """Everything a connector needs to answer in the right chat, carried with the work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: str
+    channel_id: int
+    conversation_id: str  # the platform's conversation id
+    conversation_type: ConversationType
+    sender_id: str
+    sender_staff_id: str | None = None
+    robot_code: str | None = None
+    session_webhook: str | None = None
+    session_webhook_expires_at: datetime | None = None
+    inbound_message_id: str
+
+
+class InboundMessage(Contract):
+    """One user message, normalized from any platform; `raw` keeps the platform payload."""
+
+    platform: str
+    channel_id: int
+    message_id: str  # the platform's message id; also the JetStream dedup id
+    kind: MessageKind
+    text: str = ""
+    platform_type: str  # the platform's own type name, e.g. "richText"
+    attachments: list[Attachment] = Field(default_factory=list)
+    mentions_bot: bool = False
+    sender: Sender
+    conversation_title: str | None = None
+    target: ReplyTarget
+    sent_at: datetime | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunRequest(Contract):
+    """Ask an agent-runner to answer one user turn of a conversation."""
+
+    run_id: str
+    channel_id: int
+    conversation_id: str  # our conversation id (database)
+    agent_id: int | None
+    user_id: int
+    user_message_id: int
+    text: str
+    target: ReplyTarget
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class ReplyEventBase(Contract):
+    run_id: str
+    channel_id: int
+    seq: int = 0
+    target: ReplyTarget
+    at: datetime = Field(default_factory=utcnow)
+
+
+class RunStarted(ReplyEventBase):
+    kind: Literal["started"] = "started"
+
+
+class RunDelta(ReplyEventBase):
+    kind: Literal["delta"] = "delta"
+    text: str  # the new text since the previous delta
+    length: int  # cumulative length of the answer so far, to detect a gap
+
+
+class RunCompleted(ReplyEventBase):
+    kind: Literal["completed"] = "completed"
+    text: str  # the whole answer, so a renderer that missed deltas can still finish
+    finish_reason: str | None = None
+
+
+class RunFailed(ReplyEventBase):
+    kind: Literal["failed"] = "failed"
+    category: FailureCategory
+    text: str  # the sentence shown to the user
+    partial_text: str = ""
+
+
+class RunCancelled(ReplyEventBase):
+    kind: Literal["cancelled"] = "cancelled"
+    partial_text: str = ""
+
+
+class Notice(ReplyEventBase):
+    """A one-off plain reply not produced by a model (command answers, "unsupported", errors)."""
+
+    kind: Literal["notice"] = "notice"
+    text: str
+
+
+ReplyEvent = Annotated[
+    RunStarted | RunDelta | RunCompleted | RunFailed | RunCancelled | Notice,
+    Field(discriminator="kind"),
+]
+REPLY_EVENT = TypeAdapter(ReplyEvent)
+TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "notice"})
+
+
+class ControlAction(StrEnum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    RELOAD = "reload"
+
+
+class ControlRequest(Contract):
+    channel_id: int
+    action: ControlAction
+    requested_by: str = "admin-api"
+
+
+class ChannelState(StrEnum):
+    CONNECTED = "connected"
+    CONNECTING = "connecting"
+    DISCONNECTED = "disconnected"
+    DISABLED = "disabled"
+
+
+class ControlReply(Contract):
+    channel_id: int
+    ok: bool
+    state: ChannelState
+    error: str | None = None
+    owner: str | None = None
+
+
+class ChannelStatus(Contract):
+    """Live health of one channel connection, written by its owning connector."""
+
+    channel_id: int
+    state: ChannelState
+    owner: str | None = None
+    connected_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    reconnects: int = 0
+    last_inbound_at: datetime | None = None
+    messages_in: int = 0
+    replies_out: int = 0
+    rate_limit_hits: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def uptime_seconds(self, now: datetime | None = None) -> float | None:
+        if self.state != ChannelState.CONNECTED or self.connected_at is None:
+            return None
+        return ((now or utcnow()) - self.connected_at).total_seconds()

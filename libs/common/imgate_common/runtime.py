@@ -1,0 +1,60 @@
+"""Process plumbing every service shares: identity, bus connection, signal-driven shutdown."""
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from imgate_common.bus import provision_streams
+from imgate_common.settings import CommonSettings
+
+log = structlog.get_logger()
+
+
+def instance_id(settings: CommonSettings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetStreamContext]:
+    """Connect (retrying forever in the background after the first success) and provision streams."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    nc = await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    js = nc.jetstream()
+    await provision_streams(js, settings.stream_replicas)
+    return nc, js
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)` where `stop` is set on SIGTERM/SIGINT, letting the service drain."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

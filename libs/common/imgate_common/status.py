@@ -1,0 +1,37 @@
+"""The live status store: connectors write each channel's health, admin-api reads it."""
+
+from redis.asyncio import Redis
+
+from imgate_common.messages import ChannelState, ChannelStatus
+
+# A connector refreshes every few seconds; an entry this old means its owner is gone.
+STATUS_TTL_S = 15
+
+
+class ChannelStatusStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, channel_id: int) -> str:
+        return f"{self._prefix}:status:{channel_id}"
+
+    async def put(self, status: ChannelStatus) -> None:
+        await self._redis.set(self._key(status.channel_id), status.model_dump_json(), ex=STATUS_TTL_S)
+
+    async def get(self, channel_id: int) -> ChannelStatus | None:
+        raw = await self._redis.get(self._key(channel_id))
+        return ChannelStatus.model_validate_json(raw) if raw else None
+
+    async def delete(self, channel_id: int) -> None:
+        await self._redis.delete(self._key(channel_id))
+
+    async def read(self, channel_id: int, enabled: bool) -> ChannelStatus:
+        """What an operator should see: disabled wins, a missing entry reads as disconnected."""
+        status = await self.get(channel_id)
+        if not enabled:
+            base = status.model_dump() if status else {"channel_id": channel_id}
+            return ChannelStatus.model_validate({**base, "state": ChannelState.DISABLED})
+        if status is None:
+            return ChannelStatus(channel_id=channel_id, state=ChannelState.DISCONNECTED)
+        return status

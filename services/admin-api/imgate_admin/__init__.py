@@ -1,0 +1,1 @@
+"""imgate_admin."""
