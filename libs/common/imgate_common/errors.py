@@ -26,8 +26,7 @@ USER_MESSAGES: dict[FailureCategory, str] = {
     FailureCategory.CONTEXT_TOO_LONG: "This conversation has grown too long for the model. "
     "Send /new to start a fresh one.",
     FailureCategory.PROVIDER_ERROR: "The AI service returned an error. Please try again later.",
-    FailureCategory.UNSUPPORTED_MESSAGE: "Sorry, I can't handle this kind of message yet. "
-    "Please send text.",
+    FailureCategory.UNSUPPORTED_MESSAGE: "Sorry, I can't handle this kind of message yet. Please send text.",
     FailureCategory.INTERNAL: "Something went wrong on our side. Please try again.",
 }
 

@@ -14,9 +14,7 @@ SECRET_KEYS = re.compile(
     r"(secret|password|passwd|token|api_key|apikey|authorization|ticket|credential)", re.I
 )
 # Secret-looking values inside free text: bearer tokens and key=value pairs.
-SECRET_TEXT = re.compile(
-    r"(?i)(bearer\s+|(?:secret|password|token|api_key|ticket)=)([^\s&\"',]+)"
-)
+SECRET_TEXT = re.compile(r"(?i)(bearer\s+|(?:secret|password|token|api_key|ticket)=)([^\s&\"',]+)")
 
 
 def _scrub(value: Any) -> Any:

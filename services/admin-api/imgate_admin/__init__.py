@@ -1,1 +1,1 @@
-"""imgate_admin."""
+"""imgate admin-api: channels, agents and their live status over HTTP."""

@@ -81,9 +81,7 @@ class Conversation(SQLModel, table=True):
     scope_key: str = Field(max_length=400, index=True)
     user_id: int | None = Field(default=None, foreign_key="users.id")
     opened_at: datetime = _ts(nullable=False)
-    closed_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
-    )
+    closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
     last_activity_at: datetime = _ts(nullable=False)
 
 

@@ -1,0 +1,1 @@
+"""Agents: which model answers, with which prompt and budget."""

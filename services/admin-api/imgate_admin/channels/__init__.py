@@ -1,0 +1,1 @@
+"""Channels: one IM bot connection each (platform, config, encrypted secrets, default agent)."""

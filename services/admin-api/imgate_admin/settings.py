@@ -1,0 +1,25 @@
+"""admin-api settings: its own knobs under ADMIN_*, the shared ones under IMGATE_* and the URLs."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from imgate_common.settings import CommonSettings
+
+
+class AdminSettings(CommonSettings):
+    # The inherited fields must keep their IMGATE_ names (IMGATE_REDIS_PREFIX, IMGATE_SECRET_KEYS,
+    # ...), so instead of switching env_prefix for the whole class each admin field names its
+    # ADMIN_ variable; validate_by_name keeps `AdminSettings(token=...)` working in code and tests.
+    model_config = SettingsConfigDict(env_prefix="IMGATE_", extra="ignore", validate_by_name=True)
+
+    # The bearer token every /api call must carry. No default: an admin API without a token is
+    # an open door, so start-up refuses an empty one (see `missing_token`).
+    token: SecretStr = Field(SecretStr(""), validation_alias="ADMIN_TOKEN")
+    host: str = Field("127.0.0.1", validation_alias="ADMIN_HOST")  # loopback until put behind a proxy
+    port: int = Field(8780, validation_alias="ADMIN_PORT")
+    # A live connector answers a control request in milliseconds; past this we stop waiting and
+    # rely on the connectors' periodic reconcile from the database.
+    control_timeout_s: float = Field(2.0, gt=0, validation_alias="ADMIN_CONTROL_TIMEOUT_S")
+
+    def missing_token(self) -> bool:
+        return not self.token.get_secret_value().strip()

@@ -1,0 +1,3 @@
+from imgate_connector.main import main
+
+main()

@@ -1,0 +1,54 @@
+"""Per-channel health counters, kept by the running channel and published as `ChannelStatus`."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from imgate_common.messages import ChannelState, ChannelStatus, utcnow
+
+
+@dataclass
+class ChannelHealth:
+    channel_id: int
+    owner: str
+    state: ChannelState = ChannelState.CONNECTING
+    connected_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    reconnects: int = 0
+    last_inbound_at: datetime | None = None
+    messages_in: int = 0
+    replies_out: int = 0
+    rate_limit_hits: int = 0
+
+    def connected(self) -> None:
+        self.state = ChannelState.CONNECTED
+        self.connected_at = utcnow()
+
+    def disconnected(self, error: str | None = None) -> None:
+        self.state = ChannelState.DISCONNECTED
+        self.connected_at = None
+        if error:
+            self.error(error)
+
+    def error(self, error: str) -> None:
+        self.last_error = error[:500]
+        self.last_error_at = utcnow()
+
+    def inbound(self) -> None:
+        self.messages_in += 1
+        self.last_inbound_at = utcnow()
+
+    def snapshot(self) -> ChannelStatus:
+        return ChannelStatus(
+            channel_id=self.channel_id,
+            state=self.state,
+            owner=self.owner,
+            connected_at=self.connected_at,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            reconnects=self.reconnects,
+            last_inbound_at=self.last_inbound_at,
+            messages_in=self.messages_in,
+            replies_out=self.replies_out,
+            rate_limit_hits=self.rate_limit_hits,
+        )

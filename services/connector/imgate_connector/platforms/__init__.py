@@ -1,0 +1,1 @@
+"""IM platforms: one package each, with the same file names."""

@@ -1,0 +1,1 @@
+"""DingTalk: Stream-mode connection, message translation, AI cards."""

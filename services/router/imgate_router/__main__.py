@@ -1,0 +1,3 @@
+from imgate_router.main import main
+
+main()

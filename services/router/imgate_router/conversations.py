@@ -1,0 +1,54 @@
+"""Which conversation a message belongs to, and starting over with `/new`."""
+
+import uuid
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from imgate_common.db.models import Conversation, utcnow
+from imgate_common.messages import ConversationType, InboundMessage
+
+SCOPE_CONVERSATION = "conversation"  # a group shares one context; 1:1 is per user anyway
+SCOPE_USER = "user"  # each member of a group has a context of their own
+
+
+def scope_key(message: InboundMessage, scope: str) -> str:
+    base = f"{message.platform}:{message.target.conversation_id}"
+    if scope == SCOPE_USER and message.target.conversation_type == ConversationType.GROUP:
+        return f"{base}:{message.sender.id}"
+    return base
+
+
+class ConversationStore:
+    async def current(self, session: AsyncSession, channel_id: int, key: str) -> Conversation | None:
+        query = (
+            select(Conversation)
+            .where(
+                Conversation.channel_id == channel_id,
+                Conversation.scope_key == key,
+                col(Conversation.closed_at).is_(None),
+            )
+            .order_by(col(Conversation.opened_at).desc())
+        )
+        return (await session.exec(query)).first()
+
+    async def open(
+        self, session: AsyncSession, channel_id: int, key: str, user_id: int | None
+    ) -> Conversation:
+        conversation = await self.current(session, channel_id, key)
+        if conversation is None:
+            conversation = Conversation(
+                id=str(uuid.uuid4()), channel_id=channel_id, scope_key=key, user_id=user_id
+            )
+            session.add(conversation)
+        conversation.last_activity_at = utcnow()
+        await session.flush()
+        return conversation
+
+    async def close(self, session: AsyncSession, channel_id: int, key: str) -> bool:
+        conversation = await self.current(session, channel_id, key)
+        if conversation is None:
+            return False
+        conversation.closed_at = utcnow()
+        session.add(conversation)
+        return True

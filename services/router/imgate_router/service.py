@@ -1,0 +1,119 @@
+"""What happens to one inbound message: dedup, identity, commands, conversation, run request."""
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
+from imgate_common.db.models import Channel, Message
+from imgate_common.errors import USER_MESSAGES, FailureCategory
+from imgate_common.messages import InboundMessage, MessageKind, Notice, RunRequest
+from imgate_router.commands import HELP_REPLY, NEW_CONVERSATION_REPLY, Command, parse_command
+from imgate_router.conversations import ConversationStore, scope_key
+from imgate_router.identity import AutoUserMapper
+from imgate_router.settings import RouterSettings
+
+log = structlog.get_logger()
+
+# Run ids derive from the platform message id, so every redelivery maps to the same run.
+RUN_NAMESPACE = uuid.UUID("5b0e7c1a-3f0b-4c57-9d8e-2a1f6c9b7e41")
+
+# publish(subject, stream, model, msg_id) -> confirmed by JetStream
+Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
+
+
+def run_id_for(message: InboundMessage) -> str:
+    return str(uuid.uuid5(RUN_NAMESPACE, f"{message.platform}:{message.channel_id}:{message.message_id}"))
+
+
+class InboundRouter:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        redis: Redis,
+        publish: Publish,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._redis = redis
+        self._publish = publish
+        self._users = AutoUserMapper(settings.auto_email_domain)
+        self._conversations = ConversationStore()
+
+    def _seen_key(self, message: InboundMessage) -> str:
+        return (
+            f"{self._settings.redis_prefix}:seen:{message.platform}:{message.channel_id}:{message.message_id}"
+        )
+
+    async def handle(self, message: InboundMessage) -> None:
+        bound = log.bind(channel_id=message.channel_id, msg_id=message.message_id)
+        if await self._redis.exists(self._seen_key(message)):
+            bound.info("inbound_duplicate_dropped")
+            return
+        await self._route(message, bound)
+        # Marked only once everything above is durable: a crash before this line is redelivered.
+        await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
+
+    async def _route(self, message: InboundMessage, bound: structlog.BoundLogger) -> None:
+        run_id = run_id_for(message)
+        async with self._sessions() as session:
+            channel = await session.get(Channel, message.channel_id)
+            if channel is None:
+                bound.warning("inbound_for_unknown_channel")
+                return
+            if message.kind == MessageKind.UNSUPPORTED or not message.text:
+                bound.info("inbound_unsupported", platform_type=message.platform_type)
+                await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
+                return
+            user = await self._users.resolve(session, message)
+            key = scope_key(message, channel.session_scope)
+            command = parse_command(message.text)
+            if command == Command.NEW:
+                await self._conversations.close(session, channel.id, key)
+                await session.commit()
+                bound.info("conversation_reset", user_id=user.id)
+                await self._notice(message, run_id, NEW_CONVERSATION_REPLY)
+                return
+            if command == Command.HELP:
+                await session.commit()
+                await self._notice(message, run_id, HELP_REPLY)
+                return
+            conversation = await self._conversations.open(session, channel.id, key, user.id)
+            existing = (
+                await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
+            ).first()
+            user_message = existing or Message(
+                conversation_id=conversation.id,
+                role="user",
+                content=message.text,
+                run_id=run_id,
+                platform_message_id=message.message_id,
+            )
+            session.add(user_message)
+            await session.commit()
+            assert user_message.id is not None and user.id is not None
+            request = RunRequest(
+                run_id=run_id,
+                channel_id=channel.id,
+                conversation_id=conversation.id,
+                agent_id=channel.default_agent_id,
+                user_id=user.id,
+                user_message_id=user_message.id,
+                text=message.text,
+                target=message.target,
+            )
+        await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, run_id)
+        bound.info("run_requested", run_id=run_id, conversation_id=request.conversation_id)
+
+    async def _notice(self, message: InboundMessage, run_id: str, text: str) -> None:
+        notice = Notice(run_id=run_id, channel_id=message.channel_id, target=message.target, text=text)
+        await self._publish(
+            reply_subject(message.channel_id, run_id), REPLIES_STREAM, notice, f"{run_id}:notice"
+        )

@@ -1,0 +1,14 @@
+"""Router settings (env prefix `ROUTER_`)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from imgate_common.settings import CommonSettings
+
+
+class RouterSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore")
+
+    # Domain of the e-mail address given to users created on first contact.
+    auto_email_domain: str = "im-platform.com"
+    # A handled message id is remembered this long; DingTalk redelivers within minutes.
+    dedup_ttl_s: int = 7 * 24 * 3600
