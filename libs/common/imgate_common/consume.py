@@ -1,6 +1,5 @@
 """The ack policy every JetStream handler follows, wired around the handler in one place."""
 
-import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -23,7 +22,6 @@ def jetstream_handler(
     """Parse the body into `model`; terminate what can never parse, retry what failed, ack the rest."""
 
     def wrap(fn: Callable[[M, NatsMessage], Awaitable[None]]) -> Callable[[NatsMessage], Awaitable[None]]:
-        @functools.wraps(fn)
         async def handle(msg: NatsMessage) -> None:
             try:
                 payload = model.model_validate_json(msg.body)
@@ -39,6 +37,8 @@ def jetstream_handler(
                 return
             await msg.ack()
 
+        # Not functools.wraps: FastStream must see this signature (the raw message), not fn's.
+        handle.__name__ = handle.__qualname__ = fn.__name__
         return handle
 
     return wrap

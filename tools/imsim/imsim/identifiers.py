@@ -26,11 +26,11 @@ def _digest(*parts: str) -> bytes:
 
 def conversation_id_for_single(client_id: str, staff_id: str) -> str:
     """The 1:1 chat of one user with one app's bot keeps the same id across messages."""
-    return "cid" + base64.b64encode(_digest("single", client_id, staff_id)[:18]).decode()
+    return "cid" + base64.urlsafe_b64encode(_digest("single", client_id, staff_id)[:18]).decode()
 
 
 def conversation_id_for_group(client_id: str, title: str) -> str:
-    return "cid" + base64.b64encode(_digest("group", client_id, title)[:18]).decode()
+    return "cid" + base64.urlsafe_b64encode(_digest("group", client_id, title)[:18]).decode()
 
 
 def opaque_user_id(*parts: str) -> str:

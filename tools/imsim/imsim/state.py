@@ -184,9 +184,9 @@ class UserItem:
 
 @dataclass
 class ReplyItem:
-    kind: Literal["text", "markdown"]
+    kind: str  # text | markdown
     text: str
-    via: Literal["webhook", "batchSend", "groupSend"]
+    via: str  # webhook | batchSend | groupSend
     title: str | None = None
     at_user_ids: list[str] = field(default_factory=list)
     at: int = field(default_factory=now_ms)

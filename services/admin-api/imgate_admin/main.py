@@ -1,0 +1,83 @@
+"""The app factory: routers, error handlers, and the lifespan that owns every client."""
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI
+from redis.asyncio import Redis
+
+from imgate_admin.agents.endpoints import router as agents_router
+from imgate_admin.auth import require_admin_token
+from imgate_admin.channels.control import ChannelControl
+from imgate_admin.channels.endpoints import router as channels_router
+from imgate_admin.deps import Resources
+from imgate_admin.errors import ErrorBody, StartupError, install_error_handlers
+from imgate_admin.health import router as health_router
+from imgate_admin.settings import AdminSettings
+from imgate_common.db.engine import create_engine, session_factory
+from imgate_common.db.migrate import upgrade_async
+from imgate_common.runtime import connect_nats
+from imgate_common.secrets import SecretBox
+from imgate_common.status import ChannelStatusStore
+
+log = structlog.get_logger()
+
+SERVICE = "admin-api"
+
+
+@asynccontextmanager
+async def open_resources(settings: AdminSettings) -> AsyncIterator[Resources]:
+    """Create every client, closing the ones already made if a later one fails."""
+    async with AsyncExitStack() as stack:
+        # Migrating here lets a fresh SQLite file (or an empty PostgreSQL) work at first start.
+        await upgrade_async(settings.database_url)
+        engine = create_engine(settings.database_url)
+        stack.push_async_callback(engine.dispose)
+        redis = Redis.from_url(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        await redis.ping()  # fail at start, not at the first status read
+        nc, _js = await connect_nats(settings, name=f"imgate-{SERVICE}")
+        stack.push_async_callback(nc.close)
+        yield Resources(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            redis=redis,
+            nc=nc,
+            box=SecretBox.from_settings(settings),
+            status_store=ChannelStatusStore(redis, settings.redis_prefix),
+            control=ChannelControl(nc, settings.control_timeout_s),
+        )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: AdminSettings = app.state.settings
+    async with open_resources(settings) as resources:
+        app.state.resources = resources
+        log.info("admin_api_started", host=settings.host, port=settings.port)
+        try:
+            yield
+        finally:
+            del app.state.resources
+            log.info("admin_api_stopping")
+
+
+def create_app(settings: AdminSettings) -> FastAPI:
+    if settings.missing_token():
+        raise StartupError("ADMIN_TOKEN is empty: set it to the bearer token admin clients will send")
+    app = FastAPI(
+        title="imgate admin API",
+        version="1",
+        lifespan=lifespan,
+        responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin_token)])
+    api.include_router(agents_router)
+    api.include_router(channels_router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,3 @@
+from imgate_runner.main import main
+
+main()

@@ -1,0 +1,77 @@
+"""`openai`: any OpenAI-compatible chat-completions endpoint, streaming, through the openai SDK."""
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import openai
+
+from imgate_common.db.models import Agent
+from imgate_common.errors import FailureCategory, ProviderError
+from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
+
+# Local servers (llama.cpp, vLLM, Ollama) need no key, but the SDK insists on one.
+PLACEHOLDER_KEY = "not-needed"
+
+
+def map_error(exc: openai.OpenAIError) -> ProviderError:
+    match exc:
+        case openai.AuthenticationError() | openai.PermissionDeniedError():
+            category = FailureCategory.AUTH_FAILED
+        case openai.RateLimitError():
+            category = FailureCategory.RATE_LIMITED
+        case openai.APITimeoutError():
+            category = FailureCategory.TIMED_OUT
+        case openai.BadRequestError() if "context" in str(exc).lower():
+            category = FailureCategory.CONTEXT_TOO_LONG
+        case _:
+            category = FailureCategory.PROVIDER_ERROR
+    return ProviderError(f"{type(exc).__name__}: {exc}", category)
+
+
+class OpenAIProvider(ModelProvider):
+    name: ClassVar[str] = "openai"
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str | None, float], openai.AsyncOpenAI] = {}
+
+    def _client(self, agent: Agent, api_key: str | None) -> openai.AsyncOpenAI:
+        key = (agent.base_url, api_key, agent.timeout_s)
+        if key not in self._clients:
+            self._clients[key] = openai.AsyncOpenAI(
+                base_url=agent.base_url,
+                api_key=api_key or PLACEHOLDER_KEY,
+                timeout=agent.timeout_s,
+                max_retries=2,
+            )
+        return self._clients[key]
+
+    async def shutdown(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    async def stream(
+        self, agent: Agent, api_key: str | None, messages: list[ChatMessage], generation: Generation
+    ) -> AsyncIterator[str]:
+        client = self._client(agent, api_key)
+        try:
+            response = await client.chat.completions.create(
+                model=agent.model,
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                temperature=agent.temperature,
+                max_tokens=agent.max_output_tokens,
+                stream=True,
+            )
+            async for chunk in response:
+                if chunk.usage:
+                    generation.usage.prompt_tokens = chunk.usage.prompt_tokens
+                    generation.usage.completion_tokens = chunk.usage.completion_tokens
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                if choice.finish_reason:
+                    generation.usage.finish_reason = choice.finish_reason
+                if choice.delta and choice.delta.content:
+                    yield choice.delta.content
+        except openai.OpenAIError as exc:
+            raise map_error(exc) from exc

