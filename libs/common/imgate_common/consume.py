@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
+from faststream.nats.annotations import NatsMessage as InjectedMessage
 from faststream.nats.message import NatsMessage
 from pydantic import BaseModel, ValidationError
 
@@ -22,7 +23,7 @@ def jetstream_handler(
     """Parse the body into `model`; terminate what can never parse, retry what failed, ack the rest."""
 
     def wrap(fn: Callable[[M, NatsMessage], Awaitable[None]]) -> Callable[[NatsMessage], Awaitable[None]]:
-        async def handle(msg: NatsMessage) -> None:
+        async def handle(msg: InjectedMessage) -> None:
             try:
                 payload = model.model_validate_json(msg.body)
             except ValidationError as exc:

@@ -9,29 +9,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATA_DIR = Path(".data")
 
 
+def _shared(name: str) -> AliasChoices:
+    """Shared knobs keep their IMGATE_ names in every service, whatever the service's own prefix."""
+    return AliasChoices(f"IMGATE_{name}", name.lower())
+
+
 class CommonSettings(BaseSettings):
     """Connection URLs and process-wide knobs; the URLs use the unprefixed names operators expect."""
 
-    model_config = SettingsConfigDict(env_prefix="IMGATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="IMGATE_", extra="ignore", validate_by_name=True)
 
     nats_url: str = Field(
-        "nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "IMGATE_NATS_URL")
+        "nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "IMGATE_NATS_URL", "nats_url")
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "IMGATE_REDIS_URL")
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "IMGATE_REDIS_URL", "redis_url")
     )
     database_url: str = Field(
         "sqlite+aiosqlite:///.data/imgate.db",
-        validation_alias=AliasChoices("DATABASE_URL", "IMGATE_DATABASE_URL"),
+        validation_alias=AliasChoices("DATABASE_URL", "IMGATE_DATABASE_URL", "database_url"),
     )
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = Field(DEFAULT_DATA_DIR, validation_alias=_shared("DATA_DIR"))
     # Fernet keys, comma-separated, newest first. Empty: a key file under data_dir is created
     # (fine for a laptop; production passes the key from a Kubernetes secret).
-    secret_keys: str = ""
-    log_format: str = "console"  # "json" in production
-    log_level: str = "INFO"
+    secret_keys: str = Field("", validation_alias=_shared("SECRET_KEYS"))
+    log_format: str = Field("console", validation_alias=_shared("LOG_FORMAT"))  # "json" in production
+    log_level: str = Field("INFO", validation_alias=_shared("LOG_LEVEL"))
     # Stream replicas: 1 on a single node, 3 on a clustered JetStream in production.
-    stream_replicas: int = 1
+    stream_replicas: int = Field(1, validation_alias=_shared("STREAM_REPLICAS"))
     # Namespace for every Redis key, so several installations can share one Redis.
-    redis_prefix: str = "imgate"
-    instance_id: str = ""  # defaults to hostname:pid at start-up
+    redis_prefix: str = Field("imgate", validation_alias=_shared("REDIS_PREFIX"))
+    instance_id: str = Field("", validation_alias=_shared("INSTANCE_ID"))  # default hostname:pid

@@ -33,9 +33,15 @@ ERROR_CODES: dict[type[GatewayError], str] = {
 HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
+class FieldError(BaseModel):
+    loc: str
+    msg: str
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    details: list[FieldError] | None = None  # validation errors only: one entry per field
 
 
 class ErrorBody(BaseModel):
@@ -55,7 +61,7 @@ def error_response(
     status_code: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -83,13 +89,12 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Never echo `input` (nor exc.body): for a missing field it is the whole object, secrets included.
     details = [
-        {"loc": _location(tuple(e.get("loc", ()))), "msg": _clean(str(e.get("msg", "")))}
+        FieldError(loc=_location(tuple(e.get("loc", ()))), msg=_clean(str(e.get("msg", ""))))
         for e in exc.errors()
     ]
-    message = "; ".join(f"{d['loc']}: {d['msg']}" for d in details) or "invalid request"
-    body = ErrorBody(error=ErrorDetail(code="validation_error", message=message)).model_dump()
-    body["error"]["details"] = details
-    return JSONResponse(body, status_code=422)
+    message = "; ".join(f"{d.loc}: {d.msg}" for d in details) or "invalid request"
+    body = ErrorBody(error=ErrorDetail(code="validation_error", message=message, details=details))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
 
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:

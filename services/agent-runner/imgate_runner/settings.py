@@ -6,7 +6,7 @@ from imgate_common.settings import CommonSettings
 
 
 class RunnerSettings(CommonSettings):
-    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore", validate_by_name=True)
 
     # Deltas go out when this much time passed or this many characters piled up, whichever first:
     # the card renderer coalesces further, so this only bounds bus traffic.

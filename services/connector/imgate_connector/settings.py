@@ -7,7 +7,7 @@ from imgate_common.settings import CommonSettings
 
 
 class ConnectorSettings(CommonSettings):
-    model_config = SettingsConfigDict(env_prefix="CONNECTOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CONNECTOR_", extra="ignore", validate_by_name=True)
 
     # The dingtalk-stream SDK's own variable, so one setting points both at a private gateway or imsim.
     dingtalk_openapi_endpoint: str = Field(

@@ -3,7 +3,8 @@
 import asyncio
 
 import structlog
-from faststream.nats import AckPolicy, JStream, NatsBroker, PullSub
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
 from pydantic import BaseModel
 from redis.asyncio import Redis

@@ -6,7 +6,7 @@ from imgate_common.settings import CommonSettings
 
 
 class RouterSettings(CommonSettings):
-    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", validate_by_name=True)
 
     # Domain of the e-mail address given to users created on first contact.
     auto_email_domain: str = "im-platform.com"

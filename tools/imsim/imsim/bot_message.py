@@ -8,8 +8,6 @@ from imsim import identifiers
 from imsim.identifiers import now_ms
 from imsim.state import Conversation, Media, Session, SimApp, SimState
 
-MSGTYPES = ("text", "richText", "picture", "audio", "file", "video")
-
 
 def _one_pixel_png() -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
 from imsim import identifiers
-from imsim.bot_message import MSGTYPES, build_bot_message, complete_content, timeline_text
+from imsim.bot_message import build_bot_message, complete_content, timeline_text
 from imsim.dependencies import dispatcher, public_base_url, sim_app, sim_state
 from imsim.dispatcher import StreamDispatcher
 from imsim.state import Fault, InboundMessage, Media, SimApp, SimState, UserItem
@@ -175,7 +175,10 @@ async def upload_media(app: App, state: State, request: Request,
 
 
 @router.get("/apps/{client_id}/conversations")
-async def list_conversations(app: App) -> list[dict[str, Any]]:
+async def list_conversations(app: App, summary: bool = False) -> list[dict[str, Any]]:
+    """`?summary=true` leaves the items out (the chat page polls this)."""
+    if summary:
+        return [c.summary_json() for c in app.conversations.values()]
     return [c.to_json() for c in app.conversations.values()]
 
 

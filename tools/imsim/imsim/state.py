@@ -231,6 +231,23 @@ class Conversation:
             "items": [item.to_json() for item in self.items],
         }
 
+    def summary_json(self) -> dict[str, Any]:
+        """The conversation without its items: what a list of chats shows."""
+        last = self.items[-1].to_json() if self.items else None
+        last_text = None
+        if last is not None:
+            last_text = last.get("content") if last["kind"] == "card" else last.get("text")
+        return {
+            "conversation_id": self.conversation_id,
+            "type": self.type,
+            "title": self.title,
+            "staff_id": self.staff_id,
+            "created_at": self.created_at,
+            "item_count": len(self.items),
+            "last_text": last_text,
+            "last_at": last["at"] if last else None,
+        }
+
 
 @dataclass
 class Fault:

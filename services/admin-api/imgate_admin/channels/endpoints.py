@@ -19,9 +19,7 @@ router = APIRouter(prefix="/channels", tags=["channels"])
         409: {"model": ErrorBody, "description": "The name is taken"},
     },
 )
-async def create_channel(
-    body: ChannelCreate, session: SessionDep, resources: ResourcesDep
-) -> ChannelRead:
+async def create_channel(body: ChannelCreate, session: SessionDep, resources: ResourcesDep) -> ChannelRead:
     channel = await service.create_channel(session, resources.box, resources.control, body)
     status = await service.read_status(resources.status_store, channel)
     return ChannelRead.from_row(channel, status)
@@ -40,9 +38,7 @@ async def get_channel(channel_id: int, session: SessionDep, resources: Resources
     return ChannelRead.from_row(channel, await service.read_status(resources.status_store, channel))
 
 
-@router.get(
-    "/{channel_id}/status", response_model=ChannelStatusRead, responses={404: {"model": ErrorBody}}
-)
+@router.get("/{channel_id}/status", response_model=ChannelStatusRead, responses={404: {"model": ErrorBody}})
 async def get_channel_status(
     channel_id: int, session: SessionDep, resources: ResourcesDep
 ) -> ChannelStatusRead:

@@ -66,9 +66,7 @@ async def create_channel(
         if await _name_taken(session, body.name):
             raise Conflict(f"a channel named {body.name!r} already exists") from None
         if body.default_agent_id is not None and not await session.get(Agent, body.default_agent_id):
-            raise InvalidRequest(
-                f"default_agent_id: agent {body.default_agent_id} does not exist"
-            ) from None
+            raise InvalidRequest(f"default_agent_id: agent {body.default_agent_id} does not exist") from None
         raise
     assert channel.id is not None
     log.info("channel_created", channel_id=channel.id, platform=channel.platform)
@@ -94,7 +92,5 @@ async def read_status(store: ChannelStatusStore, channel: Channel) -> ChannelSta
     return await store.read(channel.id, channel.enabled)
 
 
-async def read_statuses(
-    store: ChannelStatusStore, channels: Sequence[Channel]
-) -> list[ChannelStatus]:
+async def read_statuses(store: ChannelStatusStore, channels: Sequence[Channel]) -> list[ChannelStatus]:
     return list(await asyncio.gather(*(read_status(store, c) for c in channels)))

@@ -1,0 +1,110 @@
+"""Live channel status comes from the status store the connectors write."""
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from redis.asyncio import Redis
+
+from imgate_admin.settings import AdminSettings
+from imgate_common.messages import ChannelState, ChannelStatus
+from imgate_common.status import ChannelStatusStore
+
+from .conftest import channel_body
+
+STATUS_FIELDS = {
+    "channel_id",
+    "state",
+    "owner",
+    "connected_at",
+    "uptime_s",
+    "last_error",
+    "last_error_at",
+    "reconnects",
+    "last_inbound_at",
+    "messages_in",
+    "replies_out",
+    "rate_limit_hits",
+}
+
+
+async def _create(client: httpx.AsyncClient, name: str, enabled: bool = True) -> int:
+    response = await client.post("/api/v1/channels", json=channel_body(name, enabled=enabled))
+    assert response.status_code == 201
+    channel_id: int = response.json()["id"]
+    return channel_id
+
+
+async def test_a_channel_without_status_reads_disconnected(client: httpx.AsyncClient) -> None:
+    channel_id = await _create(client, "quiet")
+    status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
+    assert set(status) == STATUS_FIELDS
+    assert (status["channel_id"], status["state"], status["uptime_s"]) == (channel_id, "disconnected", None)
+
+
+async def test_a_connected_channel_reports_its_uptime_and_counters(
+    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+) -> None:
+    channel_id = await _create(client, "busy")
+    store = ChannelStatusStore(redis, settings.redis_prefix)
+    connected_at = datetime.now(UTC) - timedelta(seconds=30)
+    await store.put(
+        ChannelStatus(
+            channel_id=channel_id,
+            state=ChannelState.CONNECTED,
+            owner="connector-a",
+            connected_at=connected_at,
+            reconnects=2,
+            messages_in=5,
+            replies_out=4,
+            rate_limit_hits=1,
+        )
+    )
+    status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
+    assert status["state"] == "connected"
+    assert 30 <= status["uptime_s"] < 40
+    assert status["owner"] == "connector-a"
+    assert datetime.fromisoformat(status["connected_at"]) == connected_at
+    assert (
+        status["reconnects"],
+        status["messages_in"],
+        status["replies_out"],
+        status["rate_limit_hits"],
+    ) == (
+        2,
+        5,
+        4,
+        1,
+    )
+    listed = (await client.get("/api/v1/channels")).json()
+    assert listed[0]["status"]["state"] == "connected"
+    assert (await client.get(f"/api/v1/channels/{channel_id}")).json()["status"]["owner"] == "connector-a"
+
+
+async def test_a_disabled_channel_reads_disabled_even_with_a_live_entry(
+    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+) -> None:
+    channel_id = await _create(client, "off", enabled=False)
+    store = ChannelStatusStore(redis, settings.redis_prefix)
+    await store.put(
+        ChannelStatus(channel_id=channel_id, state=ChannelState.CONNECTED, connected_at=datetime.now(UTC))
+    )
+    status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
+    assert status["state"] == "disabled"
+    assert status["uptime_s"] is None
+
+
+async def test_the_list_shows_each_channels_own_status(
+    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+) -> None:
+    up = await _create(client, "up")
+    await _create(client, "down")
+    await _create(client, "off", enabled=False)
+    await ChannelStatusStore(redis, settings.redis_prefix).put(
+        ChannelStatus(channel_id=up, state=ChannelState.CONNECTED, connected_at=datetime.now(UTC))
+    )
+    listed = (await client.get("/api/v1/channels")).json()
+    assert [(c["name"], c["status"]["state"]) for c in listed] == [
+        ("up", "connected"),
+        ("down", "disconnected"),
+        ("off", "disabled"),
+    ]

