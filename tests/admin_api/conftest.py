@@ -1,6 +1,7 @@
 """Fixtures: the admin app on SQLite and on PostgreSQL, with real Redis and NATS beside it."""
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -12,11 +13,16 @@ import pytest
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from imgate_admin.deps import Resources
 from imgate_admin.main import create_app
 from imgate_admin.settings import AdminSettings
+from imgate_common.bus import CONTROL_ALL
+from imgate_common.db.models import Channel
+from imgate_common.messages import ChannelState, ControlReply, ControlRequest
 from imgate_common.secrets import SecretBox
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -25,6 +31,8 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 ADMIN_TOKEN = "admin-token-" + uuid.uuid4().hex
 CLIENT_SECRET = "dt-secret-" + uuid.uuid4().hex
 API_KEY = "sk-test-" + uuid.uuid4().hex
+# Holds the channel ids below a test's own; only on SQLite, which numbers from the largest row.
+ID_FLOOR_NAME = "__id_floor__"
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +111,31 @@ async def settings(
 
 
 @pytest.fixture
-async def app(settings: AdminSettings) -> AsyncIterator[FastAPI]:
+def first_channel_id() -> int:
+    # NATS is shared with whatever else runs on this machine (a live connector answers control
+    # requests for the channels of its own database, other test runs publish theirs), and subjects
+    # carry no installation prefix. Channels numbered from a random point far above anyone's 1, 2,
+    # 3 keep this test's control traffic apart. Below 2**31: the column is a 32-bit integer.
+    return random.randrange(10**8, 2 * 10**9)
+
+
+async def _number_channels_from(resources: Resources, first_id: int) -> None:
+    async with resources.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('channels', 'id'), :n, false)"), {"n": first_id}
+            )
+            return
+    async with resources.sessions() as session:
+        session.add(Channel(id=first_id - 1, name=ID_FLOOR_NAME, platform="dingtalk", enabled=False))
+        await session.commit()
+
+
+@pytest.fixture
+async def app(settings: AdminSettings, first_channel_id: int) -> AsyncIterator[FastAPI]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        await _number_channels_from(app.state.resources, first_channel_id)
         yield app
 
 
@@ -166,3 +196,39 @@ def channel_body(name: str = "sales-bot", **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides.pop("config", {}))
     return {"name": name, "platform": "dingtalk", "config": config, **overrides}
+
+
+def own(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The channels a test created through the API (without the SQLite id floor)."""
+    return [c for c in channels if c["name"] != ID_FLOOR_NAME]
+
+
+class ControlListener:
+    """Stands in for a connector on the shared NATS: records and answers the control requests of
+    this test's channels only, so other runs' requests are neither counted nor answered."""
+
+    def __init__(self, first_id: int, reply: ControlReply | None = None, answer: bool = True) -> None:
+        self.first_id = first_id
+        self.answer = answer
+        self.reply = reply
+        self.requests: list[ControlRequest] = []
+
+    async def handle(self, msg: Msg) -> None:
+        request = ControlRequest.model_validate_json(msg.data)
+        if not self.first_id <= request.channel_id < self.first_id + 1000:
+            return
+        self.requests.append(request)
+        if self.answer:
+            reply = self.reply or ControlReply(
+                channel_id=request.channel_id, ok=True, state=ChannelState.CONNECTING, owner="test-connector"
+            )
+            await msg.respond(
+                reply.model_copy(update={"channel_id": request.channel_id}).model_dump_json().encode()
+            )
+
+    def for_channel(self, channel_id: int) -> list[ControlRequest]:
+        return [r for r in self.requests if r.channel_id == channel_id]
+
+    async def listen(self, nc: NATS) -> None:
+        await nc.subscribe(CONTROL_ALL, cb=self.handle)
+        await nc.flush()  # the server knows the subscription before the app publishes

@@ -1,5 +1,7 @@
 """Creating, listing and reading agents; the API key is encrypted at rest and masked on the way out."""
 
+import asyncio
+
 import httpx
 from sqlmodel import select
 
@@ -90,6 +92,13 @@ async def test_a_duplicate_agent_name_is_409(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/v1/agents", json=agent_body("twin"))
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "conflict"
+
+
+async def test_concurrent_creates_of_one_name_give_one_201_and_one_409(client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/agents", json=agent_body("racer")) for _ in range(3))
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409]
 
 
 async def test_an_unknown_agent_is_404(client: httpx.AsyncClient) -> None:

@@ -9,7 +9,7 @@ from imgate_admin.settings import AdminSettings
 from imgate_common.messages import ChannelState, ChannelStatus
 from imgate_common.status import ChannelStatusStore
 
-from .conftest import channel_body
+from .conftest import channel_body, own
 
 STATUS_FIELDS = {
     "channel_id",
@@ -75,7 +75,7 @@ async def test_a_connected_channel_reports_its_uptime_and_counters(
         4,
         1,
     )
-    listed = (await client.get("/api/v1/channels")).json()
+    listed = own((await client.get("/api/v1/channels")).json())
     assert listed[0]["status"]["state"] == "connected"
     assert (await client.get(f"/api/v1/channels/{channel_id}")).json()["status"]["owner"] == "connector-a"
 
@@ -102,7 +102,7 @@ async def test_the_list_shows_each_channels_own_status(
     await ChannelStatusStore(redis, settings.redis_prefix).put(
         ChannelStatus(channel_id=up, state=ChannelState.CONNECTED, connected_at=datetime.now(UTC))
     )
-    listed = (await client.get("/api/v1/channels")).json()
+    listed = own((await client.get("/api/v1/channels")).json())
     assert [(c["name"], c["status"]["state"]) for c in listed] == [
         ("up", "connected"),
         ("down", "disconnected"),

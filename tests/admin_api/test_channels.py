@@ -6,42 +6,15 @@ import time
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from sqlmodel import col, select
 from structlog.testing import capture_logs
 
 from imgate_admin.deps import Resources
-from imgate_common.bus import CONTROL_ALL
 from imgate_common.db.models import AuditEntry, Channel
-from imgate_common.messages import ChannelState, ControlAction, ControlReply, ControlRequest
+from imgate_common.messages import ControlAction
 from imgate_common.secrets import MASK, SecretBox
 
-from .conftest import CLIENT_SECRET, agent_body, channel_body
-
-
-class ControlListener:
-    """Stands in for connectors: records each control request and answers it (or stays silent)."""
-
-    def __init__(self, answer: bool = True) -> None:
-        self.answer = answer
-        self.requests: list[ControlRequest] = []
-
-    async def handle(self, msg: Msg) -> None:
-        request = ControlRequest.model_validate_json(msg.data)
-        self.requests.append(request)
-        if self.answer:
-            reply = ControlReply(
-                channel_id=request.channel_id, ok=True, state=ChannelState.CONNECTING, owner="test-connector"
-            )
-            await msg.respond(reply.model_dump_json().encode())
-
-    def for_channel(self, channel_id: int) -> list[ControlRequest]:
-        return [r for r in self.requests if r.channel_id == channel_id]
-
-
-async def listen(nc: NATS, listener: ControlListener) -> None:
-    await nc.subscribe(CONTROL_ALL, cb=listener.handle)
-    await nc.flush()  # the subscription is known to the server before the app publishes
+from .conftest import CLIENT_SECRET, ControlListener, agent_body, channel_body, own
 
 
 async def test_create_a_channel_with_its_secret_encrypted_and_masked(
@@ -68,7 +41,7 @@ async def test_create_a_channel_with_its_secret_encrypted_and_masked(
     assert fetched.status_code == 200
     assert fetched.json()["config"]["client_secret"] == MASK
     listed = await client.get("/api/v1/channels")
-    assert [c["config"]["client_secret"] for c in listed.json()] == [MASK]
+    assert [c["config"]["client_secret"] for c in own(listed.json())] == [MASK]
     for response in (created, fetched, listed):
         assert CLIENT_SECRET not in response.text
 
@@ -94,7 +67,13 @@ async def test_a_duplicate_channel_name_is_409(client: httpx.AsyncClient) -> Non
         "code": "conflict",
         "message": "a channel named 'twin' already exists",
     }
-    assert len((await client.get("/api/v1/channels")).json()) == 1
+    assert len(own((await client.get("/api/v1/channels")).json())) == 1
+
+
+async def test_concurrent_creates_of_one_name_give_one_201_and_one_409(client: httpx.AsyncClient) -> None:
+    body = channel_body("racer", enabled=False)
+    responses = await asyncio.gather(*(client.post("/api/v1/channels", json=body) for _ in range(2)))
+    assert sorted(r.status_code for r in responses) == [201, 409]
 
 
 async def test_a_missing_client_id_is_422_without_echoing_the_secret(client: httpx.AsyncClient) -> None:
@@ -130,7 +109,7 @@ async def test_an_unknown_default_agent_is_400(client: httpx.AsyncClient) -> Non
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
     assert "999" in response.json()["error"]["message"]
-    assert (await client.get("/api/v1/channels")).json() == []
+    assert own((await client.get("/api/v1/channels")).json()) == []
 
 
 async def test_a_known_default_agent_is_linked(client: httpx.AsyncClient) -> None:
@@ -149,13 +128,16 @@ async def test_an_unknown_channel_is_404(client: httpx.AsyncClient) -> None:
         assert response.json()["error"]["code"] == "not_found"
 
 
-async def test_creating_a_channel_sends_start_to_its_connector(client: httpx.AsyncClient, nc: NATS) -> None:
-    listener = ControlListener()
-    await listen(nc, listener)
+async def test_creating_a_channel_sends_start_to_its_connector(
+    client: httpx.AsyncClient, nc: NATS, first_channel_id: int
+) -> None:
+    listener = ControlListener(first_channel_id)
+    await listener.listen(nc)
     with capture_logs() as logs:
         response = await client.post("/api/v1/channels", json=channel_body())
     assert response.status_code == 201
     channel_id = response.json()["id"]
+    assert channel_id == first_channel_id
     [request] = listener.for_channel(channel_id)
     assert request.action == ControlAction.START
     assert request.requested_by == "admin-api"
@@ -164,10 +146,10 @@ async def test_creating_a_channel_sends_start_to_its_connector(client: httpx.Asy
 
 
 async def test_an_unanswered_start_still_creates_the_channel(
-    client: httpx.AsyncClient, nc: NATS, resources: Resources
+    client: httpx.AsyncClient, nc: NATS, resources: Resources, first_channel_id: int
 ) -> None:
-    listener = ControlListener(answer=False)  # a connector that never replies
-    await listen(nc, listener)
+    listener = ControlListener(first_channel_id, answer=False)  # a connector that never replies
+    await listener.listen(nc)
     started = time.monotonic()
     with capture_logs() as logs:
         response = await client.post("/api/v1/channels", json=channel_body())
@@ -182,9 +164,11 @@ async def test_an_unanswered_start_still_creates_the_channel(
     assert (await client.get(f"/api/v1/channels/{channel_id}")).status_code == 200
 
 
-async def test_a_disabled_channel_gets_no_start(client: httpx.AsyncClient, nc: NATS) -> None:
-    listener = ControlListener()
-    await listen(nc, listener)
+async def test_a_disabled_channel_gets_no_start(
+    client: httpx.AsyncClient, nc: NATS, first_channel_id: int
+) -> None:
+    listener = ControlListener(first_channel_id)
+    await listener.listen(nc)
     response = await client.post("/api/v1/channels", json=channel_body(enabled=False))
     assert response.status_code == 201
     await asyncio.sleep(0.2)  # any stray request would have arrived by now

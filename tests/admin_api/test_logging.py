@@ -5,13 +5,11 @@ import logging
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from structlog.testing import capture_logs
 
-from imgate_common.bus import CONTROL_ALL
-from imgate_common.messages import ChannelState, ControlReply, ControlRequest
+from imgate_common.messages import ChannelState, ControlReply
 
-from .conftest import ADMIN_TOKEN, API_KEY, CLIENT_SECRET, agent_body, channel_body
+from .conftest import ADMIN_TOKEN, API_KEY, CLIENT_SECRET, ControlListener, agent_body, channel_body
 
 
 async def test_secrets_never_appear_in_log_output(
@@ -20,16 +18,10 @@ async def test_secrets_never_appear_in_log_output(
     nc: NATS,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    first_channel_id: int,
 ) -> None:
-    async def connector(msg: Msg) -> None:
-        request = ControlRequest.model_validate_json(msg.data)
-        reply = ControlReply(
-            channel_id=request.channel_id, ok=False, state=ChannelState.DISCONNECTED, error="boom"
-        )
-        await msg.respond(reply.model_dump_json().encode())
-
-    await nc.subscribe(CONTROL_ALL, cb=connector)
-    await nc.flush()
+    refusing = ControlReply(channel_id=0, ok=False, state=ChannelState.DISCONNECTED, error="boom")
+    await ControlListener(first_channel_id, reply=refusing).listen(nc)
     caplog.set_level(logging.DEBUG)
     with capture_logs() as events:
         agent_key = {"provider": "openai", "model": "m", "base_url": "https://x.example", "api_key": API_KEY}

@@ -13,11 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from imsim_testkit import StreamPeer, open_connection, sim_json, wait_for, ws_url
+from imsim_testkit import (
+    ENV_APP,
+    PRESET_APP,
+    StreamPeer,
+    open_connection,
+    sim_json,
+    wait_for,
+    ws_url,
+)
 from websockets.asyncio.client import connect
 
-PRESET_APP = ("preset-app", "preset-secret", "preset-robot")
-ENV_APP = ("env-app", "env-secret")
 STARTUP_TIMEOUT = 20.0
 
 
@@ -38,8 +44,17 @@ def imsim_url(imsim_log: Path) -> Iterator[str]:
     env = {**os.environ, "IMSIM_APPS": ":".join(ENV_APP)}
     with imsim_log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "imsim", "--host", "127.0.0.1", "--port", str(port),
-             "--app", ":".join(PRESET_APP)],
+            [
+                sys.executable,
+                "-m",
+                "imsim",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--app",
+                ":".join(PRESET_APP),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -97,8 +112,7 @@ async def stream_peer(
     """Factory: open a Stream connection for an app and wait until imsim lists it."""
     peers: list[StreamPeer] = []
 
-    async def open_peer(app: dict[str, Any],
-                        subscriptions: list[dict[str, str]] | None = None) -> StreamPeer:
+    async def open_peer(app: dict[str, Any], subscriptions: list[dict[str, str]] | None = None) -> StreamPeer:
         before = len(await sim_json(sim, f"/sim/apps/{app['client_id']}/connections"))
         opened = await open_connection(sim, app, subscriptions)
         peer = StreamPeer(await connect(ws_url(opened), open_timeout=5))
@@ -112,5 +126,3 @@ async def stream_peer(
     yield open_peer
     for peer in peers:
         await peer.websocket.close()
-
-

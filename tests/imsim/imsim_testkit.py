@@ -12,6 +12,9 @@ from websockets.asyncio.client import ClientConnection
 
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
 BOT_SUBSCRIPTION = {"type": "CALLBACK", "topic": BOT_TOPIC}
+# Apps the session's imsim is started with (`--app` and IMSIM_APPS).
+PRESET_APP = ("preset-app", "preset-secret", "preset-robot")
+ENV_APP = ("env-app", "env-secret")
 
 
 class StreamPeer:
@@ -24,8 +27,9 @@ class StreamPeer:
         frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.websocket.recv(), within))
         return frame
 
-    async def recv_type(self, frame_type: str, within: float = 5.0,
-                        topic: str | None = None) -> dict[str, Any]:
+    async def recv_type(
+        self, frame_type: str, within: float = 5.0, topic: str | None = None
+    ) -> dict[str, Any]:
         """The next frame of a type (and topic), skipping others (e.g. pings)."""
         deadline = asyncio.get_running_loop().time() + within
         while True:
@@ -44,27 +48,38 @@ class StreamPeer:
             return
         raise AssertionError(f"unexpected frame {frame}")
 
-    async def ack(self, frame: dict[str, Any], *, code: int = 200, message: str = "OK",
-                  data: Any = None) -> None:
+    async def ack(
+        self, frame: dict[str, Any], *, code: int = 200, message: str = "OK", data: Any = None
+    ) -> None:
         payload = data if data is not None else {"response": message}
-        await self.websocket.send(json.dumps({
-            "code": code,
-            "headers": {"messageId": frame["headers"]["messageId"],
-                        "contentType": "application/json"},
-            "message": message,
-            "data": json.dumps(payload),
-        }))
+        await self.websocket.send(
+            json.dumps(
+                {
+                    "code": code,
+                    "headers": {
+                        "messageId": frame["headers"]["messageId"],
+                        "contentType": "application/json",
+                    },
+                    "message": message,
+                    "data": json.dumps(payload),
+                }
+            )
+        )
 
 
-async def open_connection(sim: httpx.AsyncClient, app: dict[str, Any],
-                          subscriptions: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    response = await sim.post("/v1.0/gateway/connections/open", json={
-        "clientId": app["client_id"],
-        "clientSecret": app["client_secret"],
-        "subscriptions": [BOT_SUBSCRIPTION] if subscriptions is None else subscriptions,
-        "ua": "imsim-tests/1.0",
-        "localIp": "127.0.0.1",
-    })
+async def open_connection(
+    sim: httpx.AsyncClient, app: dict[str, Any], subscriptions: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    response = await sim.post(
+        "/v1.0/gateway/connections/open",
+        json={
+            "clientId": app["client_id"],
+            "clientSecret": app["client_secret"],
+            "subscriptions": [BOT_SUBSCRIPTION] if subscriptions is None else subscriptions,
+            "ua": "imsim-tests/1.0",
+            "localIp": "127.0.0.1",
+        },
+    )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -80,8 +95,9 @@ async def sim_json(sim: httpx.AsyncClient, path: str) -> Any:
     return response.json()
 
 
-async def wait_for(fetch: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool],
-                   within: float = 5.0) -> Any:
+async def wait_for(
+    fetch: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool], within: float = 5.0
+) -> Any:
     """Poll `fetch` until `ready(result)`; fail with the last result after `within` seconds."""
     deadline = time.monotonic() + within
     while True:
@@ -93,8 +109,7 @@ async def wait_for(fetch: Callable[[], Awaitable[Any]], ready: Callable[[Any], b
         await asyncio.sleep(0.05)
 
 
-async def send_user_message(sim: httpx.AsyncClient, app: dict[str, Any],
-                            **body: Any) -> dict[str, Any]:
+async def send_user_message(sim: httpx.AsyncClient, app: dict[str, Any], **body: Any) -> dict[str, Any]:
     body.setdefault("text", "hello bot")
     response = await sim.post(f"/sim/apps/{app['client_id']}/messages", json=body)
     assert response.status_code == 200, response.text
@@ -103,8 +118,9 @@ async def send_user_message(sim: httpx.AsyncClient, app: dict[str, Any],
 
 
 async def access_token(sim: httpx.AsyncClient, app: dict[str, Any]) -> str:
-    response = await sim.post("/v1.0/oauth2/accessToken",
-                              json={"appKey": app["client_id"], "appSecret": app["client_secret"]})
+    response = await sim.post(
+        "/v1.0/oauth2/accessToken", json={"appKey": app["client_id"], "appSecret": app["client_secret"]}
+    )
     assert response.status_code == 200, response.text
     token: str = response.json()["accessToken"]
     return token

@@ -1,5 +1,6 @@
 """admin-api errors and the handlers that render every failure as `{"error": {code, message}}`."""
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -58,7 +59,7 @@ def error_code(exc: GatewayError) -> str:
 
 
 def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(code=code, message=message))
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from imgate_admin.channels.platforms import PLATFORM_CONFIGS, AnyPlatformConfig, secret_fields
 from imgate_admin.schemas import Name, UtcDatetime
@@ -23,7 +23,7 @@ class ChannelCreate(BaseModel):
 
     name: Name
     # Declared before `config`: the config is validated by the model of this platform.
-    platform: str = Field(json_schema_extra={"enum": sorted(PLATFORM_CONFIGS)})
+    platform: str = Field(json_schema_extra={"enum": list[JsonValue](sorted(PLATFORM_CONFIGS))})
     config: AnyPlatformConfig
     default_agent_id: int | None = None
     session_scope: SessionScope = SessionScope.CONVERSATION

@@ -53,7 +53,7 @@ async def create_channel(
             {
                 "name": channel.name,
                 "platform": channel.platform,
-                "config": public,  # the public half only; secret fields never reach the log
+                "config": public,  # the public half only: secrets stay out of the audit log
                 "default_agent_id": channel.default_agent_id,
                 "session_scope": channel.session_scope,
                 "enabled": channel.enabled,
@@ -71,7 +71,8 @@ async def create_channel(
     assert channel.id is not None
     log.info("channel_created", channel_id=channel.id, platform=channel.platform)
     if channel.enabled:
-        # Ask the owner to connect now rather than at its next reconcile; not waiting is fine.
+        # Ask the owner to connect now rather than at its next reconcile; if nobody answers, that
+        # reconcile still picks the channel up, so the create stands either way.
         await control.send(channel.id, ControlAction.START)
     return channel
 

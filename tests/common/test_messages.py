@@ -1,0 +1,82 @@
+"""The bus contract: versioned models, validated on both ends."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from imgate_common.errors import FailureCategory
+from imgate_common.messages import (
+    REPLY_EVENT,
+    ChannelState,
+    ChannelStatus,
+    ConversationType,
+    Notice,
+    ReplyTarget,
+    RunCompleted,
+    RunDelta,
+    RunFailed,
+    RunRequest,
+    utcnow,
+)
+
+
+def target() -> ReplyTarget:
+    return ReplyTarget(
+        platform="dingtalk",
+        channel_id=1,
+        conversation_id="cid1",
+        conversation_type=ConversationType.SINGLE,
+        sender_id="u1",
+        inbound_message_id="m1",
+    )
+
+
+def test_reply_events_parse_back_into_their_own_class() -> None:
+    events = [
+        RunDelta(run_id="r", channel_id=1, seq=1, target=target(), text="He", length=2),
+        RunCompleted(run_id="r", channel_id=1, seq=2, target=target(), text="Hello"),
+        RunFailed(run_id="r", channel_id=1, target=target(), category=FailureCategory.TIMED_OUT, text="slow"),
+        Notice(run_id="r", channel_id=1, target=target(), text="hi"),
+    ]
+    for event in events:
+        parsed = REPLY_EVENT.validate_json(event.model_dump_json())
+        assert type(parsed) is type(event)
+        assert parsed == event
+
+
+def test_unknown_event_kind_is_rejected() -> None:
+    raw = json.loads(Notice(run_id="r", channel_id=1, target=target(), text="x").model_dump_json())
+    raw["kind"] = "exploded"
+    with pytest.raises(ValidationError):
+        REPLY_EVENT.validate_python(raw)
+
+
+def test_future_contract_version_is_rejected_not_misread() -> None:
+    request = RunRequest(
+        run_id="r",
+        channel_id=1,
+        conversation_id="c",
+        agent_id=None,
+        user_id=1,
+        user_message_id=1,
+        text="hi",
+        target=target(),
+    )
+    raw = json.loads(request.model_dump_json())
+    raw["v"] = 2
+    with pytest.raises(ValidationError):
+        RunRequest.model_validate(raw)
+
+
+def test_extra_fields_from_newer_producers_are_tolerated() -> None:
+    raw = json.loads(Notice(run_id="r", channel_id=1, target=target(), text="x").model_dump_json())
+    raw["added_later"] = True
+    assert REPLY_EVENT.validate_python(raw).text == "x"
+
+
+def test_uptime_only_when_connected() -> None:
+    now = utcnow()
+    status = ChannelStatus(channel_id=1, state=ChannelState.CONNECTED, connected_at=now)
+    assert status.uptime_seconds(now) == 0
+    assert ChannelStatus(channel_id=1, state=ChannelState.DISCONNECTED).uptime_seconds() is None

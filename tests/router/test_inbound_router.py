@@ -1,0 +1,156 @@
+"""The router against real Redis and a migrated database; the bus publish is captured."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM
+from imgate_common.db.models import Agent, Channel, Conversation, ImIdentity, Message, User
+from imgate_common.errors import USER_MESSAGES, FailureCategory
+from imgate_common.messages import InboundMessage, Notice, RunRequest
+from imgate_connector.platforms.dingtalk.translate import translate
+from imgate_router.commands import NEW_CONVERSATION_REPLY
+from imgate_router.service import InboundRouter
+from imgate_router.settings import RouterSettings
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "dingtalk"
+
+
+def inbound(
+    channel_id: int, msg_id: str, text: str = "hello", fixture: str = "text_single"
+) -> InboundMessage:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    data["msgId"] = msg_id
+    if "text" in data:
+        data["text"] = {"content": text}
+    return translate(data, channel_id, None)
+
+
+class Published(list[tuple[str, str, BaseModel, str]]):
+    async def __call__(self, subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
+        self.append((subject, stream, model, msg_id))
+
+    def of(self, kind: type[BaseModel]) -> list[Any]:
+        return [m for _, _, m, _ in self if isinstance(m, kind)]
+
+
+@pytest.fixture
+async def channel_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        agent = Agent(name="a", provider="local")
+        session.add(agent)
+        await session.flush()
+        channel = Channel(name="c", platform="dingtalk", default_agent_id=agent.id)
+        session.add(channel)
+        await session.commit()
+        assert channel.id is not None
+        return channel.id
+
+
+@pytest.fixture
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+def router(
+    sessions: async_sessionmaker[AsyncSession], redis_client: Redis, key_prefix: str, published: Published
+) -> InboundRouter:
+    return InboundRouter(RouterSettings(redis_prefix=key_prefix), sessions, redis_client, published)
+
+
+async def test_first_contact_creates_the_user_and_requests_a_run(
+    router: InboundRouter, published: Published, sessions: async_sessionmaker[AsyncSession], channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "m1", "What can you do?"))
+    [request] = published.of(RunRequest)
+    subject, stream, _, msg_id = published[0]
+    assert (subject, stream, msg_id) == (f"agent.run.{channel_id}", RUNS_STREAM, request.run_id)
+    assert request.text == "What can you do?" and request.agent_id is not None
+    async with sessions() as session:
+        user = (await session.exec(select(User))).one()
+        identity = (await session.exec(select(ImIdentity))).one()
+        stored = (await session.exec(select(Message))).one()
+    assert (user.username, user.email, user.auth_source) == (
+        "manager4352",
+        "manager4352@im-platform.com",
+        "dingtalk",
+    )
+    assert identity.user_id == user.id and identity.tenant_id == "dingd8e1123006514592"
+    assert (stored.role, stored.content, stored.run_id) == ("user", "What can you do?", request.run_id)
+
+
+async def test_a_redelivered_message_is_routed_once(
+    router: InboundRouter, published: Published, channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "m1"))
+    await router.handle(inbound(channel_id, "m1"))
+    assert len(published.of(RunRequest)) == 1
+
+
+async def test_second_message_continues_and_new_starts_fresh(
+    router: InboundRouter, published: Published, channel_id: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await router.handle(inbound(channel_id, "m1", "one"))
+    await router.handle(inbound(channel_id, "m2", "two"))
+    await router.handle(inbound(channel_id, "m3", "/new"))
+    await router.handle(inbound(channel_id, "m4", "three"))
+    runs = published.of(RunRequest)
+    assert runs[0].conversation_id == runs[1].conversation_id
+    assert runs[2].conversation_id != runs[1].conversation_id
+    [notice] = published.of(Notice)
+    assert notice.text == NEW_CONVERSATION_REPLY == "已开始新对话。有什么可以帮助您的？"
+    assert any(stream == REPLIES_STREAM for _, stream, m, _ in published if m is notice)
+    async with sessions() as session:
+        closed = (
+            await session.exec(select(Conversation).where(Conversation.id == runs[0].conversation_id))
+        ).one()
+    assert closed.closed_at is not None
+
+
+async def test_unsupported_message_gets_a_clear_reply_and_no_run(
+    router: InboundRouter, published: Published, channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "p1", fixture="picture"))
+    assert published.of(RunRequest) == []
+    [notice] = published.of(Notice)
+    assert notice.text == USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE]
+
+
+async def test_taken_username_gets_a_stable_different_name_never_the_strangers_account(
+    router: InboundRouter, sessions: async_sessionmaker[AsyncSession], channel_id: int
+) -> None:
+    async with sessions() as session:
+        session.add(User(username="manager4352", auth_source="ldap", email="boss@corp.example"))
+        await session.commit()
+    await router.handle(inbound(channel_id, "m1"))
+    async with sessions() as session:
+        users = (await session.exec(select(User).order_by(User.id))).all()
+        identity = (await session.exec(select(ImIdentity))).one()
+    assert len(users) == 2
+    assert identity.user_id == users[1].id != users[0].id
+    assert users[1].username.startswith("manager4352.dingtalk.")
+
+
+async def test_group_scope_user_gives_members_their_own_conversation(
+    router: InboundRouter, published: Published, sessions: async_sessionmaker[AsyncSession], channel_id: int
+) -> None:
+    async with sessions() as session:
+        channel = await session.get(Channel, channel_id)
+        assert channel is not None
+        channel.session_scope = "user"
+        session.add(channel)
+        await session.commit()
+    first = inbound(channel_id, "g1", fixture="text_group_at")
+    data = dict(first.raw, msgId="g2", senderStaffId="other", senderId="other-id")
+    await router.handle(first)
+    await router.handle(translate(data, channel_id, None))
+    a, b = published.of(RunRequest)
+    assert a.conversation_id != b.conversation_id

@@ -1,0 +1,46 @@
+"""Prompt budget and delta batching."""
+
+import time
+
+from imgate_common.db.models import Agent, Message
+from imgate_runner.batching import DeltaBatcher
+from imgate_runner.history import build_prompt
+
+
+def turns(*pairs: tuple[str, str]) -> list[Message]:
+    return [Message(conversation_id="c", role=role, content=text) for role, text in pairs]
+
+
+def test_system_prompt_always_kept_and_oldest_turns_dropped_first() -> None:
+    agent = Agent(name="a", provider="local", system_prompt="S", max_turns=2, max_prompt_tokens=10_000)
+    history = turns(("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2"), ("user", "u3"))
+    prompt = build_prompt(agent, history)
+    assert [(m.role, m.content) for m in prompt] == [
+        ("system", "S"),
+        ("user", "u2"),
+        ("assistant", "a2"),
+        ("user", "u3"),
+    ]
+
+
+def test_token_budget_drops_old_turns_but_keeps_the_newest_message() -> None:
+    agent = Agent(name="a", provider="local", max_turns=50, max_prompt_tokens=30)
+    history = turns(("user", "x" * 200), ("assistant", "y" * 40), ("user", "z" * 400))
+    prompt = build_prompt(agent, history)
+    assert [m.content for m in prompt] == ["z" * 400]
+
+
+def test_batcher_flushes_on_size_and_keeps_everything() -> None:
+    batcher = DeltaBatcher(interval_s=60, max_chars=5)
+    out = [b for b in (batcher.add(c) for c in ["ab", "cd", "ef", "g"]) if b]
+    assert out == ["abcdef"]
+    assert batcher.flush() == "g"
+    assert batcher.text == "abcdefg"
+    assert batcher.flush() is None
+
+
+def test_batcher_flushes_on_time() -> None:
+    batcher = DeltaBatcher(interval_s=0.01, max_chars=1000)
+    assert batcher.add("a") is None or batcher.text == "a"
+    time.sleep(0.02)
+    assert batcher.add("b") is not None
