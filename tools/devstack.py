@@ -110,14 +110,23 @@ class LocalStack:
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
         env = {**os.environ, **self.env, **(extra_env or {})}
-        stdout: int | None = subprocess.PIPE
+        log_file = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.log_dir / f"{name}.log", "ab")
-        popen = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        if stdout is subprocess.PIPE:
+            log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed below)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=log_file or subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()  # the child holds its own descriptor
+        if log_file is None:
             threading.Thread(target=self._relay, args=(name, popen), daemon=True).start()
         process = Process(name, popen)
         self.processes.append(process)
