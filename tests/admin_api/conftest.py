@@ -1,6 +1,5 @@
 """Fixtures: the admin app on SQLite and on PostgreSQL, with real Redis and NATS beside it."""
 
-import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -8,13 +7,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-import nats
 import pytest
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from redis.asyncio import Redis
 from sqlalchemy import text
 
 from imgate_admin.deps import Resources
@@ -24,10 +21,10 @@ from imgate_common.bus import CONTROL_ALL
 from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState, ControlReply, ControlRequest
 from imgate_common.secrets import SecretBox
+from tests.support.databases import postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 ADMIN_TOKEN = "admin-token-" + uuid.uuid4().hex
 CLIENT_SECRET = "dt-secret-" + uuid.uuid4().hex
 API_KEY = "sk-test-" + uuid.uuid4().hex
@@ -36,33 +33,26 @@ ID_FLOOR_NAME = "__id_floor__"
 
 
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh database for this test session, dropped at the end."""
-    name = f"imgate_test_{uuid.uuid4().hex[:12]}"
+def admin_pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this package in this test session, dropped at its end.
 
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_SERVER}/{name}"
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    Not the shared `pg_url`: these tests empty every table after each test.
+    """
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
-    url: str = request.getfixturevalue("postgres_database")
+    url: str = request.getfixturevalue("admin_pg_url")
     return url
 
 
 async def _empty_tables(url: str) -> None:
     """Each PostgreSQL test starts from empty tables (and ids from 1); the schema stays."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
         rows = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
@@ -80,15 +70,10 @@ def secret_key() -> str:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    return f"imgate-test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
 async def settings(
     database_url: str,
     secret_key: str,
-    redis_prefix: str,
+    key_prefix: str,
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[AdminSettings]:
@@ -99,7 +84,7 @@ async def settings(
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "NATS_URL": NATS_URL,
-        "IMGATE_REDIS_PREFIX": redis_prefix,
+        "IMGATE_REDIS_PREFIX": key_prefix,  # a namespace of its own per test
         "IMGATE_SECRET_KEYS": secret_key,
         "IMGATE_DATA_DIR": str(tmp_path / "data"),
     }
@@ -164,23 +149,6 @@ async def anon_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def box(secret_key: str) -> SecretBox:
     return SecretBox([secret_key])
-
-
-@pytest.fixture
-async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-async def nc() -> AsyncIterator[NATS]:
-    conn = await nats.connect(NATS_URL, name="imgate-admin-api-tests")
-    yield conn
-    await conn.close()
 
 
 def agent_body(name: str = "helper", **overrides: Any) -> dict[str, Any]:

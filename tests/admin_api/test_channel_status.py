@@ -42,10 +42,10 @@ async def test_a_channel_without_status_reads_disconnected(client: httpx.AsyncCl
 
 
 async def test_a_connected_channel_reports_its_uptime_and_counters(
-    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+    client: httpx.AsyncClient, redis_client: Redis, settings: AdminSettings
 ) -> None:
     channel_id = await _create(client, "busy")
-    store = ChannelStatusStore(redis, settings.redis_prefix)
+    store = ChannelStatusStore(redis_client, settings.redis_prefix)
     connected_at = datetime.now(UTC) - timedelta(seconds=30)
     await store.put(
         ChannelStatus(
@@ -81,10 +81,10 @@ async def test_a_connected_channel_reports_its_uptime_and_counters(
 
 
 async def test_a_disabled_channel_reads_disabled_even_with_a_live_entry(
-    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+    client: httpx.AsyncClient, redis_client: Redis, settings: AdminSettings
 ) -> None:
     channel_id = await _create(client, "off", enabled=False)
-    store = ChannelStatusStore(redis, settings.redis_prefix)
+    store = ChannelStatusStore(redis_client, settings.redis_prefix)
     await store.put(
         ChannelStatus(channel_id=channel_id, state=ChannelState.CONNECTED, connected_at=datetime.now(UTC))
     )
@@ -94,12 +94,12 @@ async def test_a_disabled_channel_reads_disabled_even_with_a_live_entry(
 
 
 async def test_the_list_shows_each_channels_own_status(
-    client: httpx.AsyncClient, redis: Redis, settings: AdminSettings
+    client: httpx.AsyncClient, redis_client: Redis, settings: AdminSettings
 ) -> None:
     up = await _create(client, "up")
     await _create(client, "down")
     await _create(client, "off", enabled=False)
-    await ChannelStatusStore(redis, settings.redis_prefix).put(
+    await ChannelStatusStore(redis_client, settings.redis_prefix).put(
         ChannelStatus(channel_id=up, state=ChannelState.CONNECTED, connected_at=datetime.now(UTC))
     )
     listed = own((await client.get("/api/v1/channels")).json())

@@ -129,10 +129,10 @@ async def test_an_unknown_channel_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_creating_a_channel_sends_start_to_its_connector(
-    client: httpx.AsyncClient, nc: NATS, first_channel_id: int
+    client: httpx.AsyncClient, nats_client: NATS, first_channel_id: int
 ) -> None:
     listener = ControlListener(first_channel_id)
-    await listener.listen(nc)
+    await listener.listen(nats_client)
     with capture_logs() as logs:
         response = await client.post("/api/v1/channels", json=channel_body())
     assert response.status_code == 201
@@ -146,10 +146,10 @@ async def test_creating_a_channel_sends_start_to_its_connector(
 
 
 async def test_an_unanswered_start_still_creates_the_channel(
-    client: httpx.AsyncClient, nc: NATS, resources: Resources, first_channel_id: int
+    client: httpx.AsyncClient, nats_client: NATS, resources: Resources, first_channel_id: int
 ) -> None:
     listener = ControlListener(first_channel_id, answer=False)  # a connector that never replies
-    await listener.listen(nc)
+    await listener.listen(nats_client)
     started = time.monotonic()
     with capture_logs() as logs:
         response = await client.post("/api/v1/channels", json=channel_body())
@@ -165,10 +165,10 @@ async def test_an_unanswered_start_still_creates_the_channel(
 
 
 async def test_a_disabled_channel_gets_no_start(
-    client: httpx.AsyncClient, nc: NATS, first_channel_id: int
+    client: httpx.AsyncClient, nats_client: NATS, first_channel_id: int
 ) -> None:
     listener = ControlListener(first_channel_id)
-    await listener.listen(nc)
+    await listener.listen(nats_client)
     response = await client.post("/api/v1/channels", json=channel_body(enabled=False))
     assert response.status_code == 201
     await asyncio.sleep(0.2)  # any stray request would have arrived by now

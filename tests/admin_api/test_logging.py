@@ -15,13 +15,13 @@ from .conftest import ADMIN_TOKEN, API_KEY, CLIENT_SECRET, ControlListener, agen
 async def test_secrets_never_appear_in_log_output(
     client: httpx.AsyncClient,
     anon_client: httpx.AsyncClient,
-    nc: NATS,
+    nats_client: NATS,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
     first_channel_id: int,
 ) -> None:
     refusing = ControlReply(channel_id=0, ok=False, state=ChannelState.DISCONNECTED, error="boom")
-    await ControlListener(first_channel_id, reply=refusing).listen(nc)
+    await ControlListener(first_channel_id, reply=refusing).listen(nats_client)
     caplog.set_level(logging.DEBUG)
     with capture_logs() as events:
         agent_key = {"provider": "openai", "model": "m", "base_url": "https://x.example", "api_key": API_KEY}

@@ -21,8 +21,7 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
     assert isinstance(exc, RequestValidationError)
     if request.url.path.startswith("/v1.0/"):
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'][1:])}: {error['msg']}"
-            for error in exc.errors()
+            f"{'.'.join(str(p) for p in error['loc'][1:])}: {error['msg']}" for error in exc.errors()
         )
         return render_open_api_error(OpenApiError(400, "InvalidParameter", problems))
     return await request_validation_exception_handler(request, exc)

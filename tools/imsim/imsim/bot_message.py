@@ -16,8 +16,7 @@ def _one_pixel_png() -> bytes:
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
     pixels = zlib.compress(b"\x00\x33\x88\xff")  # filter byte + one blue pixel
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 PLACEHOLDERS: dict[str, tuple[str, bytes]] = {
@@ -38,8 +37,9 @@ def _media_code(state: SimState, kind: str, code: str | None) -> str:
     return code
 
 
-def complete_content(state: SimState, msgtype: str, text: str | None,
-                     content: dict[str, Any] | None) -> dict[str, Any] | None:
+def complete_content(
+    state: SimState, msgtype: str, text: str | None, content: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """Fill in what a test left out of `content`, registering media for every download code."""
     content = dict(content or {})
     if msgtype == "text":
@@ -51,17 +51,13 @@ def complete_content(state: SimState, msgtype: str, text: str | None,
             part = dict(part)
             if part.get("type") == "picture":
                 part["downloadCode"] = _media_code(state, "picture", part.get("downloadCode"))
-                part["pictureDownloadCode"] = _media_code(
-                    state, "picture", part.get("pictureDownloadCode")
-                )
+                part["pictureDownloadCode"] = _media_code(state, "picture", part.get("pictureDownloadCode"))
             filled.append(part)
         content["richText"] = filled
         return content
     content["downloadCode"] = _media_code(state, msgtype, content.get("downloadCode"))
     if msgtype == "picture":
-        content["pictureDownloadCode"] = _media_code(
-            state, "picture", content.get("pictureDownloadCode")
-        )
+        content["pictureDownloadCode"] = _media_code(state, "picture", content.get("pictureDownloadCode"))
     elif msgtype == "audio":
         content.setdefault("duration", 3000)
         content.setdefault("recognition", text or "")

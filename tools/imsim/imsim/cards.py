@@ -111,8 +111,7 @@ class Card:
     def delivered(self) -> bool:
         return bool(self.deliveries)
 
-    def _record(self, op: str, key: str | None, *, finalize: bool = False,
-                error: bool = False) -> None:
+    def _record(self, op: str, key: str | None, *, finalize: bool = False, error: bool = False) -> None:
         length = len(self.params.get(key if key else CONTENT_KEY, ""))
         self.updates.append(
             CardUpdate(
@@ -130,8 +129,9 @@ class Card:
         self.deliveries.append(delivery)
         self._record("deliver", None)
 
-    def stream(self, *, key: str, content: str, is_full: bool, is_finalize: bool,
-               is_error: bool, guid: str | None) -> bool:
+    def stream(
+        self, *, key: str, content: str, is_full: bool, is_finalize: bool, is_error: bool, guid: str | None
+    ) -> bool:
         """Apply one `PUT /v1.0/card/streaming`. Returns False for a repeated guid (ignored,
         as DingTalk treats guid as the idempotency key of one streaming update)."""
         if guid:
@@ -177,8 +177,12 @@ class Card:
             "created_at": self.created_at,
             "delivered": self.delivered,
             "spaces": [
-                {"space_type": d.space_type, "space_id": d.space_id,
-                 "conversation_id": d.conversation_id, "at": d.at}
+                {
+                    "space_type": d.space_type,
+                    "space_id": d.space_id,
+                    "conversation_id": d.conversation_id,
+                    "at": d.at,
+                }
                 for d in self.deliveries
             ],
         }

@@ -42,8 +42,9 @@ class StreamDispatcher:
         self._timer_task = asyncio.create_task(self._run_timers(), name="imsim-timers")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -54,8 +55,12 @@ class StreamDispatcher:
 
     async def attach(self, app: SimApp, connection: StreamConnection) -> None:
         app.connections[connection.connection_id] = connection
-        log.info("connection_opened", client_id=app.client_id,
-                 connection_id=connection.connection_id, open=len(app.open_connections()))
+        log.info(
+            "connection_opened",
+            client_id=app.client_id,
+            connection_id=connection.connection_id,
+            open=len(app.open_connections()),
+        )
         await self._flush_queue(app)
 
     def detach(self, app: SimApp, connection: StreamConnection, reason: str) -> None:
@@ -63,26 +68,29 @@ class StreamDispatcher:
             return
         connection.closed_at = now_ms()
         connection.close_reason = reason
-        log.info("connection_closed", client_id=app.client_id,
-                 connection_id=connection.connection_id, reason=reason)
+        log.info(
+            "connection_closed",
+            client_id=app.client_id,
+            connection_id=connection.connection_id,
+            reason=reason,
+        )
 
-    async def send_disconnect(self, app: SimApp, connection: StreamConnection,
-                              reason: str) -> str | None:
+    async def send_disconnect(self, app: SimApp, connection: StreamConnection, reason: str) -> str | None:
         """SYSTEM disconnect: the client should reconnect; the server closes this socket after
         the app's disconnect grace. Returns the frame id, or None if the socket was gone."""
         if not connection.is_open or connection.disconnect_sent_at is not None:
             return None
         frame_id = identifiers.new_uuid()
-        frame = frames.system_frame(frame_id=frame_id, topic=frames.TOPIC_DISCONNECT,
-                                    data={"reason": reason})
+        frame = frames.system_frame(frame_id=frame_id, topic=frames.TOPIC_DISCONNECT, data={"reason": reason})
         app.disconnect_frames[frame_id] = connection.connection_id
         connection.disconnect_sent_at = now_ms()
         connection.close_due = time.monotonic() + app.disconnect_grace
         if not await self._send(connection, frame):
             self.detach(app, connection, "send_failed")
             return None
-        log.info("disconnect_sent", client_id=app.client_id,
-                 connection_id=connection.connection_id, reason=reason)
+        log.info(
+            "disconnect_sent", client_id=app.client_id, connection_id=connection.connection_id, reason=reason
+        )
         # Messages in flight on this socket are not moved: like DingTalk, imsim redelivers them
         # once redeliver_after passes without an ACK.
         return frame_id
@@ -120,9 +128,14 @@ class StreamDispatcher:
                 app.in_flight.add(message.msg_id)
             message.last_sent_at = time.monotonic()
             if await self._send(connection, frame):
-                log.info("callback_pushed", client_id=app.client_id, msg_id=message.msg_id,
-                         frame_id=frame_id, connection_id=connection.connection_id,
-                         redelivery=redelivery)
+                log.info(
+                    "callback_pushed",
+                    client_id=app.client_id,
+                    msg_id=message.msg_id,
+                    frame_id=frame_id,
+                    connection_id=connection.connection_id,
+                    redelivery=redelivery,
+                )
                 return True
             # The socket died under us: this frame never left, try another connection.
             app.deliveries.remove(delivery)
@@ -154,10 +167,13 @@ class StreamDispatcher:
     def record_client_frame(self, app: SimApp, connection: StreamConnection, text: str) -> None:
         ack = frames.parse_client_frame(text)
         if ack is None:
-            log.warning("client_frame_unparsable", client_id=app.client_id,
-                        connection_id=connection.connection_id, size=len(text))
-            app.acks.append(AckRecord(None, "unknown", None, None, None, text,
-                                      connection.connection_id))
+            log.warning(
+                "client_frame_unparsable",
+                client_id=app.client_id,
+                connection_id=connection.connection_id,
+                size=len(text),
+            )
+            app.acks.append(AckRecord(None, "unknown", None, None, None, text, connection.connection_id))
             return
         kind, msg_id = "unknown", None
         if ack.frame_id in app.deliveries_by_frame:
@@ -179,10 +195,18 @@ class StreamDispatcher:
             ping.echoed = echoed.get("opaque") == ping.opaque
         elif ack.frame_id in app.disconnect_frames:
             kind = "disconnect"
-        app.acks.append(AckRecord(ack.frame_id, kind, msg_id, ack.code, ack.message, ack.data,
-                                  connection.connection_id))
-        log.info("ack_received", client_id=app.client_id, kind=kind, frame_id=ack.frame_id,
-                 msg_id=msg_id, code=ack.code, connection_id=connection.connection_id)
+        app.acks.append(
+            AckRecord(ack.frame_id, kind, msg_id, ack.code, ack.message, ack.data, connection.connection_id)
+        )
+        log.info(
+            "ack_received",
+            client_id=app.client_id,
+            kind=kind,
+            frame_id=ack.frame_id,
+            msg_id=msg_id,
+            code=ack.code,
+            connection_id=connection.connection_id,
+        )
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -205,10 +229,14 @@ class StreamDispatcher:
                 if connection.close_due is not None and now >= connection.close_due:
                     await connection.sink.close(CLOSE_AFTER_DISCONNECT, "disconnect grace over")
                     self.detach(app, connection, "closed_after_disconnect")
-                elif (connection.disconnect_sent_at is None
-                      and now - connection.last_ping_at >= app.ping_interval):
+                elif (
+                    connection.disconnect_sent_at is None
+                    and now - connection.last_ping_at >= app.ping_interval
+                ):
                     await self._ping(app, connection)
             for msg_id in list(app.in_flight):
+                if msg_id not in app.in_flight:  # ACKed while an earlier push was awaited
+                    continue
                 message = app.messages[msg_id]
                 sent = message.last_sent_at
                 if sent is not None and now - sent >= app.redeliver_after:
@@ -222,8 +250,7 @@ class StreamDispatcher:
         ping = PingRecord(frame_id, opaque, connection.connection_id)
         app.pings.append(ping)
         app.pings_by_frame[frame_id] = ping
-        frame = frames.system_frame(frame_id=frame_id, topic=frames.TOPIC_PING,
-                                    data={"opaque": opaque})
+        frame = frames.system_frame(frame_id=frame_id, topic=frames.TOPIC_PING, data={"opaque": opaque})
         if not await self._send(connection, frame):
             self.detach(app, connection, "send_failed")
 

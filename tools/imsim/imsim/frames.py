@@ -12,8 +12,9 @@ TOPIC_PING = "ping"
 TOPIC_DISCONNECT = "disconnect"
 
 
-def callback_frame(*, app_id: str, connection_id: str, frame_id: str, topic: str,
-                   data: str) -> dict[str, Any]:
+def callback_frame(
+    *, app_id: str, connection_id: str, frame_id: str, topic: str, data: str
+) -> dict[str, Any]:
     return {
         "specVersion": SPEC_VERSION,
         "type": "CALLBACK",

@@ -57,9 +57,7 @@ async def open_connection(
                 "requestid": identifiers.new_uuid(),
             },
         )
-    ticket = state.issue_ticket(
-        app, [s.model_dump() for s in body.subscriptions], body.ua, body.local_ip
-    )
+    ticket = state.issue_ticket(app, [s.model_dump() for s in body.subscriptions], body.ua, body.local_ip)
     ws_base = "ws" + base_url.removeprefix("http")  # http→ws, https→wss
     return {"endpoint": f"{ws_base}/gateway/connect", "ticket": ticket}
 
@@ -129,8 +127,12 @@ async def connect(
                 stream.record_client_frame(app, connection, text)
     except Exception as exc:  # a broken socket ends this connection, not the server
         reason = f"error:{type(exc).__name__}"
-        log.warning("websocket_failed", client_id=app.client_id,
-                    connection_id=connection.connection_id, error=repr(exc))
+        log.warning(
+            "websocket_failed",
+            client_id=app.client_id,
+            connection_id=connection.connection_id,
+            error=repr(exc),
+        )
     finally:
         if connection.close_due is not None and connection.closed_at is None:
             reason = "client_closed_after_disconnect"

@@ -126,37 +126,52 @@ class StreamCardBody(DingTalkBody):
 def _card(app: SimApp, out_track_id: str) -> Card:
     card = app.cards.get(out_track_id)
     if card is None:
-        raise OpenApiError(400, "param.outTrackId.notExist",
-                           f"card instance {out_track_id!r} does not exist")
+        raise OpenApiError(400, "param.outTrackId.notExist", f"card instance {out_track_id!r} does not exist")
     return card
 
 
 def _new_card(app: SimApp, body: CreateCardBody) -> Card:
     if body.out_track_id in app.cards:
-        raise OpenApiError(400, "param.outTrackId.duplicate",
-                           f"card instance {body.out_track_id!r} already exists")
+        raise OpenApiError(
+            400, "param.outTrackId.duplicate", f"card instance {body.out_track_id!r} already exists"
+        )
     params = normalize_params(param_map_from_card_data(body.card_data))
     return Card(body.out_track_id, body.card_template_id, params, body.callback_type)
 
 
-def _check_deliver_models(app: SimApp, spaces: list[tuple[str, str]],
-                          robot_model: dict[str, Any] | None,
-                          group_model: dict[str, Any] | None) -> None:
+def _check_deliver_models(
+    app: SimApp,
+    spaces: list[tuple[str, str]],
+    robot_model: dict[str, Any] | None,
+    group_model: dict[str, Any] | None,
+) -> None:
     for space_type, _space_id in spaces:
         if space_type == "IM_ROBOT":
             if robot_model is None:
-                raise OpenApiError(400, "param.imRobotOpenDeliverModel.missing",
-                                   "imRobotOpenDeliverModel is required for IM_ROBOT")
+                raise OpenApiError(
+                    400,
+                    "param.imRobotOpenDeliverModel.missing",
+                    "imRobotOpenDeliverModel is required for IM_ROBOT",
+                )
             if robot_model.get("spaceType", "IM_ROBOT") != "IM_ROBOT":
-                raise OpenApiError(400, "param.imRobotOpenDeliverModel.invalid",
-                                   "imRobotOpenDeliverModel.spaceType must be IM_ROBOT")
+                raise OpenApiError(
+                    400,
+                    "param.imRobotOpenDeliverModel.invalid",
+                    "imRobotOpenDeliverModel.spaceType must be IM_ROBOT",
+                )
         else:
             if group_model is None:
-                raise OpenApiError(400, "param.imGroupOpenDeliverModel.missing",
-                                   "imGroupOpenDeliverModel is required for IM_GROUP")
+                raise OpenApiError(
+                    400,
+                    "param.imGroupOpenDeliverModel.missing",
+                    "imGroupOpenDeliverModel is required for IM_GROUP",
+                )
             if group_model.get("robotCode") != app.robot_code:
-                raise OpenApiError(400, "param.robotCode.invalid",
-                                   "imGroupOpenDeliverModel.robotCode is not this app's robot")
+                raise OpenApiError(
+                    400,
+                    "param.robotCode.invalid",
+                    "imGroupOpenDeliverModel.robotCode is not this app's robot",
+                )
 
 
 def _deliver(app: SimApp, card: Card, spaces: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -169,13 +184,11 @@ def _deliver(app: SimApp, card: Card, spaces: list[tuple[str, str]]) -> list[dic
         shown = any(isinstance(i, CardItem) and i.card is card for i in conversation.items)
         if not shown:
             conversation.items.append(CardItem(card))
-            card.record_delivery(
-                CardDelivery(space_type, space_id, conversation.conversation_id, now_ms())
-            )
-        results.append({"spaceType": space_type, "spaceId": space_id, "success": True,
-                        "carrierId": card.out_track_id})
-    log.info("card_delivered", client_id=app.client_id, out_track_id=card.out_track_id,
-             spaces=len(spaces))
+            card.record_delivery(CardDelivery(space_type, space_id, conversation.conversation_id, now_ms()))
+        results.append(
+            {"spaceType": space_type, "spaceId": space_id, "success": True, "carrierId": card.out_track_id}
+        )
+    log.info("card_delivered", client_id=app.client_id, out_track_id=card.out_track_id, spaces=len(spaces))
     return results
 
 
@@ -198,17 +211,14 @@ async def create_card(body: CreateCardBody, app: AuthedApp) -> dict[str, Any]:
 async def deliver_card(body: DeliverCardBody, app: AuthedApp) -> dict[str, Any]:
     card = _card(app, body.out_track_id)
     spaces = parse_open_space_id(body.open_space_id)
-    _check_deliver_models(app, spaces, body.im_robot_open_deliver_model,
-                          body.im_group_open_deliver_model)
+    _check_deliver_models(app, spaces, body.im_robot_open_deliver_model, body.im_group_open_deliver_model)
     return _card_result(card, _deliver(app, card, spaces))
 
 
 @router.post("/v1.0/card/instances/createAndDeliver")
-async def create_and_deliver_card(body: CreateAndDeliverCardBody,
-                                  app: AuthedApp) -> dict[str, Any]:
+async def create_and_deliver_card(body: CreateAndDeliverCardBody, app: AuthedApp) -> dict[str, Any]:
     spaces = parse_open_space_id(body.open_space_id)
-    _check_deliver_models(app, spaces, body.im_robot_open_deliver_model,
-                          body.im_group_open_deliver_model)
+    _check_deliver_models(app, spaces, body.im_robot_open_deliver_model, body.im_group_open_deliver_model)
     card = _new_card(app, body)
     app.cards[card.out_track_id] = card
     log.info("card_created", client_id=app.client_id, out_track_id=card.out_track_id)
@@ -221,19 +231,34 @@ async def update_card(body: UpdateCardBody, app: AuthedApp) -> dict[str, Any]:
     params = normalize_params(param_map_from_card_data(body.card_data))
     by_key = bool((body.card_update_options or {}).get("updateCardDataByKey"))
     card.update_params(params, by_key=by_key)
-    log.info("card_updated", client_id=app.client_id, out_track_id=card.out_track_id,
-             flow_status=card.flow_status, by_key=by_key)
+    log.info(
+        "card_updated",
+        client_id=app.client_id,
+        out_track_id=card.out_track_id,
+        flow_status=card.flow_status,
+        by_key=by_key,
+    )
     return {"success": True, "result": True}
 
 
 @router.put("/v1.0/card/streaming")
 async def stream_card(body: StreamCardBody, app: AuthedApp) -> dict[str, Any]:
     card = _card(app, body.out_track_id)
-    applied = card.stream(key=body.key, content=body.content, is_full=body.is_full,
-                          is_finalize=body.is_finalize, is_error=body.is_error, guid=body.guid)
+    applied = card.stream(
+        key=body.key,
+        content=body.content,
+        is_full=body.is_full,
+        is_finalize=body.is_finalize,
+        is_error=body.is_error,
+        guid=body.guid,
+    )
     if not applied:
-        log.info("card_stream_repeated_guid", client_id=app.client_id,
-                 out_track_id=card.out_track_id, guid=body.guid)
+        log.info(
+            "card_stream_repeated_guid",
+            client_id=app.client_id,
+            out_track_id=card.out_track_id,
+            guid=body.guid,
+        )
     return {"success": True, "result": True}
 
 
@@ -274,10 +299,12 @@ def _template_reply(msg_key: str, msg_param: str, via: str) -> ReplyItem:
     if msg_key == "sampleText":
         return ReplyItem("text", str(param.get("content", "")), via)
     if msg_key == "sampleMarkdown":
-        return ReplyItem("markdown", str(param.get("text", "")), via,
-                         title=str(param.get("title", "")))
-    raise OpenApiError(400, "param.msgKey.unsupported",
-                       f"imsim supports msgKey sampleText and sampleMarkdown, not {msg_key!r}")
+        return ReplyItem("markdown", str(param.get("text", "")), via, title=str(param.get("title", "")))
+    raise OpenApiError(
+        400,
+        "param.msgKey.unsupported",
+        f"imsim supports msgKey sampleText and sampleMarkdown, not {msg_key!r}",
+    )
 
 
 @router.post("/v1.0/robot/oToMessages/batchSend")
@@ -299,8 +326,7 @@ async def group_send(body: GroupSendBody, app: AuthedApp) -> dict[str, Any]:
     _check_robot(app, body.robot_code)
     reply = _template_reply(body.msg_key, body.msg_param, "groupSend")
     app.group_conversation(body.open_conversation_id, None).items.append(reply)
-    log.info("robot_group_sent", client_id=app.client_id,
-             conversation_id=body.open_conversation_id)
+    log.info("robot_group_sent", client_id=app.client_id, conversation_id=body.open_conversation_id)
     return {"processQueryKey": identifiers.new_token()}
 
 
@@ -351,20 +377,25 @@ async def send_by_session(
         return _webhook_error(40035, "body is not JSON")
     if not isinstance(body, dict):
         return _webhook_error(40035, "body must be a JSON object")
-    at = body.get("at") if isinstance(body.get("at"), dict) else {}
-    at_user_ids = [str(u) for u in at.get("atUserIds") or []]
+    at = body.get("at")
+    at_user_ids = [str(u) for u in at.get("atUserIds") or []] if isinstance(at, dict) else []
     msgtype = body.get("msgtype")
     if msgtype == "text" and isinstance(body.get("text"), dict):
-        reply = ReplyItem("text", str(body["text"].get("content", "")), "webhook",
-                          at_user_ids=at_user_ids)
+        reply = ReplyItem("text", str(body["text"].get("content", "")), "webhook", at_user_ids=at_user_ids)
     elif msgtype == "markdown" and isinstance(body.get("markdown"), dict):
         markdown = body["markdown"]
-        reply = ReplyItem("markdown", str(markdown.get("text", "")), "webhook",
-                          title=str(markdown.get("title", "")), at_user_ids=at_user_ids)
+        reply = ReplyItem(
+            "markdown",
+            str(markdown.get("text", "")),
+            "webhook",
+            title=str(markdown.get("title", "")),
+            at_user_ids=at_user_ids,
+        )
     else:
         return _webhook_error(40035, f"imsim supports msgtype text and markdown, not {msgtype!r}")
     app = state.apps[record.client_id]
     app.conversations[record.conversation_id].items.append(reply)
-    log.info("session_reply", client_id=app.client_id, conversation_id=record.conversation_id,
-             kind=reply.kind)
+    log.info(
+        "session_reply", client_id=app.client_id, conversation_id=record.conversation_id, kind=reply.kind
+    )
     return JSONResponse({"errcode": 0, "errmsg": "ok"})

@@ -60,8 +60,7 @@ class MessageBody(BaseModel):
     def _check(self) -> "MessageBody":
         if self.raw_data is None and self.msgtype == "text" and self.text is None:
             raise ValueError("a text message needs `text`")
-        if (self.conversation_type == "2" and not self.conversation_id
-                and not self.conversation_title):
+        if self.conversation_type == "2" and not self.conversation_id and not self.conversation_title:
             raise ValueError("a group message needs conversation_id or conversation_title")
         return self
 
@@ -86,8 +85,9 @@ class FaultBody(BaseModel):
 @router.post("/apps")
 async def upsert_app(body: AppBody, state: State) -> dict[str, Any]:
     tunables = body.model_dump(exclude={"client_id", "client_secret", "robot_code", "name"})
-    app = state.upsert_app(body.client_id, body.client_secret, robot_code=body.robot_code,
-                           name=body.name, **tunables)
+    app = state.upsert_app(
+        body.client_id, body.client_secret, robot_code=body.robot_code, name=body.name, **tunables
+    )
     log.info("app_upserted", client_id=app.client_id)
     return app.to_json()
 
@@ -114,8 +114,9 @@ async def patch_app(body: AppPatch, app: App, state: State) -> dict[str, Any]:
 
 
 @router.post("/apps/{client_id}/messages")
-async def send_message(body: MessageBody, app: App, state: State, stream: Dispatcher,
-                       request: Request) -> dict[str, Any]:
+async def send_message(
+    body: MessageBody, app: App, state: State, stream: Dispatcher, request: Request
+) -> dict[str, Any]:
     if body.conversation_type == "1":
         conversation = app.single_conversation(body.sender_staff_id, body.sender_nick)
     else:
@@ -150,8 +151,13 @@ async def send_message(body: MessageBody, app: App, state: State, stream: Dispat
         UserItem(message, msgtype, text, content, body.sender_staff_id, body.sender_nick)
     )
     delivered = await stream.submit(app, message)
-    log.info("user_message", client_id=app.client_id, msg_id=msg_id, delivered=delivered,
-             conversation_id=conversation.conversation_id)
+    log.info(
+        "user_message",
+        client_id=app.client_id,
+        msg_id=msg_id,
+        delivered=delivered,
+        conversation_id=conversation.conversation_id,
+    )
     return {
         "msg_id": msg_id,
         "conversation_id": conversation.conversation_id,
@@ -161,8 +167,9 @@ async def send_message(body: MessageBody, app: App, state: State, stream: Dispat
 
 
 @router.post("/apps/{client_id}/media")
-async def upload_media(app: App, state: State, request: Request,
-                       file_name: str | None = None) -> dict[str, Any]:
+async def upload_media(
+    app: App, state: State, request: Request, file_name: str | None = None
+) -> dict[str, Any]:
     """Raw request body = the bytes; use the returned code in a message's `content`."""
     content = await request.body()
     content_type = request.headers.get("content-type", "application/octet-stream")
@@ -232,8 +239,7 @@ async def list_connections(app: App) -> list[dict[str, Any]]:
 
 
 @router.post("/apps/{client_id}/disconnect")
-async def disconnect(app: App, stream: Dispatcher,
-                     body: DisconnectBody | None = None) -> dict[str, Any]:
+async def disconnect(app: App, stream: Dispatcher, body: DisconnectBody | None = None) -> dict[str, Any]:
     body = body or DisconnectBody()
     if body.connection_id is not None:
         connection = app.connections.get(body.connection_id)
@@ -267,8 +273,15 @@ async def list_faults(app: App) -> list[dict[str, Any]]:
 
 @router.post("/apps/{client_id}/faults")
 async def add_fault(body: FaultBody, app: App) -> dict[str, Any]:
-    fault = Fault(identifiers.new_uuid(), body.path, body.method.upper() if body.method else None,
-                  body.status, body.code, body.message, body.times)
+    fault = Fault(
+        identifiers.new_uuid(),
+        body.path,
+        body.method.upper() if body.method else None,
+        body.status,
+        body.code,
+        body.message,
+        body.times,
+    )
     app.faults.append(fault)
     return fault.to_json()
 

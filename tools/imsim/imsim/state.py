@@ -56,10 +56,7 @@ class StreamConnection:
         return self.is_open and self.disconnect_sent_at is None
 
     def subscribed(self, frame_type: str, topic: str) -> bool:
-        return any(
-            s.get("type") == frame_type and s.get("topic") in (topic, "*")
-            for s in self.subscriptions
-        )
+        return any(s.get("type") == frame_type and s.get("topic") in (topic, "*") for s in self.subscriptions)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -327,10 +324,7 @@ class SimApp:
         return [c for c in self.connections.values() if c.is_open]
 
     def push_targets(self, topic: str) -> list[StreamConnection]:
-        return [
-            c for c in self.connections.values()
-            if c.accepts_pushes and c.subscribed("CALLBACK", topic)
-        ]
+        return [c for c in self.connections.values() if c.accepts_pushes and c.subscribed("CALLBACK", topic)]
 
     def single_conversation(self, staff_id: str, title: str | None = None) -> Conversation:
         conversation_id = identifiers.conversation_id_for_single(self.client_id, staff_id)
@@ -423,8 +417,15 @@ class SimState:
     sessions: dict[str, Session] = field(default_factory=dict)
     media: dict[str, Media] = field(default_factory=dict)
 
-    def upsert_app(self, client_id: str, client_secret: str, *, robot_code: str | None = None,
-                   name: str | None = None, **tunables: Any) -> SimApp:
+    def upsert_app(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        robot_code: str | None = None,
+        name: str | None = None,
+        **tunables: Any,
+    ) -> SimApp:
         app = self.apps.get(client_id)
         if app is None:
             app = SimApp(
@@ -458,8 +459,7 @@ class SimState:
             return None
         return app
 
-    def issue_ticket(self, app: SimApp, subscriptions: list[dict[str, str]], ua: str,
-                     local_ip: str) -> str:
+    def issue_ticket(self, app: SimApp, subscriptions: list[dict[str, str]], ua: str, local_ip: str) -> str:
         self._drop_expired_tickets()
         ticket = identifiers.new_uuid()
         self.tickets[ticket] = Ticket(
