@@ -113,7 +113,7 @@ class LocalStack:
         log_file = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed below)
+            log_file = open(self.log_dir / f"{name}.log", "ab")
         try:
             popen = subprocess.Popen(
                 argv,

@@ -158,9 +158,7 @@ async def test_unacked_message_is_redelivered_with_new_frame_id(sim, make_app, s
     peer = await stream_peer(app)
     sent = await send_user_message(sim, app)
     first = await peer.recv_type("CALLBACK")
-    started = time.monotonic()
     second = await peer.recv_type("CALLBACK", within=5)
-    assert time.monotonic() - started >= 0.3  # not before redeliver_after
     assert second["headers"]["messageId"] != first["headers"]["messageId"]
     assert second["data"] == first["data"]
     assert json.loads(second["data"])["msgId"] == sent["msg_id"]
@@ -173,6 +171,8 @@ async def test_unacked_message_is_redelivered_with_new_frame_id(sim, make_app, s
     await peer.expect_silence(1.2)
 
     deliveries = await sim_json(sim, f"/sim/apps/{app['client_id']}/deliveries")
+    # Not before redeliver_after (imsim's own clock: immune to a slow test process).
+    assert deliveries[1]["at"] - deliveries[0]["at"] >= 350
     assert [d["redelivery"] for d in deliveries] == [False, True, True]
     assert [d["acked"] for d in deliveries] == [False, False, True]
     assert deliveries[1]["ack_code"] == 500
@@ -281,7 +281,6 @@ async def test_disconnect_frame_then_close_after_grace(sim, make_app, stream_pee
         f"/sim/apps/{app['client_id']}/disconnect", json={"connection_id": old_id, "reason": "rebalance"}
     )
     assert [s["connection_id"] for s in response.json()["sent"]] == [old_id]
-    started = time.monotonic()
     frame = await old.recv_type("SYSTEM", topic="disconnect")
     assert frame["type"] == "SYSTEM"
     assert json.loads(frame["data"]) == {"reason": "rebalance"}
@@ -297,14 +296,14 @@ async def test_disconnect_frame_then_close_after_grace(sim, make_app, stream_pee
         while True:
             frame = await old.recv(within=5)
             assert frame["type"] != "CALLBACK", "a disconnecting socket got a bot message"
-    assert time.monotonic() - started >= 0.5  # closed only after the grace
     closed = await wait_for(
         lambda: sim_json(sim, f"/sim/apps/{app['client_id']}/connections"),
         lambda conns: not next(c for c in conns if c["connection_id"] == old_id)["open"],
     )
     old_record = next(c for c in closed if c["connection_id"] == old_id)
     assert old_record["close_reason"] == "closed_after_disconnect"
-    assert old_record["disconnect_sent_at"] is not None
+    # Closed only once the grace was over.
+    assert old_record["closed_at"] - old_record["disconnect_sent_at"] >= 550
     acks = await sim_json(sim, f"/sim/apps/{app['client_id']}/acks")
     assert "disconnect" in {a["kind"] for a in acks}
 

@@ -23,7 +23,8 @@ class CommonSettings(BaseSettings):
         "nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "IMGATE_NATS_URL", "nats_url")
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "IMGATE_REDIS_URL", "redis_url")
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "IMGATE_REDIS_URL", "redis_url"),
     )
     database_url: str = Field(
         "sqlite+aiosqlite:///.data/imgate.db",

@@ -6,10 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
-from imgate_admin.channels.platforms import PLATFORM_CONFIGS, AnyPlatformConfig, secret_fields
 from imgate_admin.schemas import Name, UtcDatetime
 from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState, ChannelStatus
+from imgate_common.platform_config import PLATFORM_CONFIGS, AnyPlatformConfig, secret_fields
 from imgate_common.secrets import MASK
 
 

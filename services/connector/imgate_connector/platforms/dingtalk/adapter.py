@@ -16,7 +16,11 @@ from dingtalk_stream.version import VERSION_STRING
 from imgate_common.errors import PlatformError
 from imgate_connector.platforms.base import PlatformAdapter, ReplySurface
 from imgate_connector.platforms.dingtalk.cards import DingTalkReplySurface
-from imgate_connector.platforms.dingtalk.config import BOT_MESSAGE_TOPIC, DingTalkConfig
+from imgate_connector.platforms.dingtalk.config import (
+    BOT_MESSAGE_TOPIC,
+    DingTalkConfig,
+    openapi_endpoint,
+)
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi
 from imgate_connector.platforms.dingtalk.translate import translate
 
@@ -57,7 +61,7 @@ class DingTalkAdapter(PlatformAdapter):
         super().__init__(*args, **kwargs)
         self.config = DingTalkConfig.model_validate(self.spec.config)
         self.api = DingTalkOpenApi(
-            self.http, self.config, self.config.endpoint(self.settings.dingtalk_openapi_endpoint)
+            self.http, self.config, openapi_endpoint(self.config, self.settings.dingtalk_openapi_endpoint)
         )
         self._surface = DingTalkReplySurface(self.api, self.http, self.config)
         self._log = log.bind(channel_id=self.spec.id, platform=self.name)
@@ -115,7 +119,7 @@ class DingTalkAdapter(PlatformAdapter):
     async def _open(self) -> str:
         body = {
             "clientId": self.config.client_id,
-            "clientSecret": self.config.client_secret,
+            "clientSecret": self.config.client_secret.get_secret_value(),
             "subscriptions": [{"type": "CALLBACK", "topic": BOT_MESSAGE_TOPIC}],
             "ua": f"imgate/0.1 dingtalk-stream/{VERSION_STRING}",
             "localIp": _local_ip(),

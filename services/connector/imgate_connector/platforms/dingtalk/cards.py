@@ -11,7 +11,7 @@ import structlog
 from imgate_common.errors import PlatformError
 from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_connector.platforms.base import ReplySurface
-from imgate_connector.platforms.dingtalk.config import DingTalkConfig
+from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi
 
 log = structlog.get_logger()
@@ -46,14 +46,15 @@ class DingTalkReplySurface(ReplySurface):
         self._http = http
         self._config = config
         self._streaming: set[str] = set()  # cards already switched to "inputing"
+        self._template, self._content_key = card_template(config)
 
     def _params(self, text: str, status: str) -> dict[str, Any]:
-        return {"cardParamMap": {self._config.card_content_key: text, "flowStatus": status}}
+        return {"cardParamMap": {self._content_key: text, "flowStatus": status}}
 
     async def open_card(self, run_id: str, target: ReplyTarget) -> None:
         space_id, models = open_space(target)
         body = {
-            "cardTemplateId": self._config.card_template_id,
+            "cardTemplateId": self._template,
             "outTrackId": run_id,
             "cardData": self._params("", FlowStatus.PROCESSING),
             "callbackType": "STREAM",
@@ -67,7 +68,7 @@ class DingTalkReplySurface(ReplySurface):
         body = {
             "outTrackId": run_id,
             "guid": str(uuid.uuid4()),
-            "key": self._config.card_content_key,
+            "key": self._content_key,
             "content": text,
             "isFull": True,
             "isFinalize": final,
@@ -78,7 +79,7 @@ class DingTalkReplySurface(ReplySurface):
     async def _set_status(self, run_id: str, text: str | None, status: str) -> None:
         params = self._params(text or "", status)
         if text is None:
-            del params["cardParamMap"][self._config.card_content_key]
+            del params["cardParamMap"][self._content_key]
         body = {
             "outTrackId": run_id,
             "cardData": params,

@@ -1,22 +1,29 @@
-"""A DingTalk channel's configuration and the protocol constants it relies on."""
+"""DingTalk protocol constants and what a channel's config means for the connector."""
 
-from pydantic import BaseModel, ConfigDict, HttpUrl
+from imgate_common.platform_config import DingTalkConfig
 
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
 # The AI markdown card template every DingTalk tenant has; its text lives under `msgContent`.
 AI_CARD_TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
 AI_CARD_CONTENT_KEY = "msgContent"
 
+__all__ = [
+    "AI_CARD_CONTENT_KEY",
+    "AI_CARD_TEMPLATE",
+    "BOT_MESSAGE_TOPIC",
+    "DingTalkConfig",
+    "card_template",
+    "openapi_endpoint",
+]
 
-class DingTalkConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
-    client_id: str
-    client_secret: str
-    robot_code: str | None = None  # DingTalk uses the app key as robot code for internal apps
-    openapi_endpoint: HttpUrl | None = None
-    card_template_id: str = AI_CARD_TEMPLATE
-    card_content_key: str = AI_CARD_CONTENT_KEY
+def openapi_endpoint(config: DingTalkConfig, default: str) -> str:
+    return (config.openapi_endpoint or default).rstrip("/")
 
-    def endpoint(self, default: str) -> str:
-        return str(self.openapi_endpoint or default).rstrip("/")
+
+def card_template(config: DingTalkConfig) -> tuple[str, str]:
+    """(template id, content key) of the channel's AI card."""
+    return (
+        config.card_template_id or AI_CARD_TEMPLATE,
+        config.card_content_key or AI_CARD_CONTENT_KEY,
+    )

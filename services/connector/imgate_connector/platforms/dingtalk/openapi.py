@@ -38,7 +38,10 @@ class DingTalkOpenApi:
     async def access_token(self, *, force: bool = False) -> str:
         async with self._token_lock:
             if force or self._token is None or time.monotonic() >= self._token_expires:
-                body = {"appKey": self._config.client_id, "appSecret": self._config.client_secret}
+                body = {
+                    "appKey": self._config.client_id,
+                    "appSecret": self._config.client_secret.get_secret_value(),
+                }
                 response = await self._http.post(f"{self.endpoint}/v1.0/oauth2/accessToken", json=body)
                 data = self._check(response)
                 self._token = str(data["accessToken"])

@@ -1,14 +1,13 @@
-"""Per-platform channel config: one model per platform, registered by name.
+"""Each platform's channel configuration, shared by admin-api (validation) and the connector.
 
-Adding a platform means one model here, one registry line and, in `AnyPlatformConfig`, one union
-member; the endpoints and the service stay as they are.
+Adding a platform means one model here and one registry line.
 """
 
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from imgate_admin.schemas import HttpUrlStr
+from imgate_common.fields import HttpUrlStr
 
 
 class PlatformConfig(BaseModel):
@@ -40,7 +39,9 @@ class DingTalkConfig(PlatformConfig):
     # Private deployments and imsim stand in for api.dingtalk.com through this override.
     openapi_endpoint: HttpUrlStr | None = None
     robot_code: str | None = Field(None, min_length=1, max_length=200)
+    # A channel's own AI card template, and the key its text lives under.
     card_template_id: str | None = Field(None, min_length=1, max_length=200)
+    card_content_key: str | None = Field(None, min_length=1, max_length=100)
 
 
 PLATFORM_CONFIGS: dict[str, type[PlatformConfig]] = {}
