@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def api(method: str, url: str, token: str, body: dict | None = None) -> dict | list:
+def api(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> Any:
     request = urllib.request.Request(
         url,
         method=method,
@@ -229,10 +230,10 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
-def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict, dict]:
+def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The local agent and a demo channel on imsim, created once and reused afterwards."""
     agents = api("GET", f"{admin}/api/v1/agents", token)
-    agent = next((a for a in agents if a["name"] == "local"), None) if isinstance(agents, list) else None
+    agent = next((a for a in agents if a["name"] == "local"), None)
     if agent is None:
         agent = api(
             "POST",
@@ -240,9 +241,8 @@ def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict, dict]:
             token,
             {"name": "local", "provider": "local", "system_prompt": DEMO_SYSTEM_PROMPT},
         )
-    listed = api("GET", f"{admin}/api/v1/channels", token)
-    items = listed["items"] if isinstance(listed, dict) else listed
-    channel = next((c for c in items if c["name"] == "demo"), None)
+    channels = api("GET", f"{admin}/api/v1/channels", token)
+    channel = next((c for c in channels if c["name"] == "demo"), None)
     if channel is None:
         channel = api(
             "POST",
@@ -260,7 +260,6 @@ def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict, dict]:
                 "enabled": True,
             },
         )
-    assert isinstance(agent, dict) and isinstance(channel, dict)
     return agent, channel
 
 

@@ -21,12 +21,10 @@ from imgate_connector.settings import ConnectorSettings
 Sink = Callable[[InboundMessage], Awaitable[None]]
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    async with asyncio.timeout(10):
+        while not await check():  # noqa: ASYNC110 (polls another process)
+            await asyncio.sleep(0.05)
 
 
 class Sim:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from imgate_common.errors import FailureCategory
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Literal[1] = 1
 
 
 def utcnow() -> datetime:
@@ -150,10 +150,8 @@ class Notice(ReplyEventBase):
     text: str
 
 
-ReplyEvent = Annotated[
-    RunStarted | RunDelta | RunCompleted | RunFailed | RunCancelled | Notice,
-    Field(discriminator="kind"),
-]
+AnyReplyEvent = RunStarted | RunDelta | RunCompleted | RunFailed | RunCancelled | Notice
+ReplyEvent = Annotated[AnyReplyEvent, Field(discriminator="kind")]
 REPLY_EVENT = TypeAdapter(ReplyEvent)
 TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "notice"})
 

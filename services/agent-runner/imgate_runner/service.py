@@ -16,7 +16,7 @@ from imgate_common.channels import agent_api_key
 from imgate_common.db.models import Agent, Conversation, Message, utcnow
 from imgate_common.errors import USER_MESSAGES, FailureCategory, ProviderError
 from imgate_common.messages import (
-    ReplyEventBase,
+    AnyReplyEvent,
     RunCompleted,
     RunDelta,
     RunFailed,
@@ -50,7 +50,7 @@ class RunExecutor:
         self._providers = providers
         self._publish = publish
 
-    async def _emit(self, event: ReplyEventBase) -> None:
+    async def _emit(self, event: AnyReplyEvent) -> None:
         subject = reply_subject(event.channel_id, event.run_id)
         await self._publish(subject, REPLIES_STREAM, event, f"{event.run_id}:{event.kind}:{event.seq}")
 

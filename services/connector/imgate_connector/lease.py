@@ -55,7 +55,10 @@ class ChannelLease:
 
     async def holder(self, channel_id: int) -> str | None:
         value = await self._redis.get(self._key(channel_id))
-        return value.decode().rsplit("#", 1)[0] if value else None
+        if not value:
+            return None
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return text.rsplit("#", 1)[0]
 
     def held(self) -> list[int]:
         return list(self._tokens)

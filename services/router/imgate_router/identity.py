@@ -29,6 +29,7 @@ class AutoUserMapper:
         try:
             async with session.begin_nested():
                 user = await self._create_user(session, message)
+                assert user.id is not None
                 session.add(
                     ImIdentity(
                         platform=message.platform,

@@ -72,6 +72,7 @@ class InboundRouter:
                 bound.info("inbound_unsupported", platform_type=message.platform_type)
                 await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
                 return
+            assert channel.id is not None
             user = await self._users.resolve(session, message)
             key = scope_key(message, channel.session_scope)
             command = parse_command(message.text)

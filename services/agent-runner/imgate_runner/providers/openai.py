@@ -1,7 +1,7 @@
 """`openai`: any OpenAI-compatible chat-completions endpoint, streaming, through the openai SDK."""
 
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import openai
 
@@ -57,7 +57,7 @@ class OpenAIProvider(ModelProvider):
         try:
             response = await client.chat.completions.create(
                 model=agent.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                messages=cast(Any, [{"role": m.role, "content": m.content} for m in messages]),
                 temperature=agent.temperature,
                 max_tokens=agent.max_output_tokens,
                 stream=True,

@@ -112,6 +112,7 @@ class DingTalkReplySurface(ReplySurface):
     async def _send_by_robot(self, target: ReplyTarget, text: str) -> None:
         robot_code = target.robot_code or self._config.robot_code or self._config.client_id
         param = json.dumps({"content": text}, ensure_ascii=False)
+        body: dict[str, Any]
         if target.conversation_type == ConversationType.GROUP:
             body = {
                 "robotCode": robot_code,
