@@ -44,6 +44,12 @@ class LocalProvider(ModelProvider):
         # llama.cpp contexts are not thread-safe: one generation at a time per loaded model.
         self._generation = asyncio.Semaphore(1)
 
+    async def shutdown(self) -> None:
+        if self._llama is not None:
+            async with self._generation:
+                await asyncio.to_thread(self._llama.close)
+            self._llama = None
+
     async def _model(self) -> Any:
         async with self._load_lock:
             if self._llama is None:
