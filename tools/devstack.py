@@ -6,6 +6,8 @@ everything on Ctrl-C. The pieces are reused by the end-to-end tests.
 """
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -93,6 +95,13 @@ def nats_server_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM if this launcher dies, so nothing is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Process:
     name: str
@@ -123,6 +132,7 @@ class LocalStack:
                 stdout=log_file or subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             if log_file is not None:
@@ -137,8 +147,9 @@ class LocalStack:
         assert popen.stdout is not None
         for line in popen.stdout:
             if not self.quiet:
-                sys.stdout.write(f"{name:>12} | {line.decode(errors='replace')}")
-                sys.stdout.flush()
+                with contextlib.suppress(OSError):
+                    sys.stdout.write(f"{name:>12} | {line.decode(errors='replace')}")
+                    sys.stdout.flush()
 
     def start_nats(self, url: str) -> str:
         parsed = urlparse(url)
@@ -310,12 +321,19 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
-        print(f"imgate: {exc}", file=sys.stderr)
+        _say(f"imgate: {exc}")
         return 1
     finally:
-        print("\nstopping…", flush=True)
+        _say("stopping…")
         stack.stop()
+        _say("stopped")
     return 0
+
+
+def _say(text: str) -> None:
+    """Print to stderr, surviving a closed pipe (Ctrl-C also ends `| tee`)."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ async def consume_replies(js: JetStreamContext, channel_id: int, renderer: CardR
         while True:
             try:
                 batch = await sub.fetch(FETCH_BATCH, timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is a subclass
                 continue
             except nats.errors.Error as exc:
                 log.warning("reply_fetch_failed", channel_id=channel_id, error=str(exc))
