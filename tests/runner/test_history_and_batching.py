@@ -44,3 +44,21 @@ def test_batcher_flushes_on_time() -> None:
     assert batcher.add("a") is None or batcher.text == "a"
     time.sleep(0.02)
     assert batcher.add("b") is not None
+
+
+async def test_keep_alive_beats_while_the_run_waits_and_stops_after() -> None:
+    import asyncio
+
+    from imgate_runner.service import keep_alive
+
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        beats.append(time.monotonic())
+
+    async with keep_alive(heartbeat, 0.02):
+        await asyncio.sleep(0.15)
+    count = len(beats)
+    await asyncio.sleep(0.06)
+    assert count >= 4, "a waiting run must keep telling JetStream it is alive"
+    assert len(beats) == count, "beats must stop when the run ends"

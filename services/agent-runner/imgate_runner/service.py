@@ -1,8 +1,9 @@
 """Executes one run request: agent, history, model stream, reply events, stored answer."""
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from pydantic import BaseModel
@@ -33,6 +34,28 @@ log = structlog.get_logger()
 
 Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
 Heartbeat = Callable[[], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def keep_alive(heartbeat: Heartbeat, interval_s: float) -> AsyncIterator[None]:
+    """Tell JetStream the run is alive while it waits for the model or streams, so a slow run is
+    never redelivered to a second runner (which would answer twice)."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await heartbeat()
+            except Exception as exc:
+                log.warning("run_heartbeat_failed", error=str(exc))
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class RunExecutor:
@@ -76,9 +99,11 @@ class RunExecutor:
         seq = 1
         started = time.monotonic()
         first_token: float | None = None
-        last_beat = started
         try:
-            async with asyncio.timeout(agent.timeout_s):
+            async with (
+                keep_alive(heartbeat, self._settings.in_progress_interval_s),
+                asyncio.timeout(agent.timeout_s),
+            ):
                 stream = self._providers[agent.provider].stream(
                     agent, agent_api_key(agent, self._box), build_prompt(agent, history), generation
                 )
@@ -88,9 +113,6 @@ class RunExecutor:
                     if batch is not None:
                         await self._emit(RunDelta(**common, seq=seq, text=batch, length=len(batcher.text)))
                         seq += 1
-                    if time.monotonic() - last_beat > self._settings.in_progress_interval_s:
-                        await heartbeat()
-                        last_beat = time.monotonic()
         except TimeoutError:
             await self._fail(common, seq, FailureCategory.TIMED_OUT, batcher.text)
             return

@@ -110,7 +110,8 @@ class ChannelSupervisor:
         for channel_id, channel in list(self.running.items()):
             if not await self._lease.renew(channel_id):
                 log.warning("lease_lost", channel_id=channel_id)
-                await self._stop(channel_id, reason="lease lost", release=False)
+                async with self._lock:
+                    await self._stop(channel_id, reason="lease lost", release=False)
                 continue
             await self._status.put(channel.health.snapshot())
 

@@ -30,7 +30,8 @@ def build_broker(settings: RouterSettings, router: "RouterHolder") -> NatsBroker
         INBOUND_ALL,
         stream=JStream(INBOUND_STREAM, declare=False),
         durable=ROUTER_CONSUMER,
-        pull_sub=PullSub(batch_size=16, timeout=1.0),
+        # One at a time keeps arrival order; FastStream handles a fetched batch concurrently.
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
         ack_policy=AckPolicy.MANUAL,
     )
     @jetstream_handler(InboundMessage)
