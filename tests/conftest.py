@@ -66,3 +66,15 @@ async def nats_client() -> AsyncIterator[NATS]:
     client = await nats.connect(NATS_URL)
     yield client
     await client.drain()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """llama-cpp-python opens two /dev/null files at import and never closes them; close them
+    so the interpreter's exit does not print ResourceWarnings after the test summary."""
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
