@@ -10,7 +10,6 @@ from imgate_common.messages import (
     REPLY_EVENT,
     ChannelState,
     ChannelStatus,
-    ConversationType,
     Notice,
     ReplyTarget,
     RunCompleted,
@@ -19,17 +18,11 @@ from imgate_common.messages import (
     RunRequest,
     utcnow,
 )
+from tests.support.factories import reply_target
 
 
 def target() -> ReplyTarget:
-    return ReplyTarget(
-        platform="dingtalk",
-        channel_id=1,
-        conversation_id="cid1",
-        conversation_type=ConversationType.SINGLE,
-        sender_id="u1",
-        inbound_message_id="m1",
-    )
+    return reply_target()
 
 
 def test_reply_events_parse_back_into_their_own_class() -> None:

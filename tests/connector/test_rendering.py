@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
 from imgate_common.messages import (
-    ConversationType,
     Notice,
     ReplyTarget,
     RunCompleted,
@@ -16,16 +15,9 @@ from imgate_common.messages import (
 from imgate_connector.health import ChannelHealth
 from imgate_connector.platforms.base import ReplySurface
 from imgate_connector.rendering import CardRenderer
+from tests.support.factories import reply_target
 
-TARGET = ReplyTarget(
-    platform="dingtalk",
-    channel_id=1,
-    conversation_id="cid",
-    conversation_type=ConversationType.SINGLE,
-    sender_id="u1",
-    sender_staff_id="u1",
-    inbound_message_id="m1",
-)
+TARGET = reply_target()
 
 
 @dataclass

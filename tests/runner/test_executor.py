@@ -13,8 +13,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from imgate_common.db.models import Agent, Channel, Conversation, Message, User
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import (
-    ConversationType,
-    ReplyTarget,
     RunCompleted,
     RunDelta,
     RunFailed,
@@ -25,6 +23,7 @@ from imgate_common.secrets import SecretBox
 from imgate_runner.providers.registry import build_providers
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
+from tests.support.factories import reply_target
 from tests.support.openai_stub import ScriptedModel, free_port, serve_scripted_model
 
 
@@ -74,14 +73,7 @@ async def setup_run(
             user_id=user.id,  # type: ignore[arg-type]
             user_message_id=message.id,  # type: ignore[arg-type]
             text=text,
-            target=ReplyTarget(
-                platform="dingtalk",
-                channel_id=1,
-                conversation_id="cid",
-                conversation_type=ConversationType.SINGLE,
-                sender_id="u",
-                inbound_message_id="m",
-            ),
+            target=reply_target(),
         )
 
 

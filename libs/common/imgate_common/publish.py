@@ -1,9 +1,14 @@
 """Publishing bus models durably, each with its own dedup id."""
 
+from collections.abc import Awaitable, Callable
+
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
 from imgate_common.bus import MSG_ID_HEADER
+
+# publish(subject, stream, model, msg_id): returns once JetStream stored it (or dropped a repeat).
+Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
 
 
 async def publish_durable(
@@ -17,3 +22,10 @@ async def publish_durable(
         stream=stream,
         timeout=5.0,
     )
+
+
+def durable_publisher(broker: NatsBroker) -> Publish:
+    async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
+        await publish_durable(broker, subject, stream, model, msg_id)
+
+    return publish

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats
 import structlog
@@ -12,7 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from imgate_common.bus import provision_streams
+from imgate_common.logs import configure_logging
 from imgate_common.settings import CommonSettings
+from imgate_common.telemetry import configure_tracing
 
 log = structlog.get_logger()
 
@@ -45,6 +48,16 @@ async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetSt
     js = nc.jetstream()
     await provision_streams(js, settings.stream_replicas)
     return nc, js
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def service_main(service: str, settings: S, serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """A service process: logging and tracing set up, then `serve` until SIGTERM/SIGINT."""
+    configure_logging(service, settings.log_format, settings.log_level)
+    configure_tracing(service)
+    run_until_signalled(lambda stop: serve(settings, stop))
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
-from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
@@ -24,6 +23,7 @@ from imgate_common.messages import (
     RunRequest,
     RunStarted,
 )
+from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_runner.batching import DeltaBatcher
 from imgate_runner.history import build_prompt, load_history
@@ -32,7 +32,6 @@ from imgate_runner.settings import RunnerSettings
 
 log = structlog.get_logger()
 
-Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
 Heartbeat = Callable[[], Awaitable[None]]
 
 

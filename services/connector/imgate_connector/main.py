@@ -7,11 +7,9 @@ import structlog
 from redis.asyncio import Redis
 
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.logs import configure_logging
-from imgate_common.runtime import connect_nats, instance_id, run_until_signalled
+from imgate_common.runtime import connect_nats, instance_id, service_main
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
-from imgate_common.telemetry import configure_tracing
 from imgate_connector.lease import ChannelLease
 from imgate_connector.settings import ConnectorSettings
 from imgate_connector.supervisor import ChannelSupervisor
@@ -47,10 +45,7 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = ConnectorSettings()
-    configure_logging("connector", settings.log_format, settings.log_level)
-    configure_tracing("connector")
-    run_until_signalled(lambda stop: serve(settings, stop))
+    service_main("connector", ConnectorSettings(), serve)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
 import uuid
-from collections.abc import Awaitable, Callable
 
 import structlog
-from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
@@ -14,6 +12,7 @@ from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_su
 from imgate_common.db.models import Channel, Message
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunRequest
+from imgate_common.publish import Publish
 from imgate_router.commands import HELP_REPLY, NEW_CONVERSATION_REPLY, Command, parse_command
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper
@@ -23,9 +22,6 @@ log = structlog.get_logger()
 
 # Run ids derive from the platform message id, so every redelivery maps to the same run.
 RUN_NAMESPACE = uuid.UUID("5b0e7c1a-3f0b-4c57-9d8e-2a1f6c9b7e41")
-
-# publish(subject, stream, model, msg_id) -> confirmed by JetStream
-Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
 
 
 def run_id_for(message: InboundMessage) -> str:
