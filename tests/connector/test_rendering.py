@@ -138,3 +138,22 @@ async def test_notice_is_a_plain_reply() -> None:
     cards, _ = renderer(surface)
     await cards.handle(Notice(run_id="n1", channel_id=1, target=TARGET, text="已开始新对话"))
     assert surface.calls == [("text", "cid", "已开始新对话")]
+
+
+async def test_a_redone_run_starts_the_card_text_over_and_ignores_the_dead_attempt() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await cards.handle(delta(1, "Half of the fir", 15))
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET, attempt=2))
+    await cards.handle(
+        RunDelta(run_id="r1", channel_id=1, seq=1, target=TARGET, text="Second", length=6, attempt=2)
+    )
+    await cards.handle(delta(2, "st try", 21))  # late, from the dead attempt
+    await asyncio.sleep(0.05)
+    await cards.handle(
+        RunCompleted(run_id="r1", channel_id=1, seq=2, target=TARGET, text="Second try", attempt=2)
+    )
+    assert [c[0] for c in surface.calls].count("open") == 1
+    assert "Half of the first try" not in [c[2] for c in surface.calls]
+    assert surface.calls[-1] == ("close", "r1", "Second try")

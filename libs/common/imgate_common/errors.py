@@ -60,10 +60,14 @@ class ProviderError(GatewayError):
     category = FailureCategory.PROVIDER_ERROR
     status_code = 502
 
-    def __init__(self, message: str, category: FailureCategory | None = None) -> None:
+    def __init__(
+        self, message: str, category: FailureCategory | None = None, *, transient: bool = False
+    ) -> None:
         super().__init__(message)
         if category is not None:
             self.category = category
+        # Worth another try (before the first token only): overload, rate limit, lost connection.
+        self.transient = transient
 
 
 class PlatformError(GatewayError):

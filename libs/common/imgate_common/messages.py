@@ -93,6 +93,13 @@ class InboundMessage(Contract):
     raw: dict[str, Any] = Field(default_factory=dict)
 
 
+class CancelRequest(Contract):
+    """`/stop`: end the run's model call and keep what was written so far."""
+
+    run_id: str
+    requested_by: str = "user"
+
+
 class RunRequest(Contract):
     """Ask an agent-runner to answer one user turn of a conversation."""
 
@@ -110,6 +117,8 @@ class RunRequest(Contract):
 class ReplyEventBase(Contract):
     run_id: str
     channel_id: int
+    # A redelivered run is redone from scratch; its events carry the next attempt number.
+    attempt: int = 1
     seq: int = 0
     target: ReplyTarget
     at: datetime = Field(default_factory=utcnow)

@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from imgate_common.bus import MSG_ID_HEADER
@@ -27,5 +28,20 @@ async def publish_durable(
 def durable_publisher(broker: NatsBroker) -> Publish:
     async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
         await publish_durable(broker, subject, stream, model, msg_id)
+
+    return publish
+
+
+def jetstream_publisher(js: JetStreamContext, timeout_s: float = 5.0) -> Publish:
+    """The same contract over a plain nats-py JetStream context."""
+
+    async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
+        await js.publish(
+            subject,
+            model.model_dump_json().encode(),
+            stream=stream,
+            headers={MSG_ID_HEADER: msg_id, "content-type": "application/json"},
+            timeout=timeout_s,
+        )
 
     return publish

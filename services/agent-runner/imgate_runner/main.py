@@ -1,18 +1,24 @@
-"""Agent-runner process: consumes run requests, streams model answers back."""
+"""Agent-runner process: consumes run requests, streams model answers back.
+
+The run consumer is a plain nats-py pull loop rather than a FastStream subscriber: a runner must
+take a run from JetStream only when it has a free slot, so work beyond the concurrency limit
+waits in JetStream (where another runner can take it) and never in this process's memory.
+"""
 
 import asyncio
 import contextlib
 
+import nats.errors
 import structlog
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from imgate_common.bus import RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM
-from imgate_common.consume import jetstream_handler
+from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM
+from imgate_common.consume import settle
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.messages import RunRequest
-from imgate_common.publish import durable_publisher
+from imgate_common.messages import CancelRequest, RunRequest
+from imgate_common.publish import jetstream_publisher
 from imgate_common.runtime import connect_nats, service_main
 from imgate_common.secrets import SecretBox
 from imgate_runner.providers.registry import build_providers
@@ -22,24 +28,82 @@ from imgate_runner.settings import RunnerSettings
 log = structlog.get_logger()
 
 
-def subscribe(broker: NatsBroker, executor: RunExecutor, max_workers: int) -> None:
-    @broker.subscriber(
-        RUNS_ALL,
-        stream=JStream(RUNS_STREAM, declare=False),
-        durable=RUNNER_CONSUMER,
-        pull_sub=PullSub(batch_size=1, timeout=1.0),
-        max_workers=max_workers,
-        ack_policy=AckPolicy.MANUAL,
-    )
-    @jetstream_handler(RunRequest)
-    async def on_run(request: RunRequest, msg: NatsMessage) -> None:
-        await executor.execute(request, msg.in_progress)
+class RunConsumer:
+    """Takes runs from JetStream one free slot at a time and executes them."""
+
+    def __init__(self, js: JetStreamContext, executor: RunExecutor, settings: RunnerSettings) -> None:
+        self._js = js
+        self._executor = executor
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self._js.pull_subscribe(
+            RUNS_ALL,
+            durable=RUNNER_CONSUMER,
+            stream=RUNS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self._settings.ack_wait_s),
+        )
+        taking = asyncio.create_task(self._take(sub))
+        try:
+            await stop.wait()
+        finally:
+            taking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await taking
+            await self._drain()
+            await sub.unsubscribe()
+
+    async def _take(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await sub.fetch(1, timeout=1)
+            except TimeoutError:  # nats.errors.TimeoutError is a subclass
+                self._slots.release()
+                continue
+            except nats.errors.Error as exc:
+                self._slots.release()
+                log.warning("run_fetch_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            for msg in batch:
+                task = asyncio.create_task(self._one(msg))
+                self._running.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _one(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered or 1
+        try:
+            await settle(
+                RunRequest, msg, lambda request: self._executor.execute(request, msg.in_progress, attempt)
+            )
+        except asyncio.CancelledError:
+            # Shutting down before the run finished: hand it back now rather than after ack_wait.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        log.info("runner_draining", runs=len(self._running))
+        _, pending = await asyncio.wait(self._running, timeout=self._settings.drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
-    nc, _js = await connect_nats(settings, "agent-runner")  # provisions streams first
-    await nc.close()
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
+    nc, js = await connect_nats(settings, "agent-runner")
     engine = create_engine(settings.database_url)
     providers = build_providers(settings)
     async with contextlib.AsyncExitStack() as stack:
@@ -50,15 +114,25 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
             session_factory(engine),
             SecretBox.from_settings(settings),
             providers,
-            durable_publisher(broker),
+            jetstream_publisher(js),
         )
-        subscribe(broker, executor, settings.max_concurrent_runs)
+
+        async def on_cancel(msg: Msg) -> None:
+            try:
+                request = CancelRequest.model_validate_json(msg.data)
+            except ValueError:
+                log.warning("cancel_invalid", subject=msg.subject)
+                return
+            if executor.cancel(request.run_id):
+                log.info("run_cancel_requested", run_id=request.run_id)
+
+        cancels = await nc.subscribe(CANCEL_ALL, cb=on_cancel)
         try:
-            await broker.start()
-            log.info("runner_started", providers=sorted(providers))
-            await stop.wait()
+            log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
+            await RunConsumer(js, executor, settings).run(stop)
         finally:
-            await broker.stop()
+            await cancels.unsubscribe()
+            await nc.drain()
             await engine.dispose()
             log.info("runner_stopped")
 

@@ -4,12 +4,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from imgate_common.bus import REPLIES_STREAM, reply_subject
 from imgate_common.channels import agent_api_key
@@ -17,6 +19,7 @@ from imgate_common.db.models import Agent, Conversation, Message, utcnow
 from imgate_common.errors import USER_MESSAGES, FailureCategory, ProviderError
 from imgate_common.messages import (
     AnyReplyEvent,
+    RunCancelled,
     RunCompleted,
     RunDelta,
     RunFailed,
@@ -27,7 +30,7 @@ from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_runner.batching import DeltaBatcher
 from imgate_runner.history import build_prompt, load_history
-from imgate_runner.providers.base import Generation, ModelProvider
+from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
 from imgate_runner.settings import RunnerSettings
 
 log = structlog.get_logger()
@@ -57,6 +60,70 @@ async def keep_alive(heartbeat: Heartbeat, interval_s: float) -> AsyncIterator[N
             await task
 
 
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.transient
+
+
+async def stream_with_retry(
+    provider: ModelProvider,
+    agent: Agent,
+    api_key: str | None,
+    prompt: list[ChatMessage],
+    generation: Generation,
+    attempts: int,
+) -> AsyncIterator[str]:
+    """Retry transient provider errors with back-off until the first token; never after it,
+    because the user would see the answer start twice."""
+    stream: AsyncIterator[str] | None = None
+    first: str | None = None
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=0.5, max=8),
+        reraise=True,
+    ):
+        with attempt:
+            stream = aiter(provider.stream(agent, api_key, prompt, generation))
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                first = None
+    if first is None or stream is None:
+        return
+    yield first
+    async for chunk in stream:
+        yield chunk
+
+
+@dataclass
+class RunProgress:
+    """One attempt at one run: what was said so far and how long it took."""
+
+    request: RunRequest
+    attempt: int
+    batcher: DeltaBatcher
+    seq: int = 0
+    generation: Generation = field(default_factory=Generation)
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+    @property
+    def common(self) -> dict[str, object]:
+        return {
+            "run_id": self.request.run_id,
+            "channel_id": self.request.channel_id,
+            "target": self.request.target,
+            "attempt": self.attempt,
+        }
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def ttft_ms(self) -> int | None:
+        return int((self.first_token - self.started) * 1000) if self.first_token else None
+
+
 class RunExecutor:
     def __init__(
         self,
@@ -71,115 +138,154 @@ class RunExecutor:
         self._box = box
         self._providers = providers
         self._publish = publish
+        self._streams: dict[str, asyncio.Task[None]] = {}  # run id → its model stream here
+        self._cancelled: set[str] = set()
 
     async def _emit(self, event: AnyReplyEvent) -> None:
         subject = reply_subject(event.channel_id, event.run_id)
-        await self._publish(subject, REPLIES_STREAM, event, f"{event.run_id}:{event.kind}:{event.seq}")
+        msg_id = f"{event.run_id}:{event.attempt}:{event.kind}:{event.seq}"
+        await self._publish(subject, REPLIES_STREAM, event, msg_id)
 
-    async def execute(self, request: RunRequest, heartbeat: Heartbeat) -> None:
-        bound = log.bind(run_id=request.run_id, channel_id=request.channel_id)
-        common = {"run_id": request.run_id, "channel_id": request.channel_id, "target": request.target}
+    def cancel(self, run_id: str) -> bool:
+        """`/stop`: end the model call of a run streaming in this process; False if not here."""
+        self._cancelled.add(run_id)
+        task = self._streams.get(run_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def execute(self, request: RunRequest, heartbeat: Heartbeat, attempt: int = 1) -> None:
+        bound = log.bind(run_id=request.run_id, channel_id=request.channel_id, attempt=attempt)
+        progress = RunProgress(
+            request, attempt, DeltaBatcher(self._settings.delta_interval_s, self._settings.delta_max_chars)
+        )
         async with self._sessions() as session:
             done = await self._stored_answer(session, request.run_id)
             if done is not None:
                 # Redelivered after it finished: repeat the final event, never the model call.
                 bound.info("run_already_answered")
-                await self._emit(RunCompleted(**common, seq=1_000_000, text=done.content))
+                await self._emit(RunCompleted(**progress.common, seq=1_000_000, text=done.content))  # type: ignore[arg-type]
                 return
             agent = await session.get(Agent, request.agent_id) if request.agent_id else None
             history = await load_history(session, request.conversation_id, request.user_message_id)
         if agent is None or agent.provider not in self._providers:
             bound.warning("run_without_agent", agent_id=request.agent_id)
-            await self._fail(common, 1, FailureCategory.NOT_CONFIGURED, "")
+            await self._fail(progress, FailureCategory.NOT_CONFIGURED)
             return
-        await self._emit(RunStarted(**common, seq=0))
-        batcher = DeltaBatcher(self._settings.delta_interval_s, self._settings.delta_max_chars)
-        generation = Generation()
-        seq = 1
-        started = time.monotonic()
-        first_token: float | None = None
+        if request.run_id in self._cancelled:
+            await self._finish_cancelled(progress, bound)
+            return
+        await self._emit(RunStarted(**progress.common, seq=progress.next_seq()))  # type: ignore[arg-type]
+        stream = asyncio.create_task(self._stream(agent, history, progress))
+        self._streams[request.run_id] = stream
         try:
-            async with (
-                keep_alive(heartbeat, self._settings.in_progress_interval_s),
-                asyncio.timeout(agent.timeout_s),
-            ):
-                stream = self._providers[agent.provider].stream(
-                    agent, agent_api_key(agent, self._box), build_prompt(agent, history), generation
-                )
-                async for chunk in stream:
-                    first_token = first_token or time.monotonic()
-                    batch = batcher.add(chunk)
-                    if batch is not None:
-                        await self._emit(RunDelta(**common, seq=seq, text=batch, length=len(batcher.text)))
-                        seq += 1
+            async with keep_alive(heartbeat, self._settings.in_progress_interval_s):
+                await stream
+        except asyncio.CancelledError:
+            if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                stream.cancel()
+                raise  # this process is shutting down: the run goes back to JetStream
+            await self._finish_cancelled(progress, bound)
+            return
         except TimeoutError:
-            await self._fail(common, seq, FailureCategory.TIMED_OUT, batcher.text)
+            bound.warning("run_timed_out", timeout_s=agent.timeout_s)
+            await self._fail(progress, FailureCategory.TIMED_OUT)
             return
         except ProviderError as exc:
             bound.warning("run_provider_failed", category=exc.category, error=str(exc))
-            await self._fail(common, seq, exc.category, batcher.text)
+            await self._fail(progress, exc.category)
             return
-        batch = batcher.flush()
-        if batch is not None:
-            await self._emit(RunDelta(**common, seq=seq, text=batch, length=len(batcher.text)))
-            seq += 1
-        answer = batcher.text.strip() or "(the model returned an empty answer)"
-        finished = time.monotonic()
-        await self._store(request, answer, generation, started, first_token, finished)
+        finally:
+            self._streams.pop(request.run_id, None)
+        await self._flush(progress)
+        answer = progress.batcher.text.strip() or "(the model returned an empty answer)"
+        await self._store(progress, answer, progress.generation.usage.finish_reason)
         await self._emit(
-            RunCompleted(**common, seq=seq, text=answer, finish_reason=generation.usage.finish_reason)
+            RunCompleted(
+                **progress.common,  # type: ignore[arg-type]
+                seq=progress.next_seq(),
+                text=answer,
+                finish_reason=progress.generation.usage.finish_reason,
+            )
         )
-        bound.info(
-            "run_completed",
-            chars=len(answer),
-            ttft_ms=int((first_token - started) * 1000) if first_token else None,
-            duration_ms=int((finished - started) * 1000),
+        bound.info("run_completed", chars=len(answer), ttft_ms=progress.ttft_ms())
+
+    async def _stream(self, agent: Agent, history: list[Message], progress: RunProgress) -> None:
+        async with asyncio.timeout(agent.timeout_s):
+            chunks = stream_with_retry(
+                self._providers[agent.provider],
+                agent,
+                agent_api_key(agent, self._box),
+                build_prompt(agent, history),
+                progress.generation,
+                self._settings.provider_attempts,
+            )
+            async for chunk in chunks:
+                progress.first_token = progress.first_token or time.monotonic()
+                batch = progress.batcher.add(chunk)
+                if batch is not None:
+                    await self._delta(progress, batch)
+
+    async def _delta(self, progress: RunProgress, batch: str) -> None:
+        await self._emit(
+            RunDelta(
+                **progress.common,  # type: ignore[arg-type]
+                seq=progress.next_seq(),
+                text=batch,
+                length=len(progress.batcher.text),
+            )
         )
 
-    async def _fail(
-        self,
-        common: dict[str, object],
-        seq: int,
-        category: FailureCategory,
-        partial: str,
-    ) -> None:
+    async def _flush(self, progress: RunProgress) -> None:
+        batch = progress.batcher.flush()
+        if batch is not None:
+            await self._delta(progress, batch)
+
+    async def _finish_cancelled(self, progress: RunProgress, bound: structlog.BoundLogger) -> None:
+        await self._flush(progress)
+        partial = progress.batcher.text.strip()
+        await self._store(progress, partial or "(stopped)", "cancelled")
+        await self._emit(RunCancelled(**progress.common, seq=progress.next_seq(), partial_text=partial))  # type: ignore[arg-type]
+        self._cancelled.discard(progress.request.run_id)
+        bound.info("run_cancelled", chars=len(partial))
+
+    async def _fail(self, progress: RunProgress, category: FailureCategory) -> None:
+        await self._flush(progress)
         event = RunFailed(
-            **common, seq=seq, category=category, text=USER_MESSAGES[category], partial_text=partial
-        )  # type: ignore[arg-type]
+            **progress.common,  # type: ignore[arg-type]
+            seq=progress.next_seq(),
+            category=category,
+            text=USER_MESSAGES[category],
+            partial_text=progress.batcher.text,
+        )
         await self._emit(event)
 
     async def _stored_answer(self, session: AsyncSession, run_id: str) -> Message | None:
         query = select(Message).where(Message.run_id == run_id, Message.role == "assistant")
         return (await session.exec(query)).first()
 
-    async def _store(
-        self,
-        request: RunRequest,
-        answer: str,
-        generation: Generation,
-        started: float,
-        first_token: float | None,
-        finished: float,
-    ) -> None:
+    async def _store(self, progress: RunProgress, answer: str, finish_reason: str | None) -> None:
+        usage = progress.generation.usage
         async with self._sessions() as session:
             session.add(
                 Message(
-                    conversation_id=request.conversation_id,
+                    conversation_id=progress.request.conversation_id,
                     role="assistant",
                     content=answer,
-                    run_id=request.run_id,
-                    prompt_tokens=generation.usage.prompt_tokens,
-                    completion_tokens=generation.usage.completion_tokens,
-                    ttft_ms=int((first_token - started) * 1000) if first_token else None,
-                    duration_ms=int((finished - started) * 1000),
-                    finish_reason=generation.usage.finish_reason,
+                    run_id=progress.request.run_id,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=progress.ttft_ms(),
+                    duration_ms=int((time.monotonic() - progress.started) * 1000),
+                    finish_reason=finish_reason,
                 )
             )
-            conversation = await session.get(Conversation, request.conversation_id)
+            conversation = await session.get(Conversation, progress.request.conversation_id)
             if conversation is not None:
                 conversation.last_activity_at = utcnow()
                 session.add(conversation)
             try:
                 await session.commit()
             except IntegrityError:
-                log.info("run_answer_already_stored", run_id=request.run_id)
+                log.info("run_answer_already_stored", run_id=progress.request.run_id)

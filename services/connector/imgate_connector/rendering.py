@@ -34,6 +34,7 @@ class RunCard:
     text: str = ""
     shown: str = ""  # what the card displays now
     card: bool = False  # a card exists; False means we fall back to a plain reply
+    attempt: int = 1
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     flusher: asyncio.Task[None] | None = None
 
@@ -52,9 +53,11 @@ class CardRenderer:
             return
         match event:
             case RunStarted():
-                await self._run(event.run_id, event.target)
+                self._follow_attempt(await self._run(event.run_id, event.target), event.attempt)
             case RunDelta():
                 run = await self._run(event.run_id, event.target)
+                if not self._follow_attempt(run, event.attempt):
+                    return  # a late delta of an attempt that died
                 run.text += event.text
                 if len(run.text) != event.length:
                     log.warning("reply_gap", run_id=event.run_id, have=len(run.text), want=event.length)
@@ -71,6 +74,14 @@ class CardRenderer:
                 await self._surface.send_text(event.target, event.text)
                 self._remember(event.run_id)
                 self._health.replies_out += 1
+
+    @staticmethod
+    def _follow_attempt(run: RunCard, attempt: int) -> bool:
+        """A runner that died mid-answer is replaced by a redo that writes the answer again:
+        start the text over for a newer attempt; False for events of an older one."""
+        if attempt > run.attempt:
+            run.attempt, run.text = attempt, ""
+        return attempt == run.attempt
 
     async def close(self) -> None:
         for run in self._runs.values():

@@ -14,18 +14,21 @@ PLACEHOLDER_KEY = "not-needed"
 
 
 def map_error(exc: openai.OpenAIError) -> ProviderError:
+    transient = False
     match exc:
         case openai.AuthenticationError() | openai.PermissionDeniedError():
             category = FailureCategory.AUTH_FAILED
         case openai.RateLimitError():
-            category = FailureCategory.RATE_LIMITED
+            category, transient = FailureCategory.RATE_LIMITED, True
         case openai.APITimeoutError():
             category = FailureCategory.TIMED_OUT
         case openai.BadRequestError() if "context" in str(exc).lower():
             category = FailureCategory.CONTEXT_TOO_LONG
+        case openai.APIConnectionError() | openai.InternalServerError():
+            category, transient = FailureCategory.PROVIDER_ERROR, True
         case _:
             category = FailureCategory.PROVIDER_ERROR
-    return ProviderError(f"{type(exc).__name__}: {exc}", category)
+    return ProviderError(f"{type(exc).__name__}: {exc}", category, transient=transient)
 
 
 class OpenAIProvider(ModelProvider):
@@ -41,7 +44,7 @@ class OpenAIProvider(ModelProvider):
                 base_url=agent.base_url,
                 api_key=api_key or PLACEHOLDER_KEY,
                 timeout=agent.timeout_s,
-                max_retries=2,
+                max_retries=0,  # the executor retries, before the first token only
             )
         return self._clients[key]
 

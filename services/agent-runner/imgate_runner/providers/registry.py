@@ -1,5 +1,6 @@
 """Provider instances by name, one each per process."""
 
+from imgate_runner.providers.anthropic import AnthropicProvider
 from imgate_runner.providers.base import ModelProvider
 from imgate_runner.providers.local import LocalProvider
 from imgate_runner.providers.openai import OpenAIProvider
@@ -10,6 +11,7 @@ def build_providers(settings: RunnerSettings) -> dict[str, ModelProvider]:
     providers: list[ModelProvider] = [
         LocalProvider(settings.local_model_path, settings.local_context_tokens, settings.local_threads),
         OpenAIProvider(),
+        AnthropicProvider(),
     ]
     table: dict[str, ModelProvider] = {}
     for provider in providers:

@@ -54,7 +54,7 @@ class DingTalkOpenApi:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TokenExpired),
             stop=stop_after_attempt(2),
-            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
             reraise=True,
         ):
             with attempt:

@@ -1,0 +1,93 @@
+"""`anthropic`: the Messages API, streaming, through the anthropic SDK."""
+
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, cast
+
+import anthropic
+
+from imgate_common.db.models import Agent
+from imgate_common.errors import FailureCategory, ProviderError
+from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
+
+
+def map_error(exc: anthropic.AnthropicError) -> ProviderError:
+    transient = False
+    match exc:
+        case anthropic.AuthenticationError() | anthropic.PermissionDeniedError():
+            category = FailureCategory.AUTH_FAILED
+        case anthropic.RateLimitError():
+            category, transient = FailureCategory.RATE_LIMITED, True
+        case anthropic.APITimeoutError():
+            category = FailureCategory.TIMED_OUT
+        case anthropic.BadRequestError() if "prompt is too long" in str(exc) or "context" in str(exc):
+            category = FailureCategory.CONTEXT_TOO_LONG
+        case anthropic.APIConnectionError() | anthropic.InternalServerError():
+            category, transient = FailureCategory.PROVIDER_ERROR, True
+        case anthropic.APIStatusError() if exc.status_code == 529:  # overloaded
+            category, transient = FailureCategory.RATE_LIMITED, True
+        case _:
+            category = FailureCategory.PROVIDER_ERROR
+    return ProviderError(f"{type(exc).__name__}: {exc}", category, transient=transient)
+
+
+def split_system(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The Messages API takes the system prompt apart and turns that alternate user/assistant."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    turns: list[dict[str, str]] = []
+    for message in (m for m in messages if m.role != "system"):
+        if turns and turns[-1]["role"] == message.role:
+            turns[-1]["content"] += "\n\n" + message.content
+        else:
+            turns.append({"role": message.role, "content": message.content})
+    return system, turns
+
+
+class AnthropicProvider(ModelProvider):
+    name: ClassVar[str] = "anthropic"
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str | None, float], anthropic.AsyncAnthropic] = {}
+
+    def _client(self, agent: Agent, api_key: str | None) -> anthropic.AsyncAnthropic:
+        key = (agent.base_url, api_key, agent.timeout_s)
+        if key not in self._clients:
+            self._clients[key] = anthropic.AsyncAnthropic(
+                base_url=agent.base_url,
+                api_key=api_key or "",
+                timeout=agent.timeout_s,
+                max_retries=0,  # the executor retries, before the first token only
+            )
+        return self._clients[key]
+
+    async def shutdown(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    async def stream(
+        self, agent: Agent, api_key: str | None, messages: list[ChatMessage], generation: Generation
+    ) -> AsyncIterator[str]:
+        if not api_key:
+            raise ProviderError("anthropic agent without an API key", FailureCategory.NOT_CONFIGURED)
+        system, turns = split_system(messages)
+        request: dict[str, Any] = {
+            "model": agent.model,
+            "max_tokens": agent.max_output_tokens,
+            "temperature": agent.temperature,
+            "messages": turns,
+            "stream": True,
+        }
+        if system:
+            request["system"] = system
+        try:
+            events = await self._client(agent, api_key).messages.create(**request)
+            async for event in cast(Any, events):
+                if event.type == "message_start":
+                    generation.usage.prompt_tokens = event.message.usage.input_tokens
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    yield event.delta.text
+                elif event.type == "message_delta":
+                    generation.usage.finish_reason = event.delta.stop_reason
+                    generation.usage.completion_tokens = event.usage.output_tokens
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc) from exc
