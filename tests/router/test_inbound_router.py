@@ -60,10 +60,22 @@ def published() -> Published:
 
 
 @pytest.fixture
+def cancelled() -> list[str]:
+    return []
+
+
+@pytest.fixture
 def router(
-    sessions: async_sessionmaker[AsyncSession], redis_client: Redis, key_prefix: str, published: Published
+    sessions: async_sessionmaker[AsyncSession],
+    redis_client: Redis,
+    key_prefix: str,
+    published: Published,
+    cancelled: list[str],
 ) -> InboundRouter:
-    return InboundRouter(RouterSettings(redis_prefix=key_prefix), sessions, redis_client, published)
+    async def cancel(run_id: str) -> None:
+        cancelled.append(run_id)
+
+    return InboundRouter(RouterSettings(redis_prefix=key_prefix), sessions, redis_client, published, cancel)
 
 
 async def test_first_contact_creates_the_user_and_requests_a_run(
@@ -154,3 +166,25 @@ async def test_group_scope_user_gives_members_their_own_conversation(
     await router.handle(translate(data, channel_id, None))
     a, b = published.of(RunRequest)
     assert a.conversation_id != b.conversation_id
+
+
+async def test_stop_cancels_the_unanswered_run_of_this_conversation(
+    router: InboundRouter,
+    published: Published,
+    cancelled: list[str],
+    channel_id: int,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await router.handle(inbound(channel_id, "m1", "write a long story"))
+    [run] = published.of(RunRequest)
+    await router.handle(inbound(channel_id, "m2", "/stop"))
+    assert cancelled == [run.run_id]
+    async with sessions() as session:
+        session.add(
+            Message(conversation_id=run.conversation_id, role="assistant", content="x", run_id=run.run_id)
+        )
+        await session.commit()
+    await router.handle(inbound(channel_id, "m3", "/stop"))
+    assert cancelled == [run.run_id], "an answered run is not cancelled again"
+    [notice] = published.of(Notice)
+    assert notice.text == "没有正在生成的回答。"

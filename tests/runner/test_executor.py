@@ -1,5 +1,7 @@
 """RunExecutor against a real OpenAI-compatible HTTP server (scripted) and a migrated database."""
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -13,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from imgate_common.db.models import Agent, Channel, Conversation, Message, User
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import (
+    RunCancelled,
     RunCompleted,
     RunDelta,
     RunFailed,
@@ -201,3 +204,129 @@ async def test_model_server_down_is_a_provider_error_not_a_crash(
     await make_executor(events).execute(await setup_run(sessions, agent, "x"), noop)
     failed = events[-1]
     assert isinstance(failed, RunFailed) and failed.category == FailureCategory.PROVIDER_ERROR
+
+
+async def test_transient_errors_are_retried_before_the_first_token(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    model, url = scripted
+    model.fail_status, model.fail_times = 503, 2
+    events = Events()
+    await make_executor(events).execute(await setup_run(sessions, openai_agent(url), "x"), noop)
+    assert len(model.requests) == 3
+    assert isinstance(events[-1], RunCompleted) and events[-1].text == model.answers[0]
+
+
+async def test_a_bad_key_is_not_retried(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    model, url = scripted
+    model.fail_status = 401
+    await make_executor(Events()).execute(await setup_run(sessions, openai_agent(url), "x"), noop)
+    assert len(model.requests) == 1
+
+
+async def test_a_slow_first_token_times_out_with_the_agents_limit(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    model, url = scripted
+    model.first_token_delay_s = 5
+    events = Events()
+    started = time.monotonic()
+    await make_executor(events).execute(
+        await setup_run(sessions, openai_agent(url, timeout_s=0.5), "x"), noop
+    )
+    assert time.monotonic() - started < 3
+    assert isinstance(events[-1], RunFailed) and events[-1].category == FailureCategory.TIMED_OUT
+
+
+async def test_stop_ends_the_model_stream_and_keeps_the_text_so_far(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    model, url = scripted
+    model.word_delay_s = 0.05
+    model.answer = lambda messages: " ".join(f"word{i}" for i in range(200))
+    events = Events()
+    executor = make_executor(events)
+    request = await setup_run(sessions, openai_agent(url), "long story please")
+    running = asyncio.create_task(executor.execute(request, noop))
+    while len([e for e in events if isinstance(e, RunDelta)]) < 3:  # noqa: ASYNC110 (events arrive from the stream)
+        await asyncio.sleep(0.02)
+    assert executor.cancel(request.run_id)
+    await asyncio.wait_for(running, 2)
+    final = events[-1]
+    assert isinstance(final, RunCancelled)
+    assert final.partial_text.startswith("word0 word1 word2") and "word199" not in final.partial_text
+    await asyncio.sleep(0.2)
+    assert model.streams_closed_early == 1, "the HTTP stream to the model must be closed"
+    async with sessions() as session:
+        stored = (await session.exec(select(Message).where(Message.role == "assistant"))).one()
+    assert stored.finish_reason == "cancelled" and stored.content == final.partial_text
+
+
+async def test_a_redelivered_run_publishes_under_its_attempt_number(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    _, url = scripted
+    ids: list[str] = []
+
+    async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
+        ids.append(msg_id)
+
+    executor = make_executor(Events())
+    executor._publish = publish  # type: ignore[assignment]
+    request = await setup_run(sessions, openai_agent(url), "x")
+    await executor.execute(request, noop, attempt=2)
+    assert ids and all(i.startswith(f"{request.run_id}:2:") for i in ids)
+    assert len(set(ids)) == len(ids), "every event of an attempt has its own dedup id"
+
+
+async def test_anthropic_provider_streams_with_the_system_prompt_apart(
+    sessions: async_sessionmaker[AsyncSession], make_executor: Callable[[Events], RunExecutor], tmp_path: Any
+) -> None:
+    from imgate_common.secrets import SecretBox as Box
+    from tests.support.anthropic_stub import API_KEY, ScriptedClaude, sent_key, serve_scripted_claude
+
+    claude = ScriptedClaude()
+    key = Box.from_settings(RunnerSettings(data_dir=tmp_path)).encrypt(API_KEY)
+    with serve_scripted_claude(claude) as url:
+        agent = Agent(
+            name=f"c-{uuid.uuid4().hex[:6]}",
+            provider="anthropic",
+            model="claude-test",
+            base_url=url,
+            api_key_enc=key,
+            system_prompt="Answer in French.",
+        )
+        events = Events()
+        await make_executor(events).execute(await setup_run(sessions, agent, "hello"), noop)
+    assert isinstance(events[-1], RunCompleted) and events[-1].text == claude.answer
+    assert len([e for e in events if isinstance(e, RunDelta)]) >= 2
+    body = claude.requests[0]["body"]
+    assert body["system"] == "Answer in French."
+    assert body["messages"] == [{"role": "user", "content": "hello"}]
+    assert sent_key(claude.requests[0]["headers"]) == API_KEY
+
+
+async def test_anthropic_bad_key_is_auth_failed(
+    sessions: async_sessionmaker[AsyncSession], make_executor: Callable[[Events], RunExecutor], tmp_path: Any
+) -> None:
+    from imgate_common.secrets import SecretBox as Box
+    from tests.support.anthropic_stub import ScriptedClaude, serve_scripted_claude
+
+    key = Box.from_settings(RunnerSettings(data_dir=tmp_path)).encrypt("wrong")
+    with serve_scripted_claude(ScriptedClaude()) as url:
+        agent = Agent(name="c-bad", provider="anthropic", model="m", base_url=url, api_key_enc=key)
+        events = Events()
+        await make_executor(events).execute(await setup_run(sessions, agent, "hello"), noop)
+    assert isinstance(events[-1], RunFailed) and events[-1].category == FailureCategory.AUTH_FAILED

@@ -29,7 +29,10 @@ class ScriptedModel:
     answer: Callable[[list[dict[str, Any]]], str] = default_answer
     word_delay_s: float = 0.01
     fail_status: int | None = None
+    fail_times: int | None = None  # fail only the first N requests (None: every request)
+    first_token_delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    streams_closed_early: int = 0
     answers: list[str] = field(default_factory=list)
 
 
@@ -40,7 +43,8 @@ def build_app(model: ScriptedModel) -> FastAPI:
     async def completions(request: Request) -> Any:
         body = await request.json()
         model.requests.append(body)
-        if model.fail_status is not None:
+        failing = model.fail_times is None or len(model.requests) <= model.fail_times
+        if model.fail_status is not None and failing:
             return JSONResponse(
                 {"error": {"message": "scripted failure", "type": "scripted", "code": None}},
                 status_code=model.fail_status,
@@ -51,6 +55,17 @@ def build_app(model: ScriptedModel) -> FastAPI:
 
         async def events() -> Any:
             created = int(time.time())
+            finished = False
+            try:
+                await asyncio.sleep(model.first_token_delay_s)
+                async for event in chunks(created):
+                    yield event
+                finished = True
+            finally:
+                if not finished:
+                    model.streams_closed_early += 1
+
+        async def chunks(created: int) -> Any:
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
                 chunk = {

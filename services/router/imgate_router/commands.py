@@ -5,13 +5,16 @@ from enum import StrEnum
 
 class Command(StrEnum):
     NEW = "/new"
+    STOP = "/stop"
     HELP = "/help"
 
 
 NEW_CONVERSATION_REPLY = "已开始新对话。有什么可以帮助您的？"
+STOP_NOTHING_REPLY = "没有正在生成的回答。"
 HELP_REPLY = (
     "Send me a message and I will answer.\n"
     "/new — start a new conversation (forget the context)\n"
+    "/stop — stop the answer being written\n"
     "/help — show this help"
 )
 

@@ -8,10 +8,10 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
 from redis.asyncio import Redis
 
-from imgate_common.bus import INBOUND_ALL, INBOUND_STREAM, ROUTER_CONSUMER
+from imgate_common.bus import INBOUND_ALL, INBOUND_STREAM, ROUTER_CONSUMER, cancel_subject
 from imgate_common.consume import jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.messages import InboundMessage
+from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import durable_publisher
 from imgate_common.runtime import connect_nats, service_main
 from imgate_router.service import InboundRouter
@@ -40,7 +40,12 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
     redis = Redis.from_url(settings.redis_url)
     engine = create_engine(settings.database_url)
-    subscribe(broker, InboundRouter(settings, session_factory(engine), redis, durable_publisher(broker)))
+
+    async def cancel(run_id: str) -> None:
+        await broker.publish(CancelRequest(run_id=run_id).model_dump_json().encode(), cancel_subject(run_id))
+
+    router = InboundRouter(settings, session_factory(engine), redis, durable_publisher(broker), cancel)
+    subscribe(broker, router)
     try:
         await broker.start()
         log.info("router_started")

@@ -1,11 +1,12 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
@@ -13,7 +14,13 @@ from imgate_common.db.models import Channel, Message
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunRequest
 from imgate_common.publish import Publish
-from imgate_router.commands import HELP_REPLY, NEW_CONVERSATION_REPLY, Command, parse_command
+from imgate_router.commands import (
+    HELP_REPLY,
+    NEW_CONVERSATION_REPLY,
+    STOP_NOTHING_REPLY,
+    Command,
+    parse_command,
+)
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper
 from imgate_router.settings import RouterSettings
@@ -35,11 +42,13 @@ class InboundRouter:
         sessions: async_sessionmaker[AsyncSession],
         redis: Redis,
         publish: Publish,
+        cancel: Callable[[str], Awaitable[None]],
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._redis = redis
         self._publish = publish
+        self._cancel = cancel
         self._users = AutoUserMapper(settings.auto_email_domain)
         self._conversations = ConversationStore()
 
@@ -78,6 +87,15 @@ class InboundRouter:
                 bound.info("conversation_reset", user_id=user.id)
                 await self._notice(message, run_id, NEW_CONVERSATION_REPLY)
                 return
+            if command == Command.STOP:
+                running = await self._unanswered_run(session, channel.id, key)
+                await session.commit()
+                if running is None:
+                    await self._notice(message, run_id, STOP_NOTHING_REPLY)
+                else:
+                    bound.info("run_stop_requested", run_id=running)
+                    await self._cancel(running)
+                return
             if command == Command.HELP:
                 await session.commit()
                 await self._notice(message, run_id, HELP_REPLY)
@@ -108,6 +126,21 @@ class InboundRouter:
             )
         await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, run_id)
         bound.info("run_requested", run_id=run_id, conversation_id=request.conversation_id)
+
+    async def _unanswered_run(self, session: AsyncSession, channel_id: int, key: str) -> str | None:
+        """The newest run of the current conversation that has no answer yet."""
+        conversation = await self._conversations.current(session, channel_id, key)
+        if conversation is None:
+            return None
+        last = (
+            await session.exec(
+                select(Message)
+                .where(Message.conversation_id == conversation.id)
+                .order_by(col(Message.id).desc())
+                .limit(1)
+            )
+        ).first()
+        return last.run_id if last is not None and last.role == "user" else None
 
     async def _notice(self, message: InboundMessage, run_id: str, text: str) -> None:
         notice = Notice(run_id=run_id, channel_id=message.channel_id, target=message.target, text=text)

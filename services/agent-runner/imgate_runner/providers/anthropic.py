@@ -72,8 +72,8 @@ class AnthropicProvider(ModelProvider):
         system, turns = split_system(messages)
         request: dict[str, Any] = {
             "model": agent.model,
+            # No temperature: the Messages API of the SDK generation we pin no longer takes one.
             "max_tokens": agent.max_output_tokens,
-            "temperature": agent.temperature,
             "messages": turns,
             "stream": True,
         }
