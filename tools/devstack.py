@@ -207,6 +207,13 @@ class LocalStack:
     def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
         return self.spawn(name, [PYTHON, "-m", SERVICES[name]], extra_env)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a child, as a crash would (used by tests of what survives one)."""
+        for process in [p for p in self.processes if p.name == name]:
+            process.popen.kill()
+            process.popen.wait()
+            self.processes.remove(process)
+
     def check_alive(self) -> None:
         for process in self.processes:
             code = process.popen.poll()

@@ -1,0 +1,70 @@
+"""End to end: /stop mid-answer, and a runner killed mid-stream still yields exactly one answer."""
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CLIENT_ID, Running, send, wait_for_items
+
+pytestmark = pytest.mark.e2e
+
+LONG = " ".join(f"w{i}" for i in range(80))
+
+
+def streaming_started(running: Running, conversation_id: str) -> bool:
+    items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{conversation_id}").json()["items"]
+    cards = [i for i in items if i["kind"] == "card"]
+    return bool(cards) and any(u["op"] == "full" and u["len"] for u in cards[-1]["updates"])
+
+
+def wait(check: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_stop_ends_the_answer_and_keeps_what_was_written(running: Running, channel: dict[str, Any]) -> None:
+    running.model.word_delay_s = 0.1
+    running.model.answer = lambda messages: LONG
+    try:
+        sent = send(running, CLIENT_ID, text="Tell me everything.", sender_staff_id="erin")
+        cid = sent["conversation_id"]
+        wait(lambda: streaming_started(running, cid))
+        send(running, CLIENT_ID, text="/stop", sender_staff_id="erin")
+        [card] = wait_for_items(running, CLIENT_ID, cid, 1)
+    finally:
+        running.model.word_delay_s = 0.03
+        running.model.answer = type(running.model)().answer
+    assert card["kind"] == "card" and card["finalized"]
+    assert card["content"].startswith("w0 w1") and card["content"].endswith("(stopped)")
+    assert "w79" not in card["content"]
+    items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{cid}").json()["items"]
+    assert [i["kind"] for i in items if i["kind"] != "user"] == ["card"], "one answer, no extra replies"
+
+
+def test_runner_killed_mid_stream_still_gives_exactly_one_answer(
+    running: Running, channel: dict[str, Any]
+) -> None:
+    running.model.word_delay_s = 0.1
+    running.model.answer = lambda messages: LONG
+    try:
+        sent = send(running, CLIENT_ID, text="A long answer, please.", sender_staff_id="frank")
+        cid = sent["conversation_id"]
+        wait(lambda: streaming_started(running, cid))
+        requests_before = len(running.model.requests)
+        running.stack.kill("agent-runner")
+        running.stack.start_service("agent-runner")
+        [card] = wait_for_items(running, CLIENT_ID, cid, 1, timeout=60)
+    finally:
+        running.model.word_delay_s = 0.03
+        running.model.answer = type(running.model)().answer
+    assert card["content"] == LONG
+    assert card["flow_status"] == "3"
+    assert len(running.model.requests) == requests_before + 1, "the run is redone once"
+    items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{cid}").json()["items"]
+    assert [i["kind"] for i in items if i["kind"] != "user"] == ["card"], "exactly one answer"
+    finals = [u for u in card["updates"] if u.get("finalize")]
+    assert len(finals) == 1, f"finalized once: {card['updates']}"
