@@ -1,23 +1,22 @@
-"""A channel's configuration models, shared by admin-api (validation) and the services that run it.
+"""Each platform's channel configuration, shared by admin-api (validation) and the connector.
 
-Each platform's connection config (used by the connector), and the user-mapping settings (used by
-the router). Adding a platform means one model here and one registry line.
+Adding a platform means one model here and one registry line.
 """
 
-from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from imgate_common.fields import HttpUrlStr
 
 
-class ConfigWithSecrets(BaseModel):
-    """A config whose `secret_fields` are stored encrypted, apart from the rest."""
+class PlatformConfig(BaseModel):
+    """Base of the platform configs; `secret_fields` go encrypted into `secrets_enc`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    secret_fields: ClassVar[frozenset[str]] = frozenset()
+    platform: ClassVar[str]
+    secret_fields: ClassVar[frozenset[str]]
 
     def split(self) -> tuple[dict[str, Any], dict[str, str]]:
         """(public config, secrets in clear) with unset optional fields left out."""
@@ -29,12 +28,6 @@ class ConfigWithSecrets(BaseModel):
             else:
                 public[name] = value
         return public, secrets
-
-
-class PlatformConfig(ConfigWithSecrets):
-    """Base of the platform configs; `secret_fields` go encrypted into `channels.secrets_enc`."""
-
-    platform: ClassVar[str]
 
 
 class DingTalkConfig(PlatformConfig):
@@ -69,64 +62,3 @@ AnyPlatformConfig = DingTalkConfig
 def secret_fields(platform: str) -> frozenset[str]:
     config = PLATFORM_CONFIGS.get(platform)
     return config.secret_fields if config else frozenset()
-
-
-# --- user mapping: how an IM identity becomes one of our users ---------------------------------
-
-
-def _ldap_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("ldap", "ldaps") or not parts.netloc:
-        raise ValueError("must be an ldap:// or ldaps:// URL")
-    return value
-
-
-LdapUrlStr = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500), AfterValidator(_ldap_url)]
-Dn = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Attribute = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-
-
-class AutoUserMapping(ConfigWithSecrets):
-    """A user is created on first contact from what the platform tells about the sender."""
-
-    mode: Literal["auto"] = "auto"
-
-
-class LdapUserMapping(ConfigWithSecrets):
-    """The sender is looked up in a directory; secrets go to `channels.user_mapping_secrets_enc`."""
-
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"bind_password"})
-
-    mode: Literal["ldap"]
-    url: LdapUrlStr
-    bind_dn: Dn
-    bind_password: SecretStr = Field(min_length=1, max_length=500, description="stored encrypted")
-    base_dn: Dn
-    # {user_id} is the platform's user id, {staff_id} the employee id when the platform sends one.
-    user_filter: str = Field("(employeeNumber={staff_id})", min_length=1, max_length=500)
-    username_attribute: Attribute = "uid"
-    email_attribute: Attribute = "mail"
-    display_name_attribute: Attribute = "cn"
-    # When the directory knows nobody: create a user as `auto` does (true) or refuse to answer.
-    fallback_to_auto: bool = True
-
-
-class ErpUserMapping(ConfigWithSecrets):
-    """The sender is looked up over HTTP: GET {url}?platform=…&user_id=…&staff_id=… → {username, …}."""
-
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
-
-    mode: Literal["erp"]
-    url: HttpUrlStr
-    api_key: SecretStr | None = Field(None, min_length=1, max_length=500, description="stored encrypted")
-    timeout_s: float = Field(5.0, gt=0, le=60, allow_inf_nan=False)
-    fallback_to_auto: bool = True
-
-
-USER_MAPPINGS: dict[str, type[ConfigWithSecrets]] = {
-    "auto": AutoUserMapping,
-    "ldap": LdapUserMapping,
-    "erp": ErpUserMapping,
-}
-
-AnyUserMapping = Annotated[AutoUserMapping | LdapUserMapping | ErpUserMapping, Field(discriminator="mode")]

@@ -7,7 +7,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgate_common.errors import Conflict, GatewayError, InvalidRequest, NotFound
@@ -68,27 +68,11 @@ def error_response(
 def _location(loc: tuple[Any, ...]) -> str:
     # "body" / "query" / "path" only say where FastAPI looked; the field path is what a caller fixes.
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else list(loc)
-    return _clean(".".join(str(p) for p in parts)) or "body"
+    return ".".join(str(p) for p in parts) or "body"
 
 
 def _clean(msg: str) -> str:
-    # Re-encoded: a field name a client sent may hold lone surrogates, which JSON cannot carry.
-    return msg.removeprefix("Value error, ").encode("utf-8", "backslashreplace").decode()
-
-
-def invalid_fields(exc: ValidationError, *prefix: str | int) -> RequestValidationError:
-    """A validation error raised after the request was parsed (a PATCH merged with the stored
-    row), rendered like FastAPI's own: 422 with one entry per field, never the input."""
-    return RequestValidationError(
-        [
-            {"loc": ("body", *prefix, *e["loc"]), "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_input=False, include_url=False)
-        ]
-    )
-
-
-def invalid_field(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
+    return msg.removeprefix("Value error, ")
 
 
 async def gateway_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -7,14 +7,11 @@ from imsim import identifiers
 
 
 class OpenApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.headers = headers or {}
 
 
 def invalid_authentication(message: str = "invalid or expired access token") -> OpenApiError:
@@ -29,7 +26,6 @@ def render_open_api_error(error: OpenApiError) -> JSONResponse:
             "message": error.message,
             "requestid": identifiers.new_uuid(),
         },
-        headers=error.headers,
     )
 
 

@@ -1,1 +1,0 @@
-"""The audit log: who changed what, never with secret values."""
