@@ -13,10 +13,10 @@ pytestmark = pytest.mark.e2e
 LONG = " ".join(f"w{i}" for i in range(80))
 
 
-def streaming_started(running: Running, conversation_id: str) -> bool:
+def streaming_started(running: Running, conversation_id: str, chars: int = 1) -> bool:
     items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{conversation_id}").json()["items"]
     cards = [i for i in items if i["kind"] == "card"]
-    return bool(cards) and any(u["op"] == "full" and u["len"] for u in cards[-1]["updates"])
+    return bool(cards) and any(u["op"] == "full" and u["len"] >= chars for u in cards[-1]["updates"])
 
 
 def wait(check: Any, timeout: float = 20) -> None:
@@ -32,14 +32,14 @@ def test_stop_ends_the_answer_and_keeps_what_was_written(running: Running, chann
     try:
         sent = send(running, CLIENT_ID, text="Tell me everything.", sender_staff_id="erin")
         cid = sent["conversation_id"]
-        wait(lambda: streaming_started(running, cid))
+        wait(lambda: streaming_started(running, cid, chars=len("w0 w1 w2")))
         send(running, CLIENT_ID, text="/stop", sender_staff_id="erin")
         [card] = wait_for_items(running, CLIENT_ID, cid, 1)
     finally:
         running.model.word_delay_s = 0.03
         running.model.answer = type(running.model)().answer
-    assert card["kind"] == "card" and card["finalized"]
-    assert card["content"].startswith("w0 w1") and card["content"].endswith("(stopped)")
+    assert card["kind"] == "card" and card["finalized"] and card["flow_status"] == "3"
+    assert card["content"].startswith("w0 w1 w2") and card["content"].endswith("(stopped)")
     assert "w79" not in card["content"]
     items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{cid}").json()["items"]
     assert [i["kind"] for i in items if i["kind"] != "user"] == ["card"], "one answer, no extra replies"
