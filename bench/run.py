@@ -23,6 +23,9 @@ from imgate_connector.platforms.base import ReplySurface
 from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_connector.rendering import CardRenderer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runner import rows as runner_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = json.loads((ROOT / "tests/fixtures/dingtalk/text_group_at.json").read_text())
 
@@ -98,6 +101,7 @@ def main() -> int:
             f"{base_calls / ours_calls:.1f}x fewer",
         ),
     ]
+    rows += runner_rows(quick="--quick" in sys.argv)
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'imgate':>10}  {'baseline':>10}  ratio")
     for name, a, b, ratio in rows:
