@@ -3,9 +3,10 @@
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import httpx
 from websockets.asyncio.client import ClientConnection
@@ -124,3 +125,87 @@ async def access_token(sim: httpx.AsyncClient, app: dict[str, Any]) -> str:
     assert response.status_code == 200, response.text
     token: str = response.json()["accessToken"]
     return token
+
+
+AI_CARD_TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
+
+
+class CardApi:
+    """The bot's side of the card OpenAPI, the way a DingTalk client calls it."""
+
+    def __init__(self, sim: httpx.AsyncClient, app: dict[str, Any], token: str) -> None:
+        self.sim = sim
+        self.app = app
+        self.token = token
+
+    @classmethod
+    async def for_app(cls, sim: httpx.AsyncClient, app: dict[str, Any]) -> "CardApi":
+        return cls(sim, app, await access_token(sim, app))
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await self.sim.request(
+            method, path, json=body, headers={"x-acs-dingtalk-access-token": self.token}
+        )
+
+    async def create_and_deliver(
+        self, out_track_id: str, *, staff_id: str | None = None, group_id: str | None = None, text: str = ""
+    ) -> httpx.Response:
+        body: dict[str, Any] = {
+            "cardTemplateId": AI_CARD_TEMPLATE,
+            "outTrackId": out_track_id,
+            "cardData": {"cardParamMap": {"flowStatus": "1", "msgContent": text}},
+            "callbackType": "STREAM",
+        }
+        if group_id is not None:
+            body["openSpaceId"] = f"dtv1.card//IM_GROUP.{group_id}"
+            body["imGroupOpenDeliverModel"] = {"robotCode": self.app["robot_code"]}
+        else:
+            body["openSpaceId"] = f"dtv1.card//IM_ROBOT.{staff_id}"
+            body["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT"}
+        return await self.call("POST", "/v1.0/card/instances/createAndDeliver", body)
+
+    async def stream(
+        self,
+        out_track_id: str,
+        content: str,
+        *,
+        full: bool = False,
+        finalize: bool = False,
+        error: bool = False,
+    ) -> httpx.Response:
+        return await self.call(
+            "PUT",
+            "/v1.0/card/streaming",
+            {
+                "outTrackId": out_track_id,
+                "guid": uuid.uuid4().hex,
+                "key": "msgContent",
+                "content": content,
+                "isFull": full,
+                "isFinalize": finalize,
+                "isError": error,
+            },
+        )
+
+    async def set_status(self, out_track_id: str, flow_status: str, **params: str) -> httpx.Response:
+        return await self.call(
+            "PUT",
+            "/v1.0/card/instances",
+            {
+                "outTrackId": out_track_id,
+                "cardData": {"cardParamMap": {"flowStatus": flow_status, **params}},
+                "cardUpdateOptions": {"updateCardDataByKey": True},
+            },
+        )
+
+
+async def patch_faults(sim: httpx.AsyncClient, app: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    response = await sim.patch(f"/sim/apps/{app['client_id']}/faults/config", json=changes)
+    assert response.status_code == 200, response.text
+    config: dict[str, Any] = response.json()
+    return config
+
+
+def message_path(app: dict[str, Any], msg_id: str, suffix: str = "") -> str:
+    """msgIds are base64 (`+`, `/`, `=`): quote them into the path."""
+    return f"/sim/apps/{app['client_id']}/messages/{quote(msg_id, safe='')}{suffix}"

@@ -40,6 +40,8 @@ async def test_session_webhook_replies_land_in_the_conversation(sim, make_app, s
         "via": "webhook",
         "at_user_ids": ["u9"],
         "at": first["at"],
+        "reply_to": sent["msg_id"],
+        "link": "session",
     }
     assert second["kind"] == "markdown"
     assert second["title"] == "Result" and second["text"] == "**bold** answer"

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from imsim import gateway, openapi, page, sim_api
+from imsim.call_recorder import ApiCallRecorder
 from imsim.dispatcher import StreamDispatcher
 from imsim.errors import OpenApiError, open_api_error_handler, render_open_api_error
 from imsim.settings import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sim = state
     app.state.dispatcher = dispatcher
+    app.add_middleware(ApiCallRecorder)
     app.add_exception_handler(OpenApiError, open_api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.include_router(gateway.router)

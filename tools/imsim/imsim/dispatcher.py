@@ -1,17 +1,18 @@
 """Pushes frames to stream connections and keeps DingTalk's delivery promises: one random
 connection per push, redelivery of what was not ACKed, queueing while nobody is connected,
-pings and disconnects on a timer."""
+pings and disconnects on a timer. Also where the stream faults act: periodic disconnects,
+hard drops, half-dead sockets and forced duplicates."""
 
 import asyncio
 import contextlib
 import json
-import random
 import time
 from types import TracebackType
 
 import structlog
 
 from imsim import frames, identifiers
+from imsim.faults import FaultConfig
 from imsim.identifiers import now_ms
 from imsim.state import (
     AckRecord,
@@ -36,7 +37,6 @@ class StreamDispatcher:
         self._state = state
         self._tick = tick
         self._timer_task: asyncio.Task[None] | None = None
-        self._random = random.Random()
 
     async def __aenter__(self) -> "StreamDispatcher":
         self._timer_task = asyncio.create_task(self._run_timers(), name="imsim-timers")
@@ -55,6 +55,10 @@ class StreamDispatcher:
 
     async def attach(self, app: SimApp, connection: StreamConnection) -> None:
         app.connections[connection.connection_id] = connection
+        app.counters.connections_opened += 1
+        every = app.fault_config.disconnect_every
+        connection.rebalance_due = time.monotonic() + every if every else None
+        connection.sink.set_half_dead(app.is_half_dead(connection))
         log.info(
             "connection_opened",
             client_id=app.client_id,
@@ -68,6 +72,9 @@ class StreamDispatcher:
             return
         connection.closed_at = now_ms()
         connection.close_reason = reason
+        app.counters.connections_closed += 1
+        if reason == "dropped":
+            app.counters.connections_dropped += 1
         log.info(
             "connection_closed",
             client_id=app.client_id,
@@ -75,7 +82,37 @@ class StreamDispatcher:
             reason=reason,
         )
 
-    async def send_disconnect(self, app: SimApp, connection: StreamConnection, reason: str) -> str | None:
+    async def drop(self, app: SimApp, connection: StreamConnection) -> bool:
+        """Hard drop: the socket goes away without a close frame, as when a network path dies."""
+        if not connection.is_open:
+            return False
+        self.detach(app, connection, "dropped")
+        await connection.sink.abort()
+        return True
+
+    def apply_fault_config(self, app: SimApp, previous: FaultConfig) -> None:
+        """Bring open connections in line with a changed fault configuration."""
+        every = app.fault_config.disconnect_every
+        if every != previous.disconnect_every:
+            # A new period counts from now, not from when each connection opened.
+            due = time.monotonic() + every if every else None
+            for connection in app.open_connections():
+                connection.rebalance_due = due
+        self.refresh_half_dead(app)
+
+    def refresh_half_dead(self, app: SimApp) -> None:
+        for connection in app.open_connections():
+            connection.sink.set_half_dead(app.is_half_dead(connection))
+
+    def make_half_dead(self, app: SimApp, connection: StreamConnection) -> None:
+        """This connection alone turns half-dead until it closes; new connections are healthy."""
+        connection.half_dead = True
+        connection.sink.set_half_dead(True)
+        log.info("connection_half_dead", client_id=app.client_id, connection_id=connection.connection_id)
+
+    async def send_disconnect(
+        self, app: SimApp, connection: StreamConnection, reason: str, *, periodic: bool = False
+    ) -> str | None:
         """SYSTEM disconnect: the client should reconnect; the server closes this socket after
         the app's disconnect grace. Returns the frame id, or None if the socket was gone."""
         if not connection.is_open or connection.disconnect_sent_at is not None:
@@ -85,11 +122,19 @@ class StreamDispatcher:
         app.disconnect_frames[frame_id] = connection.connection_id
         connection.disconnect_sent_at = now_ms()
         connection.close_due = time.monotonic() + app.disconnect_grace
-        if not await self._send(connection, frame):
+        connection.rebalance_due = None
+        if not await self._send_system(app, connection, frame):
             self.detach(app, connection, "send_failed")
             return None
+        app.counters.disconnects_sent += 1
+        if periodic:
+            app.counters.periodic_disconnects += 1
         log.info(
-            "disconnect_sent", client_id=app.client_id, connection_id=connection.connection_id, reason=reason
+            "disconnect_sent",
+            client_id=app.client_id,
+            connection_id=connection.connection_id,
+            reason=reason,
+            periodic=periodic,
         )
         # Messages in flight on this socket are not moved: like DingTalk, imsim redelivers them
         # once redeliver_after passes without an ACK.
@@ -100,15 +145,22 @@ class StreamDispatcher:
     async def submit(self, app: SimApp, message: InboundMessage) -> bool:
         """Push a new message now, or queue it until a connection opens. True if pushed."""
         app.messages[message.msg_id] = message
-        return await self._push(app, message)
+        app.counters.messages += 1
+        return await self._push(app, message) is not None
 
-    async def _push(self, app: SimApp, message: InboundMessage) -> bool:
+    async def redeliver(self, app: SimApp, message: InboundMessage) -> Delivery | None:
+        """Forced duplicate: push the message again now, with a new frame id and the same data,
+        whether or not it was ACKed. None when no connection takes pushes."""
+        return await self._push(app, message, forced=True)
+
+    async def _push(self, app: SimApp, message: InboundMessage, *, forced: bool = False) -> Delivery | None:
         while True:
             targets = app.push_targets(message.topic)
             if not targets:
-                self._queue(app, message)
-                return False
-            connection = self._random.choice(targets)
+                if not forced:
+                    self._queue(app, message)
+                return None
+            connection = app.random.push.choice(targets)
             redelivery = bool(message.frame_ids)
             frame_id = identifiers.new_uuid()
             frame = frames.callback_frame(
@@ -119,15 +171,31 @@ class StreamDispatcher:
                 data=message.data,
             )
             # Record before sending: a fast client can ACK before send() returns.
-            delivery = Delivery(frame_id, message.msg_id, connection.connection_id, redelivery)
+            delivery = Delivery(frame_id, message.msg_id, connection.connection_id, redelivery, forced=forced)
             app.deliveries.append(delivery)
             app.deliveries_by_frame[frame_id] = delivery
             message.frame_ids.append(frame_id)
+            if message.first_pushed_at is None:
+                message.first_pushed_at = delivery.at
             if message.status != "acked":
                 message.status = "sent"
                 app.in_flight.add(message.msg_id)
             message.last_sent_at = time.monotonic()
+            if app.is_half_dead(connection):
+                # The server believes it pushed; the frame never reaches the client.
+                delivery.swallowed = True
+                connection.frames_lost += 1
+                self._count_push(app, delivery)
+                log.info(
+                    "callback_swallowed",
+                    client_id=app.client_id,
+                    msg_id=message.msg_id,
+                    frame_id=frame_id,
+                    connection_id=connection.connection_id,
+                )
+                return delivery
             if await self._send(connection, frame):
+                self._count_push(app, delivery)
                 log.info(
                     "callback_pushed",
                     client_id=app.client_id,
@@ -135,13 +203,26 @@ class StreamDispatcher:
                     frame_id=frame_id,
                     connection_id=connection.connection_id,
                     redelivery=redelivery,
+                    forced=forced,
                 )
-                return True
+                return delivery
             # The socket died under us: this frame never left, try another connection.
             app.deliveries.remove(delivery)
             del app.deliveries_by_frame[frame_id]
             message.frame_ids.remove(frame_id)
+            if not message.frame_ids:
+                message.first_pushed_at = None
             self.detach(app, connection, "send_failed")
+
+    @staticmethod
+    def _count_push(app: SimApp, delivery: Delivery) -> None:
+        app.counters.pushes += 1
+        if delivery.forced:
+            app.counters.forced_duplicates += 1
+        elif delivery.redelivery:
+            app.counters.redeliveries += 1
+        if delivery.swallowed:
+            app.counters.swallowed += 1
 
     def _queue(self, app: SimApp, message: InboundMessage) -> None:
         app.in_flight.discard(message.msg_id)
@@ -154,8 +235,8 @@ class StreamDispatcher:
     async def _flush_queue(self, app: SimApp) -> None:
         for _ in range(len(app.queued)):
             msg_id = app.queued.popleft()
-            message = app.messages[msg_id]
-            if message.status == "acked":
+            message = app.messages.get(msg_id)
+            if message is None or message.status == "acked":
                 continue
             if not app.push_targets(message.topic):
                 app.queued.append(msg_id)
@@ -165,6 +246,9 @@ class StreamDispatcher:
     # -- what clients send back -----------------------------------------------------------------
 
     def record_client_frame(self, app: SimApp, connection: StreamConnection, text: str) -> None:
+        if app.is_half_dead(connection):
+            connection.frames_lost += 1  # lost on the way: the server never reads it
+            return
         ack = frames.parse_client_frame(text)
         if ack is None:
             log.warning(
@@ -174,6 +258,7 @@ class StreamDispatcher:
                 size=len(text),
             )
             app.acks.append(AckRecord(None, "unknown", None, None, None, text, connection.connection_id))
+            app.counters.acks_by_kind["unknown"] += 1
             return
         kind, msg_id = "unknown", None
         if ack.frame_id in app.deliveries_by_frame:
@@ -181,7 +266,11 @@ class StreamDispatcher:
             delivery = app.deliveries_by_frame[ack.frame_id]
             msg_id = delivery.msg_id
             delivery.ack_code = ack.code
+            if delivery.ack_latency_ms is None:
+                delivery.ack_latency_ms = round((time.monotonic() - delivery.sent_mono) * 1000, 3)
+                app.counters.ack_latencies_ms.append(delivery.ack_latency_ms)
             if ack.code == 200:
+                app.counters.callback_acks_ok += 1
                 delivery.acked = True
                 message = app.messages[msg_id]
                 message.status = "acked"
@@ -189,12 +278,17 @@ class StreamDispatcher:
         elif ack.frame_id in app.pings_by_frame:
             kind = "ping"
             ping = app.pings_by_frame[ack.frame_id]
+            echoed = ack.data_object() or {}
+            if not ping.acked:
+                app.counters.pings_acked += 1
+                if echoed.get("opaque") == ping.opaque:
+                    app.counters.pings_echoed += 1
             ping.acked = True
             ping.ack_code = ack.code
-            echoed = ack.data_object() or {}
             ping.echoed = echoed.get("opaque") == ping.opaque
         elif ack.frame_id in app.disconnect_frames:
             kind = "disconnect"
+        app.counters.acks_by_kind[kind] += 1
         app.acks.append(
             AckRecord(ack.frame_id, kind, msg_id, ack.code, ack.message, ack.data, connection.connection_id)
         )
@@ -221,18 +315,22 @@ class StreamDispatcher:
             await asyncio.sleep(self._tick)
 
     async def run_due_timers(self) -> None:
-        """One pass: close connections past their grace, ping, redeliver what is overdue.
-        Intervals are read from the app on every pass, so PATCHed settings apply at once."""
+        """One pass: close connections past their grace, rebalance, ping, redeliver what is
+        overdue. Intervals are read from the app on every pass, so PATCHed settings apply at once."""
         now = time.monotonic()
         for app in list(self._state.apps.values()):
             for connection in app.open_connections():
                 if connection.close_due is not None and now >= connection.close_due:
-                    await connection.sink.close(CLOSE_AFTER_DISCONNECT, "disconnect grace over")
+                    if app.is_half_dead(connection):
+                        await connection.sink.abort()  # no close frame gets through either
+                    else:
+                        await connection.sink.close(CLOSE_AFTER_DISCONNECT, "disconnect grace over")
                     self.detach(app, connection, "closed_after_disconnect")
-                elif (
-                    connection.disconnect_sent_at is None
-                    and now - connection.last_ping_at >= app.ping_interval
-                ):
+                elif connection.disconnect_sent_at is not None:
+                    continue
+                elif connection.rebalance_due is not None and now >= connection.rebalance_due:
+                    await self.send_disconnect(app, connection, "rebalance", periodic=True)
+                elif not app.is_half_dead(connection) and now - connection.last_ping_at >= app.ping_interval:
                     await self._ping(app, connection)
             for msg_id in list(app.in_flight):
                 if msg_id not in app.in_flight:  # ACKed while an earlier push was awaited
@@ -251,8 +349,17 @@ class StreamDispatcher:
         app.pings.append(ping)
         app.pings_by_frame[frame_id] = ping
         frame = frames.system_frame(frame_id=frame_id, topic=frames.TOPIC_PING, data={"opaque": opaque})
-        if not await self._send(connection, frame):
+        if await self._send(connection, frame):
+            app.counters.pings_sent += 1
+        else:
             self.detach(app, connection, "send_failed")
+
+    async def _send_system(self, app: SimApp, connection: StreamConnection, frame: dict[str, object]) -> bool:
+        """Send, or lose the frame in a half-dead socket (the server cannot tell the difference)."""
+        if app.is_half_dead(connection):
+            connection.frames_lost += 1
+            return True
+        return await self._send(connection, frame)
 
     @staticmethod
     async def _send(connection: StreamConnection, frame: dict[str, object]) -> bool:

@@ -7,11 +7,14 @@ from imsim import identifiers
 
 
 class OpenApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def invalid_authentication(message: str = "invalid or expired access token") -> OpenApiError:
@@ -26,6 +29,7 @@ def render_open_api_error(error: OpenApiError) -> JSONResponse:
             "message": error.message,
             "requestid": identifiers.new_uuid(),
         },
+        headers=error.headers,
     )
 
 

@@ -1,6 +1,7 @@
 """DingTalk's OpenAPI as the gateway calls it: access token, AI cards, robot messages, media,
 and the sessionWebhook plain reply."""
 
+import asyncio
 import json
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from imsim import identifiers
+from imsim.call_recorder import attribute_call, mark_outcome
 from imsim.cards import (
     Card,
     CardDelivery,
@@ -20,13 +22,12 @@ from imsim.cards import (
 )
 from imsim.dependencies import public_base_url, sim_state
 from imsim.errors import OpenApiError, invalid_authentication
+from imsim.faults import is_card_call, judge_card_call
 from imsim.identifiers import now_ms
-from imsim.state import ApiCall, CardItem, ReplyItem, SimApp, SimState
+from imsim.state import CardItem, ReplyItem, SimApp, SimState
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
-
-QPS_LIMIT_CODE = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
 
 
 class DingTalkBody(BaseModel):
@@ -45,8 +46,11 @@ class AccessTokenBody(DingTalkBody):
 
 @router.post("/v1.0/oauth2/accessToken")
 async def access_token(
-    body: AccessTokenBody, state: Annotated[SimState, Depends(sim_state)]
+    body: AccessTokenBody, request: Request, state: Annotated[SimState, Depends(sim_state)]
 ) -> dict[str, Any]:
+    known = state.apps.get(body.app_key)
+    if known is not None:
+        attribute_call(request, known)
     app = state.app_by_credentials(body.app_key, body.app_secret)
     if app is None:
         raise OpenApiError(400, "invalidClientIdOrSecret", "appKey or appSecret is wrong")
@@ -60,21 +64,31 @@ async def token_app(
     state: Annotated[SimState, Depends(sim_state)],
     x_acs_dingtalk_access_token: Annotated[str | None, Header()] = None,
 ) -> SimApp:
-    """The app owning a valid access token; also where injected faults and QPS limits bite."""
-    app = state.app_by_token(x_acs_dingtalk_access_token) if x_acs_dingtalk_access_token else None
+    """The app owning a valid access token; also where injected faults bite: one-shot faults
+    first, then the card faults of the app's fault configuration."""
+    token = x_acs_dingtalk_access_token
+    app = state.app_by_token(token) if token else None
     if app is None:
+        owner = state.token_owner(token) if token else None
+        if owner is not None:  # an expired token: still that app's call
+            attribute_call(request, owner, "unauthorized")
         raise invalid_authentication()
+    attribute_call(request, app)
     method, path = request.method, request.url.path
     for fault in app.faults:
         if fault.matches(method, path):
             fault.hits += 1
-            app.api_calls.append(ApiCall(method, path, "fault"))
+            attribute_call(request, app, "fault")
             log.info("fault_injected", client_id=app.client_id, path=path, code=fault.code)
             raise OpenApiError(fault.status, fault.code, fault.message)
-    if path.startswith("/v1.0/card/") and not app.take_card_call_slot():
-        app.api_calls.append(ApiCall(method, path, "qps_limited"))
-        raise OpenApiError(403, QPS_LIMIT_CODE, "card API calls over the app's QPS limit")
-    app.api_calls.append(ApiCall(method, path, "ok"))
+    if is_card_call(path):
+        verdict = judge_card_call(app.fault_config, app.card_window, app.random)
+        if verdict.delay:
+            await asyncio.sleep(verdict.delay)
+        if verdict.error is not None:
+            attribute_call(request, app, verdict.outcome)
+            log.info("card_fault", client_id=app.client_id, path=path, outcome=verdict.outcome)
+            raise verdict.error
     return app
 
 
@@ -183,7 +197,7 @@ def _deliver(app: SimApp, card: Card, spaces: list[tuple[str, str]]) -> list[dic
             conversation = app.group_conversation(space_id, None)
         shown = any(isinstance(i, CardItem) and i.card is card for i in conversation.items)
         if not shown:
-            conversation.items.append(CardItem(card))
+            conversation.add_answer(CardItem(card), sent_at=card.created_at)
             card.record_delivery(CardDelivery(space_type, space_id, conversation.conversation_id, now_ms()))
         results.append(
             {"spaceType": space_type, "spaceId": space_id, "success": True, "carrierId": card.out_track_id}
@@ -312,7 +326,7 @@ async def batch_send(body: BatchSendBody, app: AuthedApp) -> dict[str, Any]:
     _check_robot(app, body.robot_code)
     for staff_id in body.user_ids:
         reply = _template_reply(body.msg_key, body.msg_param, "batchSend")
-        app.single_conversation(staff_id).items.append(reply)
+        app.single_conversation(staff_id).add_answer(reply, sent_at=reply.at)
     log.info("robot_batch_sent", client_id=app.client_id, users=len(body.user_ids))
     return {
         "processQueryKey": identifiers.new_token(),
@@ -325,7 +339,7 @@ async def batch_send(body: BatchSendBody, app: AuthedApp) -> dict[str, Any]:
 async def group_send(body: GroupSendBody, app: AuthedApp) -> dict[str, Any]:
     _check_robot(app, body.robot_code)
     reply = _template_reply(body.msg_key, body.msg_param, "groupSend")
-    app.group_conversation(body.open_conversation_id, None).items.append(reply)
+    app.group_conversation(body.open_conversation_id, None).add_answer(reply, sent_at=reply.at)
     log.info("robot_group_sent", client_id=app.client_id, conversation_id=body.open_conversation_id)
     return {"processQueryKey": identifiers.new_token()}
 
@@ -357,8 +371,9 @@ async def media(code: str, state: Annotated[SimState, Depends(sim_state)]) -> Re
 # -- sessionWebhook -------------------------------------------------------------------------
 
 
-def _webhook_error(errcode: int, errmsg: str) -> JSONResponse:
+def _webhook_error(request: Request, errcode: int, errmsg: str) -> JSONResponse:
     # DingTalk answers webhook failures with HTTP 200 and a non-zero errcode.
+    mark_outcome(request, f"errcode_{errcode}")
     return JSONResponse({"errcode": errcode, "errmsg": errmsg})
 
 
@@ -367,16 +382,19 @@ async def send_by_session(
     request: Request, state: Annotated[SimState, Depends(sim_state)], session: str = ""
 ) -> JSONResponse:
     record = state.sessions.get(session)
-    if record is None:
-        return _webhook_error(310000, "invalid session")
+    app = state.apps.get(record.client_id) if record is not None else None
+    conversation = app.conversations.get(record.conversation_id) if app and record else None
+    if record is None or app is None or conversation is None:
+        return _webhook_error(request, 310000, "invalid session")
+    attribute_call(request, app)
     if record.expires_at_ms <= now_ms():
-        return _webhook_error(300001, "session expired")
+        return _webhook_error(request, 300001, "session expired")
     try:
         body = json.loads(await request.body())
     except ValueError:
-        return _webhook_error(40035, "body is not JSON")
+        return _webhook_error(request, 40035, "body is not JSON")
     if not isinstance(body, dict):
-        return _webhook_error(40035, "body must be a JSON object")
+        return _webhook_error(request, 40035, "body must be a JSON object")
     at = body.get("at")
     at_user_ids = [str(u) for u in at.get("atUserIds") or []] if isinstance(at, dict) else []
     msgtype = body.get("msgtype")
@@ -392,9 +410,9 @@ async def send_by_session(
             at_user_ids=at_user_ids,
         )
     else:
-        return _webhook_error(40035, f"imsim supports msgtype text and markdown, not {msgtype!r}")
-    app = state.apps[record.client_id]
-    app.conversations[record.conversation_id].items.append(reply)
+        return _webhook_error(request, 40035, f"imsim supports msgtype text and markdown, not {msgtype!r}")
+    reply.reply_to, reply.link = record.msg_id, "session"
+    conversation.add_answer(reply, sent_at=reply.at)
     log.info(
         "session_reply", client_id=app.client_id, conversation_id=record.conversation_id, kind=reply.kind
     )

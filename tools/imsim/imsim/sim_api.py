@@ -4,14 +4,15 @@ import json
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from imsim import identifiers
 from imsim.bot_message import build_bot_message, complete_content, timeline_text
 from imsim.dependencies import dispatcher, public_base_url, sim_app, sim_state
 from imsim.dispatcher import StreamDispatcher
-from imsim.state import Fault, InboundMessage, Media, SimApp, SimState, UserItem
+from imsim.faults import Fault, FaultConfig
+from imsim.state import InboundMessage, Media, SimApp, SimState, StreamConnection, UserItem
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/sim")
@@ -31,6 +32,9 @@ class AppTunables(BaseModel):
     token_ttl: int | None = Field(None, gt=0)
     session_ttl: float | None = Field(None, gt=0)
     card_qps_limit: int | None = Field(None, gt=0)
+    fault_config: dict[str, Any] | None = Field(
+        None, description="fields of the fault configuration to change (see /faults/config)"
+    )
 
 
 class AppBody(AppTunables):
@@ -70,6 +74,10 @@ class DisconnectBody(BaseModel):
     reason: str = "rebalance"
 
 
+class ConnectionTarget(BaseModel):
+    connection_id: str | None = Field(None, description="null: every open connection of the app")
+
+
 class FaultBody(BaseModel):
     path: str = Field(description="OpenAPI path, e.g. /v1.0/card/streaming")
     method: str | None = None
@@ -82,12 +90,32 @@ class FaultBody(BaseModel):
 # -- apps -----------------------------------------------------------------------------------
 
 
+def _change_faults(
+    app: SimApp, stream: StreamDispatcher, changes: dict[str, Any], *, replace: bool = False
+) -> FaultConfig:
+    """Apply a whole (`replace`) or partial fault configuration; a given `seed` (null too)
+    restarts the app's random streams, so the same seed replays the same faults."""
+    previous = app.fault_config
+    try:
+        config = FaultConfig.model_validate(changes) if replace else previous.merged(changes)
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from exc
+    app.fault_config = config
+    if replace or "seed" in changes:
+        app.random.reseed(config.seed)
+    stream.apply_fault_config(app, previous)
+    log.info("fault_config_changed", client_id=app.client_id, **config.model_dump())
+    return config
+
+
 @router.post("/apps")
-async def upsert_app(body: AppBody, state: State) -> dict[str, Any]:
-    tunables = body.model_dump(exclude={"client_id", "client_secret", "robot_code", "name"})
+async def upsert_app(body: AppBody, state: State, stream: Dispatcher) -> dict[str, Any]:
+    tunables = body.model_dump(exclude={"client_id", "client_secret", "robot_code", "name", "fault_config"})
     app = state.upsert_app(
         body.client_id, body.client_secret, robot_code=body.robot_code, name=body.name, **tunables
     )
+    if body.fault_config is not None:
+        _change_faults(app, stream, body.fault_config)
     log.info("app_upserted", client_id=app.client_id)
     return app.to_json()
 
@@ -103,11 +131,52 @@ async def get_app(app: App) -> dict[str, Any]:
 
 
 @router.patch("/apps/{client_id}")
-async def patch_app(body: AppPatch, app: App, state: State) -> dict[str, Any]:
-    state.tune_app(app, **body.model_dump(exclude={"card_qps_limit"}))
+async def patch_app(body: AppPatch, app: App, state: State, stream: Dispatcher) -> dict[str, Any]:
+    state.tune_app(app, **body.model_dump(exclude={"card_qps_limit", "fault_config"}))
     if "card_qps_limit" in body.model_fields_set:
-        app.card_qps_limit = body.card_qps_limit
+        _change_faults(app, stream, {"card_qps_limit": body.card_qps_limit})
+    if body.fault_config is not None:
+        _change_faults(app, stream, body.fault_config)
     return app.to_json()
+
+
+@router.get("/apps/{client_id}/faults/config")
+async def get_fault_config(app: App) -> dict[str, Any]:
+    return app.fault_config.model_dump()
+
+
+@router.put("/apps/{client_id}/faults/config")
+async def put_fault_config(body: FaultConfig, app: App, stream: Dispatcher) -> dict[str, Any]:
+    """Replace the whole configuration: fields left out go back to their defaults."""
+    return _change_faults(app, stream, body.model_dump(), replace=True).model_dump()
+
+
+@router.patch("/apps/{client_id}/faults/config")
+async def patch_fault_config(
+    app: App, stream: Dispatcher, changes: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    """Change only the fields given."""
+    return _change_faults(app, stream, changes).model_dump()
+
+
+@router.post("/apps/{client_id}/reset")
+async def reset_app(app: App, state: State, stream: Dispatcher, faults: bool = False) -> dict[str, Any]:
+    """Forget records and counters; keep the app, its settings and connections. `?faults=true`
+    also restores the default fault configuration and clears one-shot faults."""
+    state.reset_app(app, faults=faults)
+    stream.refresh_half_dead(app)
+    log.info("app_reset", client_id=app.client_id, faults=faults)
+    return {"reset": [app.client_id]}
+
+
+@router.post("/reset")
+async def reset_all(state: State, stream: Dispatcher, faults: bool = False) -> dict[str, Any]:
+    """`/apps/{id}/reset` for every app."""
+    for app in state.apps.values():
+        state.reset_app(app, faults=faults)
+        stream.refresh_half_dead(app)
+    log.info("sim_reset", apps=len(state.apps), faults=faults)
+    return {"reset": list(state.apps)}
 
 
 # -- playing the user -----------------------------------------------------------------------
@@ -122,7 +191,7 @@ async def send_message(
     else:
         conversation = app.group_conversation(body.conversation_id, body.conversation_title)
     msg_id = identifiers.msg_id()
-    session = state.open_session(app, conversation)
+    session = state.open_session(app, conversation, msg_id)
     if body.raw_data is not None:
         data, msgtype, content, text = body.raw_data, "raw", None, body.raw_data
     else:
@@ -146,7 +215,7 @@ async def send_message(
             ),
             ensure_ascii=False,
         )
-    message = InboundMessage(msg_id, data, conversation.conversation_id)
+    message = InboundMessage(msg_id, data, conversation.conversation_id, raw=body.raw_data is not None)
     conversation.items.append(
         UserItem(message, msgtype, text, content, body.sender_staff_id, body.sender_nick)
     )
@@ -179,6 +248,45 @@ async def upload_media(
 
 
 # -- what the bot did -----------------------------------------------------------------------
+
+
+def _message(app: SimApp, msg_id: str) -> InboundMessage:
+    message = app.messages.get(msg_id)
+    if message is None:
+        raise HTTPException(404, f"unknown message {msg_id!r}")
+    return message
+
+
+@router.get("/apps/{client_id}/messages")
+async def list_messages(app: App) -> list[dict[str, Any]]:
+    result = []
+    for message in app.messages.values():
+        conversation = app.conversations.get(message.conversation_id)
+        answers = conversation.answers_to(message.msg_id) if conversation else []
+        result.append({**message.summary_json(), "answers": len(answers)})
+    return result
+
+
+@router.get("/apps/{client_id}/messages/{msg_id:path}")
+async def get_message(app: App, msg_id: str) -> dict[str, Any]:
+    """What the user sees for one message: it, and the answers tied to it (cards with their
+    update history, replies), plus how it travelled (deliveries, ACKs)."""
+    message = _message(app, msg_id)
+    conversation = app.conversations.get(message.conversation_id)
+    user = conversation.user_item(msg_id) if conversation else None
+    answers = conversation.answers_to(msg_id) if conversation else []
+    return {
+        **message.summary_json(),
+        "user": user.to_json() if user else None,
+        "answers": [answer.to_json() for answer in answers],
+        "deliveries": [d.to_json() for d in app.deliveries if d.msg_id == msg_id],
+        "acks": [a.to_json() for a in app.acks if a.msg_id == msg_id],
+    }
+
+
+@router.get("/apps/{client_id}/counters")
+async def get_counters(app: App) -> dict[str, Any]:
+    return app.counters.to_json(open_connections=len(app.open_connections()))
 
 
 @router.get("/apps/{client_id}/conversations")
@@ -238,18 +346,56 @@ async def list_connections(app: App) -> list[dict[str, Any]]:
     return [connection.to_json() for connection in app.connections.values()]
 
 
+def _targets(app: SimApp, connection_id: str | None) -> list[StreamConnection]:
+    if connection_id is None:
+        return app.open_connections()
+    connection = app.connections.get(connection_id)
+    if connection is None or not connection.is_open:
+        raise HTTPException(404, f"no open connection {connection_id!r}")
+    return [connection]
+
+
+@router.post("/apps/{client_id}/connections/drop")
+async def drop_connections(
+    app: App, stream: Dispatcher, body: ConnectionTarget | None = None
+) -> dict[str, Any]:
+    """Hard drop: the TCP connection is cut without a websocket close frame."""
+    body = body or ConnectionTarget()
+    dropped = []
+    for connection in _targets(app, body.connection_id):
+        if await stream.drop(app, connection):
+            dropped.append(connection.connection_id)
+    return {"dropped": dropped}
+
+
+@router.post("/apps/{client_id}/connections/half-dead")
+async def half_dead_connections(
+    app: App, stream: Dispatcher, body: ConnectionTarget | None = None
+) -> dict[str, Any]:
+    """These connections stay open but nothing passes until they close; unlike the
+    `half_dead` fault, connections opened afterwards are healthy."""
+    body = body or ConnectionTarget()
+    targets = _targets(app, body.connection_id)
+    for connection in targets:
+        stream.make_half_dead(app, connection)
+    return {"half_dead": [c.connection_id for c in targets]}
+
+
+@router.post("/apps/{client_id}/messages/{msg_id:path}/redeliver")
+async def redeliver_message(app: App, stream: Dispatcher, msg_id: str) -> dict[str, Any]:
+    """Forced duplicate: push the message again (new frame id, same data), ACKed or not."""
+    message = _message(app, msg_id)
+    delivery = await stream.redeliver(app, message)
+    if delivery is None:
+        raise HTTPException(409, "no open connection takes this message's topic")
+    return delivery.to_json()
+
+
 @router.post("/apps/{client_id}/disconnect")
 async def disconnect(app: App, stream: Dispatcher, body: DisconnectBody | None = None) -> dict[str, Any]:
     body = body or DisconnectBody()
-    if body.connection_id is not None:
-        connection = app.connections.get(body.connection_id)
-        if connection is None or not connection.is_open:
-            raise HTTPException(404, f"no open connection {body.connection_id!r}")
-        targets = [connection]
-    else:
-        targets = app.open_connections()
     sent = []
-    for connection in targets:
+    for connection in _targets(app, body.connection_id):
         frame_id = await stream.send_disconnect(app, connection, body.reason)
         if frame_id is not None:
             sent.append({"connection_id": connection.connection_id, "frame_id": frame_id})

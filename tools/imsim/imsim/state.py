@@ -7,6 +7,8 @@ from typing import Any, Literal, Protocol
 
 from imsim import identifiers
 from imsim.cards import Card
+from imsim.counters import AppCounters
+from imsim.faults import Fault, FaultConfig, FaultRandom, QpsWindow
 from imsim.identifiers import now_ms
 
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
@@ -19,6 +21,8 @@ DEFAULT_TOKEN_TTL = 7200
 # sessionWebhook is valid about 1.5 h after the message that carried it.
 DEFAULT_SESSION_TTL = 90 * 60.0
 TICKET_TTL = 60.0
+# The newest OpenAPI calls kept for `/api-calls`; counters keep counting past it.
+API_CALL_RECORDS = 50_000
 
 MessageStatus = Literal["queued", "sent", "acked"]
 
@@ -29,6 +33,12 @@ class FrameSink(Protocol):
     async def send_text(self, text: str) -> bool: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+    async def abort(self) -> None:
+        """Drop the socket without a close frame."""
+
+    def set_half_dead(self, half_dead: bool) -> None:
+        """Stop (or resume) what the transport does by itself, such as answering pings."""
 
 
 @dataclass
@@ -45,7 +55,10 @@ class StreamConnection:
     close_reason: str | None = None
     disconnect_sent_at: int | None = None
     close_due: float | None = None  # monotonic time the server closes it after a disconnect
+    rebalance_due: float | None = None  # monotonic time of the next periodic disconnect
+    half_dead: bool = False  # made half-dead on its own, for the rest of its life
     frames_sent: int = 0
+    frames_lost: int = 0  # pushed into, or sent by the client over, a half-dead socket
 
     @property
     def is_open(self) -> bool:
@@ -69,7 +82,9 @@ class StreamConnection:
             "subscriptions": self.subscriptions,
             "ua": self.ua,
             "local_ip": self.local_ip,
+            "half_dead": self.half_dead,
             "frames_sent": self.frames_sent,
+            "frames_lost": self.frames_lost,
         }
 
 
@@ -80,11 +95,23 @@ class InboundMessage:
     msg_id: str
     data: str
     conversation_id: str
+    raw: bool = False  # `data` given verbatim by the test, possibly not a bot message at all
     topic: str = BOT_MESSAGE_TOPIC
     created_at: int = field(default_factory=now_ms)
     status: MessageStatus = "queued"
     last_sent_at: float | None = None  # monotonic
+    first_pushed_at: int | None = None
     frame_ids: list[str] = field(default_factory=list)
+
+    def summary_json(self) -> dict[str, Any]:
+        return {
+            "msg_id": self.msg_id,
+            "conversation_id": self.conversation_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "first_pushed_at": self.first_pushed_at,
+            "frames": len(self.frame_ids),
+        }
 
 
 @dataclass
@@ -92,10 +119,14 @@ class Delivery:
     frame_id: str
     msg_id: str
     connection_id: str
-    redelivery: bool
+    redelivery: bool  # any push after the first, forced or not
+    forced: bool = False  # a duplicate pushed on request (`/messages/{id}/redeliver`)
+    swallowed: bool = False  # pushed into a half-dead socket: the client never saw it
     at: int = field(default_factory=now_ms)
+    sent_mono: float = field(default_factory=time.monotonic)
     acked: bool = False
     ack_code: int | None = None
+    ack_latency_ms: float | None = None  # push → first ACK of this frame
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,9 +134,12 @@ class Delivery:
             "msg_id": self.msg_id,
             "connection_id": self.connection_id,
             "redelivery": self.redelivery,
+            "forced": self.forced,
+            "swallowed": self.swallowed,
             "at": self.at,
             "acked": self.acked,
             "ack_code": self.ack_code,
+            "ack_latency_ms": self.ack_latency_ms,
         }
 
 
@@ -179,6 +213,11 @@ class UserItem:
         }
 
 
+# How an answer was tied to the user message it answers: exactly through the message's own
+# sessionWebhook, or by the conversation's order (see `Conversation.answer_target`).
+AnswerLink = Literal["session", "order"]
+
+
 @dataclass
 class ReplyItem:
     kind: str  # text | markdown
@@ -187,6 +226,8 @@ class ReplyItem:
     title: str | None = None
     at_user_ids: list[str] = field(default_factory=list)
     at: int = field(default_factory=now_ms)
+    reply_to: str | None = None
+    link: AnswerLink | None = None
 
     def to_json(self) -> dict[str, Any]:
         item: dict[str, Any] = {"kind": self.kind, "text": self.text, "via": self.via}
@@ -194,6 +235,8 @@ class ReplyItem:
             item["title"] = self.title
         item["at_user_ids"] = self.at_user_ids
         item["at"] = self.at
+        item["reply_to"] = self.reply_to
+        item["link"] = self.link
         return item
 
 
@@ -201,9 +244,17 @@ class ReplyItem:
 class CardItem:
     card: Card
     at: int = field(default_factory=now_ms)
+    reply_to: str | None = None
+    link: AnswerLink | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "card", **self.card.to_json(), "at": self.at}
+        return {
+            "kind": "card",
+            **self.card.to_json(),
+            "at": self.at,
+            "reply_to": self.reply_to,
+            "link": self.link,
+        }
 
 
 TimelineItem = UserItem | ReplyItem | CardItem
@@ -228,6 +279,43 @@ class Conversation:
             "items": [item.to_json() for item in self.items],
         }
 
+    def add_answer(self, item: ReplyItem | CardItem, *, sent_at: int) -> None:
+        """Append a bot answer sent (a card: created) at `sent_at`, tied to the message it answers."""
+        if item.reply_to is None:
+            item.reply_to = self.answer_target(sent_at)
+            item.link = "order" if item.reply_to else None
+        self.items.append(item)
+
+    def answer_target(self, sent_at: int) -> str | None:
+        """The message an answer without a sessionWebhook (a card, a robot-API message) answers.
+
+        DingTalk's card calls name no message, so imsim follows the order of the conversation: the
+        oldest message pushed to the bot before the answer that has no answer yet, else (a second
+        answer to one message) the latest message pushed before it. Verbatim test payloads are
+        never answered. A message the bot never answers would shift later answers one back."""
+        pushed = [
+            item.message
+            for item in self.items
+            if isinstance(item, UserItem)
+            and not item.message.raw
+            and item.message.first_pushed_at is not None
+            and item.message.first_pushed_at <= sent_at
+        ]
+        answered = {item.reply_to for item in self.items if not isinstance(item, UserItem)}
+        for message in pushed:
+            if message.msg_id not in answered:
+                return message.msg_id
+        return pushed[-1].msg_id if pushed else None
+
+    def answers_to(self, msg_id: str) -> list[ReplyItem | CardItem]:
+        return [i for i in self.items if not isinstance(i, UserItem) and i.reply_to == msg_id]
+
+    def user_item(self, msg_id: str) -> UserItem | None:
+        for item in self.items:
+            if isinstance(item, UserItem) and item.message.msg_id == msg_id:
+                return item
+        return None
+
     def summary_json(self) -> dict[str, Any]:
         """The conversation without its items: what a list of chats shows."""
         last = self.items[-1].to_json() if self.items else None
@@ -247,44 +335,25 @@ class Conversation:
 
 
 @dataclass
-class Fault:
-    """An injected OpenAPI failure: the next `times` matching calls get this answer."""
-
-    fault_id: str
-    path: str
-    method: str | None
-    status: int
-    code: str
-    message: str
-    times: int | None  # None: until cleared
-    hits: int = 0
-
-    def matches(self, method: str, path: str) -> bool:
-        live = self.times is None or self.hits < self.times
-        return live and path == self.path and (self.method is None or self.method == method)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "fault_id": self.fault_id,
-            "path": self.path,
-            "method": self.method,
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "times": self.times,
-            "hits": self.hits,
-        }
-
-
-@dataclass
 class ApiCall:
     method: str
     path: str
-    outcome: str  # ok | fault | qps_limited
+    status: int
+    # ok | error (any other non-2xx) | unauthorized | fault (one-shot) | card_down | qps_limited
+    # | failure_injected | errcode_<n> (a sessionWebhook failure, HTTP 200)
+    outcome: str
+    duration_ms: float
     at: int = field(default_factory=now_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "outcome": self.outcome, "at": self.at}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": self.outcome,
+            "duration_ms": self.duration_ms,
+            "at": self.at,
+        }
 
 
 @dataclass
@@ -298,7 +367,10 @@ class SimApp:
     disconnect_grace: float = DEFAULT_DISCONNECT_GRACE
     token_ttl: int = DEFAULT_TOKEN_TTL
     session_ttl: float = DEFAULT_SESSION_TTL
-    card_qps_limit: int | None = None  # None: no limit (DingTalk answers 403 beyond ~20-50)
+    fault_config: FaultConfig = field(default_factory=FaultConfig)
+    random: FaultRandom = field(default_factory=FaultRandom)
+    card_window: QpsWindow = field(default_factory=QpsWindow)
+    counters: AppCounters = field(default_factory=AppCounters)
     connections: dict[str, StreamConnection] = field(default_factory=dict)
     messages: dict[str, InboundMessage] = field(default_factory=dict)
     queued: deque[str] = field(default_factory=deque)  # msg ids waiting for a connection
@@ -312,13 +384,24 @@ class SimApp:
     conversations: dict[str, Conversation] = field(default_factory=dict)
     cards: dict[str, Card] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
-    api_calls: list[ApiCall] = field(default_factory=list)
-    card_call_times: deque[float] = field(default_factory=deque)
+    api_calls: deque[ApiCall] = field(default_factory=lambda: deque(maxlen=API_CALL_RECORDS))
 
     def __post_init__(self) -> None:
         self.app_id = identifiers.app_id(self.client_id)
         self.corp_id = identifiers.corp_id(self.client_id)
         self.chatbot_user_id = identifiers.opaque_user_id("bot", self.client_id)
+
+    @property
+    def card_qps_limit(self) -> int | None:
+        """None: no limit (DingTalk answers 403 beyond roughly 20-50 QPS per app)."""
+        return self.fault_config.card_qps_limit
+
+    @card_qps_limit.setter
+    def card_qps_limit(self, limit: int | None) -> None:
+        self.fault_config = self.fault_config.merged({"card_qps_limit": limit})
+
+    def is_half_dead(self, connection: StreamConnection) -> bool:
+        return connection.half_dead or self.fault_config.half_dead
 
     def open_connections(self) -> list[StreamConnection]:
         return [c for c in self.connections.values() if c.is_open]
@@ -347,17 +430,21 @@ class SimApp:
             conversation.title = title
         return conversation
 
-    def take_card_call_slot(self) -> bool:
-        """Sliding one-second window for the card QPS limit; False when over the limit."""
-        if self.card_qps_limit is None:
-            return True
-        now = time.monotonic()
-        while self.card_call_times and now - self.card_call_times[0] >= 1.0:
-            self.card_call_times.popleft()
-        if len(self.card_call_times) >= self.card_qps_limit:
-            return False
-        self.card_call_times.append(now)
-        return True
+    def reset_records(self) -> None:
+        """Forget messages, conversations, cards and every record and counter; the app, its
+        settings and its open connections stay. Frames already out are no longer tracked."""
+        self.messages.clear()
+        self.queued.clear()
+        self.in_flight.clear()
+        self.deliveries.clear()
+        self.deliveries_by_frame.clear()
+        self.pings.clear()
+        self.pings_by_frame.clear()
+        self.acks.clear()
+        self.conversations.clear()
+        self.cards.clear()
+        self.api_calls.clear()
+        self.counters = AppCounters()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -373,6 +460,7 @@ class SimApp:
             "token_ttl": self.token_ttl,
             "session_ttl": self.session_ttl,
             "card_qps_limit": self.card_qps_limit,
+            "fault_config": self.fault_config.model_dump(),
             "connections": len(self.open_connections()),
             "queued": len(self.queued),
             "in_flight": len(self.in_flight),
@@ -396,9 +484,13 @@ class AccessToken:
 
 @dataclass
 class Session:
+    """A sessionWebhook: it belongs to one message, which is how replies through it find that
+    message exactly."""
+
     token: str
     client_id: str
     conversation_id: str
+    msg_id: str
     expires_at_ms: int
 
 
@@ -482,6 +574,7 @@ class SimState:
     def issue_token(self, app: SimApp) -> str:
         token = identifiers.new_token()
         self.tokens[token] = AccessToken(app.client_id, time.monotonic() + app.token_ttl)
+        app.counters.tokens_issued += 1
         return token
 
     def app_by_token(self, token: str) -> SimApp | None:
@@ -489,6 +582,11 @@ class SimState:
         if grant is None or grant.expires_at <= time.monotonic():
             return None
         return self.apps.get(grant.client_id)
+
+    def token_owner(self, token: str) -> SimApp | None:
+        """The app a token was issued to, expired or not (to count its 401s)."""
+        grant = self.tokens.get(token)
+        return self.apps.get(grant.client_id) if grant is not None else None
 
     def expire_tokens(self, app: SimApp) -> int:
         now = time.monotonic()
@@ -499,16 +597,28 @@ class SimState:
                 expired += 1
         return expired
 
-    def open_session(self, app: SimApp, conversation: Conversation) -> Session:
+    def open_session(self, app: SimApp, conversation: Conversation, msg_id: str) -> Session:
         token = identifiers.new_token()
         session = Session(
             token,
             app.client_id,
             conversation.conversation_id,
+            msg_id,
             now_ms() + int(app.session_ttl * 1000),
         )
         self.sessions[token] = session
         return session
+
+    def reset_app(self, app: SimApp, *, faults: bool = False) -> None:
+        """`SimApp.reset_records`, plus its sessionWebhooks (their conversations are gone);
+        `faults` also restores the default fault configuration and clears one-shot faults."""
+        app.reset_records()
+        for token in [t for t, s in self.sessions.items() if s.client_id == app.client_id]:
+            del self.sessions[token]
+        if faults:
+            app.fault_config = FaultConfig()
+            app.random.reseed(None)
+            app.faults.clear()
 
     def expire_sessions(self, app: SimApp) -> int:
         now = now_ms()
