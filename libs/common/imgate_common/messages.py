@@ -1,5 +1,6 @@
 """Versioned message models carried on the bus; every producer and consumer validates them."""
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,6 +22,15 @@ class Contract(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     v: Literal[1] = CONTRACT_VERSION
+
+
+# Run ids derive from the platform message id, so every redelivery maps to the same run, and the
+# connector can open the reply card (outTrackId = run id) before the router has seen the message.
+RUN_NAMESPACE = uuid.UUID("5b0e7c1a-3f0b-4c57-9d8e-2a1f6c9b7e41")
+
+
+def run_id_for(platform: str, channel_id: int, message_id: str) -> str:
+    return str(uuid.uuid5(RUN_NAMESPACE, f"{platform}:{channel_id}:{message_id}"))
 
 
 class MessageKind(StrEnum):
@@ -152,6 +162,13 @@ class RunCancelled(ReplyEventBase):
     partial_text: str = ""
 
 
+class RunQueued(ReplyEventBase):
+    """The message waits for the conversation's current run to finish."""
+
+    kind: Literal["queued"] = "queued"
+    position: int  # 1 = next
+
+
 class Notice(ReplyEventBase):
     """A one-off plain reply not produced by a model (command answers, "unsupported", errors)."""
 
@@ -159,7 +176,7 @@ class Notice(ReplyEventBase):
     text: str
 
 
-AnyReplyEvent = RunStarted | RunDelta | RunCompleted | RunFailed | RunCancelled | Notice
+AnyReplyEvent = RunQueued | RunStarted | RunDelta | RunCompleted | RunFailed | RunCancelled | Notice
 ReplyEvent = Annotated[AnyReplyEvent, Field(discriminator="kind")]
 REPLY_EVENT = TypeAdapter(ReplyEvent)
 TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled", "notice"})

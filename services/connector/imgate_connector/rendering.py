@@ -16,6 +16,7 @@ from imgate_common.messages import (
     RunCompleted,
     RunDelta,
     RunFailed,
+    RunQueued,
     RunStarted,
 )
 from imgate_connector.health import ChannelHealth
@@ -70,6 +71,8 @@ class CardRenderer:
             case RunCancelled():
                 text = f"{event.partial_text}\n\n(stopped)" if event.partial_text else "(stopped)"
                 await self._finish(event.run_id, event.target, text, failed=False)
+            case RunQueued():
+                pass  # shown by the renderer once queued cards exist (connector work)
             case Notice():
                 await self._surface.send_text(event.target, event.text)
                 self._remember(event.run_id)

@@ -1,6 +1,5 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -13,6 +12,7 @@ from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_su
 from imgate_common.db.models import Channel, Message
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunRequest
+from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
 from imgate_router.commands import (
     HELP_REPLY,
@@ -27,12 +27,9 @@ from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
 
-# Run ids derive from the platform message id, so every redelivery maps to the same run.
-RUN_NAMESPACE = uuid.UUID("5b0e7c1a-3f0b-4c57-9d8e-2a1f6c9b7e41")
-
 
 def run_id_for(message: InboundMessage) -> str:
-    return str(uuid.uuid5(RUN_NAMESPACE, f"{message.platform}:{message.channel_id}:{message.message_id}"))
+    return message_run_id(message.platform, message.channel_id, message.message_id)
 
 
 class InboundRouter:
