@@ -68,3 +68,24 @@ def test_runner_killed_mid_stream_still_gives_exactly_one_answer(
     assert [i["kind"] for i in items if i["kind"] != "user"] == ["card"], "exactly one answer"
     finals = [u for u in card["updates"] if u.get("finalize")]
     assert len(finals) == 1, f"finalized once: {card['updates']}"
+
+
+def test_quick_messages_are_answered_in_order_each_seeing_the_previous_turns(
+    running: Running, channel: dict[str, Any]
+) -> None:
+    first = send(running, CLIENT_ID, text="Q1", sender_staff_id="grace")
+    for text in ("Q2", "Q3"):
+        send(running, CLIENT_ID, text=text, sender_staff_id="grace")
+    answers = wait_for_items(running, CLIENT_ID, first["conversation_id"], 3, timeout=60)
+    assert [a["kind"] for a in answers] == ["card", "card", "card"]
+    prompts = [
+        [m["content"] for m in request["messages"] if m["role"] == "user"]
+        for request in running.model.requests
+        if any(m["content"] in ("Q1", "Q2", "Q3") for m in request["messages"])
+    ]
+    assert prompts == [["Q1"], ["Q1", "Q2"], ["Q1", "Q2", "Q3"]], "in order, each sees the turns before"
+    assert [a["content"] for a in answers] == [
+        "Answer 1: you said «Q1» after 0 earlier turns.",
+        "Answer 2: you said «Q2» after 1 earlier turns.",
+        "Answer 3: you said «Q3» after 2 earlier turns.",
+    ]

@@ -12,9 +12,10 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM
+from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.models import Agent, Channel, Conversation, ImIdentity, Message, User
 from imgate_common.errors import USER_MESSAGES, FailureCategory
-from imgate_common.messages import InboundMessage, Notice, RunRequest
+from imgate_common.messages import InboundMessage, Notice, RunQueued, RunRequest
 from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_router.commands import NEW_CONVERSATION_REPLY
 from imgate_router.service import InboundRouter
@@ -57,6 +58,20 @@ async def channel_id(sessions: async_sessionmaker[AsyncSession]) -> int:
 @pytest.fixture
 def published() -> Published:
     return Published()
+
+
+@pytest.fixture
+def finish(redis_client: Redis, key_prefix: str, published: Published) -> Any:
+    """What a runner does when a run ends: hand the conversation to the next queued run."""
+    queue = ConversationQueue(redis_client, key_prefix, active_ttl_s=60)
+
+    async def done(run: RunRequest) -> None:
+        async def publish(following: RunRequest) -> None:
+            published.append((f"agent.run.{following.channel_id}", RUNS_STREAM, following, following.run_id))
+
+        await queue.hand_over(run.run_id, run.conversation_id, publish)
+
+    return done
 
 
 @pytest.fixture
@@ -108,10 +123,16 @@ async def test_a_redelivered_message_is_routed_once(
 
 
 async def test_second_message_continues_and_new_starts_fresh(
-    router: InboundRouter, published: Published, channel_id: int, sessions: async_sessionmaker[AsyncSession]
+    router: InboundRouter,
+    published: Published,
+    channel_id: int,
+    sessions: async_sessionmaker[AsyncSession],
+    finish: Any,
 ) -> None:
     await router.handle(inbound(channel_id, "m1", "one"))
+    await finish(published.of(RunRequest)[0])
     await router.handle(inbound(channel_id, "m2", "two"))
+    await finish(published.of(RunRequest)[1])
     await router.handle(inbound(channel_id, "m3", "/new"))
     await router.handle(inbound(channel_id, "m4", "three"))
     runs = published.of(RunRequest)
@@ -173,18 +194,41 @@ async def test_stop_cancels_the_unanswered_run_of_this_conversation(
     published: Published,
     cancelled: list[str],
     channel_id: int,
-    sessions: async_sessionmaker[AsyncSession],
+    finish: Any,
 ) -> None:
     await router.handle(inbound(channel_id, "m1", "write a long story"))
     [run] = published.of(RunRequest)
     await router.handle(inbound(channel_id, "m2", "/stop"))
     assert cancelled == [run.run_id]
-    async with sessions() as session:
-        session.add(
-            Message(conversation_id=run.conversation_id, role="assistant", content="x", run_id=run.run_id)
-        )
-        await session.commit()
+    await finish(run)
     await router.handle(inbound(channel_id, "m3", "/stop"))
-    assert cancelled == [run.run_id], "an answered run is not cancelled again"
+    assert cancelled == [run.run_id], "a finished run is not cancelled again"
     [notice] = published.of(Notice)
     assert notice.text == "没有正在生成的回答。"
+
+
+async def test_quick_messages_wait_in_order_behind_the_running_answer(
+    router: InboundRouter, published: Published, channel_id: int, finish: Any
+) -> None:
+    for i in range(3):
+        await router.handle(inbound(channel_id, f"q{i}", f"message {i}"))
+    [first] = published.of(RunRequest)
+    assert first.text == "message 0"
+    assert [q.position for q in published.of(RunQueued)] == [1, 2]
+    await finish(first)
+    await finish(published.of(RunRequest)[1])
+    await finish(published.of(RunRequest)[2])
+    assert [r.text for r in published.of(RunRequest)] == ["message 0", "message 1", "message 2"]
+
+
+async def test_a_full_queue_asks_the_user_to_wait_and_keeps_nothing(
+    router: InboundRouter, published: Published, channel_id: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    router._settings.queue_max_depth = 1
+    for i in range(3):
+        await router.handle(inbound(channel_id, f"f{i}", f"message {i}"))
+    [notice] = published.of(Notice)
+    assert "排队" in notice.text
+    async with sessions() as session:
+        texts = [m.content for m in (await session.exec(select(Message))).all()]
+    assert texts == ["message 0", "message 1"], "the refused message is not in the history"

@@ -40,4 +40,7 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(1, validation_alias=_shared("STREAM_REPLICAS"))
     # Namespace for every Redis key, so several installations can share one Redis.
     redis_prefix: str = Field("imgate", validation_alias=_shared("REDIS_PREFIX"))
+    # A conversation's active-run marker expires after this, so a run lost for good (it should
+    # not happen) cannot block its conversation forever. Longer than any agent's timeout.
+    conversation_active_ttl_s: float = Field(900.0, validation_alias=_shared("CONVERSATION_ACTIVE_TTL_S"))
     instance_id: str = Field("", validation_alias=_shared("INSTANCE_ID"))  # default hostname:pid

@@ -13,9 +13,11 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from redis.asyncio import Redis
 
-from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM
+from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM, run_subject
 from imgate_common.consume import settle
+from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest
 from imgate_common.publish import jetstream_publisher
@@ -31,9 +33,17 @@ log = structlog.get_logger()
 class RunConsumer:
     """Takes runs from JetStream one free slot at a time and executes them."""
 
-    def __init__(self, js: JetStreamContext, executor: RunExecutor, settings: RunnerSettings) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        executor: RunExecutor,
+        settings: RunnerSettings,
+        queue: ConversationQueue | None = None,
+    ) -> None:
         self._js = js
         self._executor = executor
+        self._queue = queue
+        self._publish = jetstream_publisher(js)
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._running: set[asyncio.Task[None]] = set()
@@ -76,16 +86,25 @@ class RunConsumer:
                 self._running.add(task)
                 task.add_done_callback(self._done)
 
+    async def _publish_run(self, request: RunRequest) -> None:
+        await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._slots.release()
 
     async def _one(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1
+
+        async def handle(request: RunRequest) -> None:
+            await self._executor.execute(request, msg.in_progress, attempt)
+            if self._queue is not None:
+                # The conversation's next message may run now; a failure here retries the whole
+                # step, and the stored answer keeps the model from running twice.
+                await self._queue.hand_over(request.run_id, request.conversation_id, self._publish_run)
+
         try:
-            await settle(
-                RunRequest, msg, lambda request: self._executor.execute(request, msg.in_progress, attempt)
-            )
+            await settle(RunRequest, msg, handle)
         except asyncio.CancelledError:
             # Shutting down before the run finished: hand it back now rather than after ack_wait.
             with contextlib.suppress(Exception):
@@ -105,6 +124,8 @@ class RunConsumer:
 async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
     nc, js = await connect_nats(settings, "agent-runner")
     engine = create_engine(settings.database_url)
+    redis = Redis.from_url(settings.redis_url)
+    queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
     providers = build_providers(settings)
     async with contextlib.AsyncExitStack() as stack:
         for provider in providers.values():
@@ -129,10 +150,11 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
         cancels = await nc.subscribe(CANCEL_ALL, cb=on_cancel)
         try:
             log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
-            await RunConsumer(js, executor, settings).run(stop)
+            await RunConsumer(js, executor, settings, queue).run(stop)
         finally:
             await cancels.unsubscribe()
             await nc.drain()
+            await redis.aclose()
             await engine.dispose()
             log.info("runner_stopped")
 

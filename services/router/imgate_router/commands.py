@@ -11,6 +11,7 @@ class Command(StrEnum):
 
 NEW_CONVERSATION_REPLY = "已开始新对话。有什么可以帮助您的？"
 STOP_NOTHING_REPLY = "没有正在生成的回答。"
+QUEUE_FULL_REPLY = "前面还有多条消息在排队，请稍后再发送这条消息。"
 HELP_REPLY = (
     "Send me a message and I will answer.\n"
     "/new — start a new conversation (forget the context)\n"

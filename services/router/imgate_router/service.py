@@ -5,18 +5,20 @@ from collections.abc import Awaitable, Callable
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
+from imgate_common.conversation_queue import Admission, ConversationQueue
 from imgate_common.db.models import Channel, Message
 from imgate_common.errors import USER_MESSAGES, FailureCategory
-from imgate_common.messages import InboundMessage, MessageKind, Notice, RunRequest
+from imgate_common.messages import InboundMessage, MessageKind, Notice, RunQueued, RunRequest
 from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
 from imgate_router.commands import (
     HELP_REPLY,
     NEW_CONVERSATION_REPLY,
+    QUEUE_FULL_REPLY,
     STOP_NOTHING_REPLY,
     Command,
     parse_command,
@@ -48,6 +50,7 @@ class InboundRouter:
         self._cancel = cancel
         self._users = AutoUserMapper(settings.auto_email_domain)
         self._conversations = ConversationStore()
+        self._queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
 
     def _seen_key(self, message: InboundMessage) -> str:
         return (
@@ -85,8 +88,9 @@ class InboundRouter:
                 await self._notice(message, run_id, NEW_CONVERSATION_REPLY)
                 return
             if command == Command.STOP:
-                running = await self._unanswered_run(session, channel.id, key)
+                current = await self._conversations.current(session, channel.id, key)
                 await session.commit()
+                running = await self._queue.active(current.id) if current else None
                 if running is None:
                     await self._notice(message, run_id, STOP_NOTHING_REPLY)
                 else:
@@ -97,12 +101,15 @@ class InboundRouter:
                 await session.commit()
                 await self._notice(message, run_id, HELP_REPLY)
                 return
-            conversation = await self._conversations.open(session, channel.id, key, user.id)
             existing = (
                 await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
             ).first()
+            if existing is not None:  # redelivered: the turn is stored, keep its conversation
+                conversation_id = existing.conversation_id
+            else:
+                conversation_id = (await self._conversations.open(session, channel.id, key, user.id)).id
             user_message = existing or Message(
-                conversation_id=conversation.id,
+                conversation_id=conversation_id,
                 role="user",
                 content=message.text,
                 run_id=run_id,
@@ -114,30 +121,41 @@ class InboundRouter:
             request = RunRequest(
                 run_id=run_id,
                 channel_id=channel.id,
-                conversation_id=conversation.id,
+                conversation_id=conversation_id,
                 agent_id=channel.default_agent_id,
                 user_id=user.id,
                 user_message_id=user_message.id,
                 text=message.text,
                 target=message.target,
             )
-        await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, run_id)
-        bound.info("run_requested", run_id=run_id, conversation_id=request.conversation_id)
+        await self._admit(message, request, user_message.id, bound)
 
-    async def _unanswered_run(self, session: AsyncSession, channel_id: int, key: str) -> str | None:
-        """The newest run of the current conversation that has no answer yet."""
-        conversation = await self._conversations.current(session, channel_id, key)
-        if conversation is None:
-            return None
-        last = (
-            await session.exec(
-                select(Message)
-                .where(Message.conversation_id == conversation.id)
-                .order_by(col(Message.id).desc())
-                .limit(1)
+    async def _admit(
+        self, message: InboundMessage, request: RunRequest, message_id: int, bound: structlog.BoundLogger
+    ) -> None:
+        admitted = await self._queue.admit(request, self._settings.queue_max_depth)
+        if admitted.admission == Admission.START:
+            await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
+            bound.info("run_requested", run_id=request.run_id, conversation_id=request.conversation_id)
+        elif admitted.admission == Admission.QUEUED:
+            queued = RunQueued(
+                run_id=request.run_id,
+                channel_id=request.channel_id,
+                target=request.target,
+                position=admitted.position,
             )
-        ).first()
-        return last.run_id if last is not None and last.role == "user" else None
+            subject = reply_subject(request.channel_id, request.run_id)
+            await self._publish(subject, REPLIES_STREAM, queued, f"{request.run_id}:queued")
+            bound.info("run_queued", run_id=request.run_id, position=admitted.position)
+        else:
+            # Not kept: the user is asked to send it again once the answers caught up.
+            async with self._sessions() as session:
+                stored = await session.get(Message, message_id)
+                if stored is not None:
+                    await session.delete(stored)
+                    await session.commit()
+            bound.warning("run_refused_queue_full", conversation_id=request.conversation_id)
+            await self._notice(message, request.run_id, QUEUE_FULL_REPLY)
 
     async def _notice(self, message: InboundMessage, run_id: str, text: str) -> None:
         notice = Notice(run_id=run_id, channel_id=message.channel_id, target=message.target, text=text)
