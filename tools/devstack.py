@@ -207,6 +207,12 @@ class LocalStack:
     def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
         return self.spawn(name, [PYTHON, "-m", SERVICES[name]], extra_env)
 
+    def wait_logged(self, name: str, event: str, timeout: float = 60.0) -> None:
+        """Wait until a child (started with a log_dir) has logged `event`: it is ready."""
+        assert self.log_dir is not None, "readiness from logs needs log_dir"
+        path = self.log_dir / f"{name}.log"
+        wait_until(lambda: path.exists() and event in path.read_text(errors="replace"), timeout, name)
+
     def kill(self, name: str) -> None:
         """SIGKILL a child, as a crash would (used by tests of what survives one)."""
         for process in [p for p in self.processes if p.name == name]:

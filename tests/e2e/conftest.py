@@ -76,6 +76,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 stack.start_service(name)
             admin = f"http://127.0.0.1:{admin_port}"
             wait_until(lambda: http_ok(f"{admin}/healthz"), 60, "admin-api")
+            for name, event in (("connector", "connector_started"), ("router", "router_started")):
+                stack.wait_logged(name, event)
+            stack.wait_logged("agent-runner", "runner_started")
             yield Running(stack, imsim, admin, model, model_url, log_dir)
         finally:
             stack.stop()
