@@ -17,7 +17,6 @@ from imgate_common.db.models import Agent, Channel, Conversation, ImIdentity, Me
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, Notice, RunQueued, RunRequest
 from imgate_connector.platforms.dingtalk.translate import translate
-from imgate_router.commands import NEW_CONVERSATION_REPLY
 from imgate_router.service import InboundRouter
 from imgate_router.settings import RouterSettings
 
@@ -139,7 +138,7 @@ async def test_second_message_continues_and_new_starts_fresh(
     assert runs[0].conversation_id == runs[1].conversation_id
     assert runs[2].conversation_id != runs[1].conversation_id
     [notice] = published.of(Notice)
-    assert notice.text == NEW_CONVERSATION_REPLY == "已开始新对话。有什么可以帮助您的？"
+    assert notice.text == "已开始新对话。有什么可以帮助您的？"
     assert any(stream == REPLIES_STREAM for _, stream, m, _ in published if m is notice)
     async with sessions() as session:
         closed = (
@@ -232,3 +231,61 @@ async def test_a_full_queue_asks_the_user_to_wait_and_keeps_nothing(
     async with sessions() as session:
         texts = [m.content for m in (await session.exec(select(Message))).all()]
     assert texts == ["message 0", "message 1"], "the refused message is not in the history"
+
+
+async def test_status_reports_agent_conversation_and_queue(
+    router: InboundRouter, published: Published, channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "s1", "first"))
+    await router.handle(inbound(channel_id, "s2", "second"))
+    await router.handle(inbound(channel_id, "s3", "/STATUS"))
+    [notice] = published.of(Notice)
+    assert "智能体：a" in notice.text and "local/" in notice.text
+    assert "2 轮" in notice.text and "排队中的消息：1 条" in notice.text
+
+
+async def test_help_and_commands_after_a_group_mention(
+    router: InboundRouter, published: Published, channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "h1", "@机器人 /help", fixture="text_group_at"))
+    await router.handle(inbound(channel_id, "h2", "@机器人 /New", fixture="text_group_at"))
+    help_text, new_text = (n.text for n in published.of(Notice))
+    assert "/stop" in help_text and "/status" in help_text
+    assert new_text == "已开始新对话。有什么可以帮助您的？"
+    assert published.of(RunRequest) == []
+
+
+async def test_unknown_slash_words_go_to_the_agent(
+    router: InboundRouter, published: Published, channel_id: int
+) -> None:
+    await router.handle(inbound(channel_id, "u1", "/translate hello"))
+    [run] = published.of(RunRequest)
+    assert run.text == "/translate hello"
+
+
+async def test_an_idle_conversation_is_closed_and_the_user_told(
+    router: InboundRouter,
+    published: Published,
+    channel_id: int,
+    sessions: async_sessionmaker[AsyncSession],
+    finish: Any,
+) -> None:
+    from datetime import timedelta
+
+    from imgate_common.db.models import utcnow
+
+    await router.handle(inbound(channel_id, "i1", "hello"))
+    [first] = published.of(RunRequest)
+    await finish(first)
+    async with sessions() as session:
+        conversation = await session.get(Conversation, first.conversation_id)
+        assert conversation is not None
+        conversation.last_activity_at = utcnow() - timedelta(hours=13)
+        session.add(conversation)
+        await session.commit()
+    await router.handle(inbound(channel_id, "i2", "back again"))
+    second = published.of(RunRequest)[1]
+    assert second.conversation_id != first.conversation_id
+    [notice] = published.of(Notice)
+    assert notice.text == "距上次对话已经很久了，已为您开始新对话。"
+    assert notice.run_id != second.run_id, "the notice does not take the answer's card"

@@ -1,6 +1,7 @@
 """Which conversation a message belongs to, and starting over with `/new`."""
 
 import uuid
+from datetime import UTC, datetime
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,6 +21,10 @@ def scope_key(message: InboundMessage, scope: str) -> str:
 
 
 class ConversationStore:
+    def __init__(self, idle_timeout_s: float = 0) -> None:
+        # A conversation left alone this long is closed and the next message starts a new one.
+        self._idle_timeout_s = idle_timeout_s
+
     async def current(self, session: AsyncSession, channel_id: int, key: str) -> Conversation | None:
         query = (
             select(Conversation)
@@ -34,16 +39,30 @@ class ConversationStore:
 
     async def open(
         self, session: AsyncSession, channel_id: int, key: str, user_id: int | None
-    ) -> Conversation:
+    ) -> tuple[Conversation, bool]:
+        """The current conversation, or a new one; True when an idle one was closed for it."""
+        now = utcnow()
         conversation = await self.current(session, channel_id, key)
+        expired = conversation is not None and self._idle(conversation, now)
+        if conversation is not None and expired:
+            conversation.closed_at = now
+            session.add(conversation)
+            conversation = None
         if conversation is None:
             conversation = Conversation(
                 id=str(uuid.uuid4()), channel_id=channel_id, scope_key=key, user_id=user_id
             )
             session.add(conversation)
-        conversation.last_activity_at = utcnow()
+        conversation.last_activity_at = now
         await session.flush()
-        return conversation
+        return conversation, expired
+
+    def _idle(self, conversation: Conversation, now: datetime) -> bool:
+        if self._idle_timeout_s <= 0:
+            return False
+        last = conversation.last_activity_at
+        last = last.replace(tzinfo=UTC) if last.tzinfo is None else last  # SQLite drops the zone
+        return (now - last).total_seconds() > self._idle_timeout_s
 
     async def close(self, session: AsyncSession, channel_id: int, key: str) -> bool:
         conversation = await self.current(session, channel_id, key)

@@ -1,6 +1,7 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 
 import structlog
 from redis.asyncio import Redis
@@ -10,24 +11,21 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
 from imgate_common.conversation_queue import Admission, ConversationQueue
-from imgate_common.db.models import Channel, Message
+from imgate_common.db.models import Agent, Channel, Message, utcnow
 from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunQueued, RunRequest
 from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
-from imgate_router.commands import (
-    HELP_REPLY,
-    NEW_CONVERSATION_REPLY,
-    QUEUE_FULL_REPLY,
-    STOP_NOTHING_REPLY,
-    Command,
-    parse_command,
-)
+from imgate_router.commands import Command, parse_command, reply
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
+
+
+def channel_language(channel: Channel) -> str:
+    return str(getattr(channel, "language", None) or "zh-CN")
 
 
 def run_id_for(message: InboundMessage) -> str:
@@ -49,7 +47,7 @@ class InboundRouter:
         self._publish = publish
         self._cancel = cancel
         self._users = AutoUserMapper(settings.auto_email_domain)
-        self._conversations = ConversationStore()
+        self._conversations = ConversationStore(settings.idle_timeout_s)
         self._queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
 
     def _seen_key(self, message: InboundMessage) -> str:
@@ -78,6 +76,7 @@ class InboundRouter:
                 await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
                 return
             assert channel.id is not None
+            language = channel_language(channel)
             user = await self._users.resolve(session, message)
             key = scope_key(message, channel.session_scope)
             command = parse_command(message.text)
@@ -85,21 +84,26 @@ class InboundRouter:
                 await self._conversations.close(session, channel.id, key)
                 await session.commit()
                 bound.info("conversation_reset", user_id=user.id)
-                await self._notice(message, run_id, NEW_CONVERSATION_REPLY)
+                await self._notice(message, run_id, reply("new", language))
                 return
             if command == Command.STOP:
                 current = await self._conversations.current(session, channel.id, key)
                 await session.commit()
                 running = await self._queue.active(current.id) if current else None
                 if running is None:
-                    await self._notice(message, run_id, STOP_NOTHING_REPLY)
+                    await self._notice(message, run_id, reply("stop_nothing", language))
                 else:
                     bound.info("run_stop_requested", run_id=running)
                     await self._cancel(running)
                 return
+            if command == Command.STATUS:
+                text = await self._status(session, channel, key, language)
+                await session.commit()
+                await self._notice(message, run_id, text)
+                return
             if command == Command.HELP:
                 await session.commit()
-                await self._notice(message, run_id, HELP_REPLY)
+                await self._notice(message, run_id, reply("help", language))
                 return
             existing = (
                 await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
@@ -107,7 +111,12 @@ class InboundRouter:
             if existing is not None:  # redelivered: the turn is stored, keep its conversation
                 conversation_id = existing.conversation_id
             else:
-                conversation_id = (await self._conversations.open(session, channel.id, key, user.id)).id
+                conversation, reopened = await self._conversations.open(session, channel.id, key, user.id)
+                conversation_id = conversation.id
+                if reopened:
+                    bound.info("conversation_idle_reopened", conversation_id=conversation_id)
+                    # Its own id: the answer's card stays the answer's.
+                    await self._notice(message, f"{run_id}:idle", reply("idle", language))
             user_message = existing or Message(
                 conversation_id=conversation_id,
                 role="user",
@@ -128,10 +137,15 @@ class InboundRouter:
                 text=message.text,
                 target=message.target,
             )
-        await self._admit(message, request, user_message.id, bound)
+        await self._admit(message, request, user_message.id, bound, language)
 
     async def _admit(
-        self, message: InboundMessage, request: RunRequest, message_id: int, bound: structlog.BoundLogger
+        self,
+        message: InboundMessage,
+        request: RunRequest,
+        message_id: int,
+        bound: structlog.BoundLogger,
+        language: str,
     ) -> None:
         admitted = await self._queue.admit(request, self._settings.queue_max_depth)
         if admitted.admission == Admission.START:
@@ -155,7 +169,36 @@ class InboundRouter:
                     await session.delete(stored)
                     await session.commit()
             bound.warning("run_refused_queue_full", conversation_id=request.conversation_id)
-            await self._notice(message, request.run_id, QUEUE_FULL_REPLY)
+            await self._notice(message, request.run_id, reply("queue_full", language))
+
+    async def _status(self, session: AsyncSession, channel: Channel, key: str, language: str) -> str:
+        agent = await session.get(Agent, channel.default_agent_id) if channel.default_agent_id else None
+        conversation = await self._conversations.current(session, channel.id or 0, key)
+        if conversation is None:
+            age, turns, queued = reply("no_conversation", language), 0, 0
+        else:
+            opened = conversation.opened_at
+            opened = opened.replace(tzinfo=UTC) if opened.tzinfo is None else opened
+            age = reply("minutes", language, n=int((utcnow() - opened).total_seconds() // 60))
+            turns = len(
+                (
+                    await session.exec(
+                        select(Message.id).where(
+                            Message.conversation_id == conversation.id, Message.role == "user"
+                        )
+                    )
+                ).all()
+            )
+            queued = await self._queue.waiting(conversation.id)
+        return reply(
+            "status",
+            language,
+            agent=agent.name if agent else reply("no_agent", language),
+            model=f"{agent.provider}/{agent.model}" if agent else "-",
+            age=age,
+            turns=turns,
+            queued=queued,
+        )
 
     async def _notice(self, message: InboundMessage, run_id: str, text: str) -> None:
         notice = Notice(run_id=run_id, channel_id=message.channel_id, target=message.target, text=text)

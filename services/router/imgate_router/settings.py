@@ -12,5 +12,7 @@ class RouterSettings(CommonSettings):
     auto_email_domain: str = "im-platform.com"
     # A handled message id is remembered this long; DingTalk redelivers within minutes.
     dedup_ttl_s: int = 7 * 24 * 3600
+    # A conversation idle this long is closed; the next message starts a new one (0 = never).
+    idle_timeout_s: float = 12 * 3600
     # Messages that may wait behind a conversation's running answer before we ask the user to wait.
     queue_max_depth: int = 5
