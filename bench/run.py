@@ -24,6 +24,7 @@ from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_connector.rendering import CardRenderer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from router import rows as router_rows
 from runner import rows as runner_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,9 @@ def main() -> int:
             f"{base_calls / ours_calls:.1f}x fewer",
         ),
     ]
-    rows += runner_rows(quick="--quick" in sys.argv)
+    quick = "--quick" in sys.argv
+    rows += router_rows(quick=quick)
+    rows += runner_rows(quick=quick)
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'imgate':>10}  {'baseline':>10}  ratio")
     for name, a, b, ratio in rows:

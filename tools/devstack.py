@@ -207,11 +207,14 @@ class LocalStack:
     def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
         return self.spawn(name, [PYTHON, "-m", SERVICES[name]], extra_env)
 
-    def wait_logged(self, name: str, event: str, timeout: float = 60.0) -> None:
-        """Wait until a child (started with a log_dir) has logged `event`: it is ready."""
+    def wait_logged(self, name: str, event: str, timeout: float = 60.0, times: int = 1) -> None:
+        """Wait until children named `name` (started with a log_dir, sharing one log file) have
+        logged `event` `times` times: they are ready."""
         assert self.log_dir is not None, "readiness from logs needs log_dir"
         path = self.log_dir / f"{name}.log"
-        wait_until(lambda: path.exists() and event in path.read_text(errors="replace"), timeout, name)
+        wait_until(
+            lambda: path.exists() and path.read_text(errors="replace").count(event) >= times, timeout, name
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL a child, as a crash would (used by tests of what survives one)."""

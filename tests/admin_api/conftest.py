@@ -1,13 +1,17 @@
 """Fixtures: the admin app on SQLite and on PostgreSQL, with real Redis and NATS beside it."""
 
 import random
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
@@ -22,6 +26,7 @@ from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState, ControlReply, ControlRequest
 from imgate_common.secrets import SecretBox
 from tests.support.databases import postgres_database
+from tests.support.openai_stub import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
@@ -30,6 +35,7 @@ CLIENT_SECRET = "dt-secret-" + uuid.uuid4().hex
 API_KEY = "sk-test-" + uuid.uuid4().hex
 # Holds the channel ids below a test's own; only on SQLite, which numbers from the largest row.
 ID_FLOOR_NAME = "__id_floor__"
+FLOOR_PLATFORM = "__floor__"
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +118,8 @@ async def _number_channels_from(resources: Resources, first_id: int) -> None:
             )
             return
     async with resources.sessions() as session:
-        session.add(Channel(id=first_id - 1, name=ID_FLOOR_NAME, platform="dingtalk", enabled=False))
+        # On a platform of its own, so that lists filtered by platform leave it out.
+        session.add(Channel(id=first_id - 1, name=ID_FLOOR_NAME, platform=FLOOR_PLATFORM, enabled=False))
         await session.commit()
 
 
@@ -200,3 +207,60 @@ class ControlListener:
     async def listen(self, nc: NATS) -> None:
         await nc.subscribe(CONTROL_ALL, cb=self.handle)
         await nc.flush()  # the server knows the subscription before the app publishes
+
+
+@pytest.fixture
+async def control(nats_client: NATS, first_channel_id: int) -> ControlListener:
+    """A stand-in connector that answers this test's control requests."""
+    listener = ControlListener(first_channel_id)
+    await listener.listen(nats_client)
+    return listener
+
+
+async def create_channel(
+    client: httpx.AsyncClient, name: str = "sales-bot", **overrides: Any
+) -> dict[str, Any]:
+    response = await client.post("/api/v1/channels", json=channel_body(name, **overrides))
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def create_agent(client: httpx.AsyncClient, name: str = "helper", **overrides: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/agents", json=agent_body(name, **overrides))
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+@asynccontextmanager
+async def app_client(settings: AdminSettings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Another app over the same database (say, after a restart with other keys)."""
+    other = create_app(settings)
+    async with other.router.lifespan_context(other):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=other),
+            base_url="http://admin.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as c:
+            yield other, c
+
+
+@contextmanager
+def served(settings: AdminSettings, outbound: httpx.AsyncBaseTransport | None = None) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port, in a thread with its own event loop."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, outbound), host="127.0.0.1", port=free_port(), log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise TimeoutError("admin-api did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

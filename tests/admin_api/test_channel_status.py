@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from imgate_admin.settings import AdminSettings
@@ -14,6 +15,7 @@ from .conftest import channel_body, own
 STATUS_FIELDS = {
     "channel_id",
     "state",
+    "indicator",
     "owner",
     "connected_at",
     "uptime_s",
@@ -24,6 +26,9 @@ STATUS_FIELDS = {
     "messages_in",
     "replies_out",
     "rate_limit_hits",
+    "messages_malformed",
+    "publish_failures",
+    "fallback_replies",
 }
 
 
@@ -108,3 +113,16 @@ async def test_the_list_shows_each_channels_own_status(
         ("down", "disconnected"),
         ("off", "disabled"),
     ]
+
+
+async def test_errors_other_services_report_for_a_channel_are_shown(
+    client: httpx.AsyncClient, redis_client: Redis, settings: AdminSettings
+) -> None:
+    store = ChannelStatusStore(redis_client, settings.redis_prefix)
+    if not hasattr(store, "record_error"):
+        pytest.skip("this status store has no reported errors")
+    channel_id = await _create(client, "mapped")
+    await store.record_error(channel_id, "router", "directory unavailable: LDAPSocketOpenError")
+    status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
+    assert status["last_error"] == "router: directory unavailable: LDAPSocketOpenError"
+    assert status["last_error_at"] is not None

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, provision_streams
+from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, inbound_subject, provision_streams
 from imgate_common.channels import ChannelSpec
 from imgate_common.messages import ChannelState, InboundMessage
 from imgate_connector.health import ChannelHealth
@@ -216,11 +216,13 @@ async def test_publisher_sets_the_dedup_id_and_jetstream_drops_the_repeat(
 
     await until(acked)
     ack = await js.publish(
-        f"im.inbound.dingtalk.{seen[0].channel_id}",
+        inbound_subject("dingtalk", seen[0].channel_id, seen[0].target.conversation_id),
         seen[0].model_dump_json().encode(),
         headers={MSG_ID_HEADER: dedup_id(seen[0])},
     )
     assert ack.duplicate and ack.stream == INBOUND_STREAM
-    stored = await js.get_last_msg(INBOUND_STREAM, f"im.inbound.dingtalk.{seen[0].channel_id}")
+    stored = await js.get_last_msg(
+        INBOUND_STREAM, inbound_subject("dingtalk", seen[0].channel_id, seen[0].target.conversation_id)
+    )
     assert stored.headers and stored.headers[MSG_ID_HEADER] == dedup_id(seen[0])
     assert InboundMessage.model_validate_json(stored.data).message_id == sent["msg_id"]

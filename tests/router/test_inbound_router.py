@@ -1,95 +1,18 @@
 """The router against real Redis and a migrated database; the bus publish is captured."""
 
-import json
-from pathlib import Path
 from typing import Any
 
-import pytest
-from pydantic import BaseModel
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM
-from imgate_common.conversation_queue import ConversationQueue
-from imgate_common.db.models import Agent, Channel, Conversation, ImIdentity, Message, User
+from imgate_common.db.models import Channel, Conversation, ImIdentity, Message, User
 from imgate_common.errors import USER_MESSAGES, FailureCategory
-from imgate_common.messages import InboundMessage, Notice, RunQueued, RunRequest
+from imgate_common.messages import Notice, RunQueued, RunRequest
 from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_router.service import InboundRouter
-from imgate_router.settings import RouterSettings
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "dingtalk"
-
-
-def inbound(
-    channel_id: int, msg_id: str, text: str = "hello", fixture: str = "text_single"
-) -> InboundMessage:
-    data: dict[str, Any] = json.loads((FIXTURES / f"{fixture}.json").read_text())
-    data["msgId"] = msg_id
-    if "text" in data:
-        data["text"] = {"content": text}
-    return translate(data, channel_id, None)
-
-
-class Published(list[tuple[str, str, BaseModel, str]]):
-    async def __call__(self, subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
-        self.append((subject, stream, model, msg_id))
-
-    def of(self, kind: type[BaseModel]) -> list[Any]:
-        return [m for _, _, m, _ in self if isinstance(m, kind)]
-
-
-@pytest.fixture
-async def channel_id(sessions: async_sessionmaker[AsyncSession]) -> int:
-    async with sessions() as session:
-        agent = Agent(name="a", provider="local")
-        session.add(agent)
-        await session.flush()
-        channel = Channel(name="c", platform="dingtalk", default_agent_id=agent.id)
-        session.add(channel)
-        await session.commit()
-        assert channel.id is not None
-        return channel.id
-
-
-@pytest.fixture
-def published() -> Published:
-    return Published()
-
-
-@pytest.fixture
-def finish(redis_client: Redis, key_prefix: str, published: Published) -> Any:
-    """What a runner does when a run ends: hand the conversation to the next queued run."""
-    queue = ConversationQueue(redis_client, key_prefix, active_ttl_s=60)
-
-    async def done(run: RunRequest) -> None:
-        async def publish(following: RunRequest) -> None:
-            published.append((f"agent.run.{following.channel_id}", RUNS_STREAM, following, following.run_id))
-
-        await queue.hand_over(run.run_id, run.conversation_id, publish)
-
-    return done
-
-
-@pytest.fixture
-def cancelled() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def router(
-    sessions: async_sessionmaker[AsyncSession],
-    redis_client: Redis,
-    key_prefix: str,
-    published: Published,
-    cancelled: list[str],
-) -> InboundRouter:
-    async def cancel(run_id: str) -> None:
-        cancelled.append(run_id)
-
-    return InboundRouter(RouterSettings(redis_prefix=key_prefix), sessions, redis_client, published, cancel)
+from tests.router.conftest import Published, inbound
 
 
 async def test_first_contact_creates_the_user_and_requests_a_run(

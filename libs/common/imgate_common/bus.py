@@ -1,5 +1,6 @@
 """The bus contract: every subject, stream and consumer, declared once."""
 
+import zlib
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -10,14 +11,32 @@ INBOUND_STREAM = "IM_INBOUND"
 RUNS_STREAM = "AGENT_RUNS"
 REPLIES_STREAM = "AGENT_REPLIES"
 
-ROUTER_CONSUMER = "router"
 RUNNER_CONSUMER = "agent-runner"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-def inbound_subject(platform: str, channel_id: int) -> str:
-    return f"im.inbound.{platform}.{channel_id}"
+# Inbound messages are spread over partitions by conversation. Each partition has its own router
+# consumer that lets one message out at a time (max_ack_pending=1), so a conversation's messages
+# are routed in arrival order by however many router replicas, while different partitions run in
+# parallel.
+INBOUND_PARTITIONS = 16
+
+
+def inbound_partition(conversation_id: str) -> int:
+    return zlib.crc32(conversation_id.encode()) % INBOUND_PARTITIONS
+
+
+def inbound_subject(platform: str, channel_id: int, conversation_id: str) -> str:
+    return f"im.inbound.{platform}.{channel_id}.{inbound_partition(conversation_id)}"
+
+
+def inbound_partition_filter(partition: int) -> str:
+    return f"im.inbound.*.*.{partition}"
+
+
+def router_consumer(partition: int) -> str:
+    return f"router-p{partition}"
 
 
 INBOUND_ALL = "im.inbound.>"

@@ -8,11 +8,13 @@ from imgate_admin.errors import StartupError
 from imgate_admin.main import SERVICE, create_app
 from imgate_admin.settings import AdminSettings
 from imgate_common.logs import configure_logging
+from imgate_common.telemetry import configure_tracing
 
 
 def main() -> int:
     settings = AdminSettings()
     configure_logging(SERVICE, settings.log_format, settings.log_level)
+    configure_tracing(SERVICE)
     try:
         app = create_app(settings)
     except StartupError as exc:

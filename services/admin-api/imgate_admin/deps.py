@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_admin.channels.control import ChannelControl
+from imgate_admin.metrics import AdminMetrics
 from imgate_admin.settings import AdminSettings
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
@@ -23,9 +25,11 @@ class Resources:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     nc: NATS
+    http: httpx.AsyncClient  # outbound calls: "test this agent"
     box: SecretBox
     status_store: ChannelStatusStore
     control: ChannelControl
+    metrics: AdminMetrics
 
 
 def get_resources(request: Request) -> Resources:

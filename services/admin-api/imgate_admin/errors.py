@@ -7,12 +7,16 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgate_common.errors import Conflict, GatewayError, InvalidRequest, NotFound
 
 log = structlog.get_logger()
+
+
+# The `responses=` of a route: status code → OpenAPI description and body model.
+Responses = dict[int | str, dict[str, Any]]
 
 
 class StartupError(Exception):
@@ -68,11 +72,27 @@ def error_response(
 def _location(loc: tuple[Any, ...]) -> str:
     # "body" / "query" / "path" only say where FastAPI looked; the field path is what a caller fixes.
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else list(loc)
-    return ".".join(str(p) for p in parts) or "body"
+    return _clean(".".join(str(p) for p in parts)) or "body"
 
 
 def _clean(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
+    # Re-encoded: a field name a client sent may hold lone surrogates, which JSON cannot carry.
+    return msg.removeprefix("Value error, ").encode("utf-8", "backslashreplace").decode()
+
+
+def invalid_fields(exc: ValidationError, *prefix: str | int) -> RequestValidationError:
+    """A validation error raised after the request was parsed (a PATCH merged with the stored
+    row), rendered like FastAPI's own: 422 with one entry per field, never the input."""
+    return RequestValidationError(
+        [
+            {"loc": ("body", *prefix, *e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+    )
+
+
+def invalid_field(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
 
 
 async def gateway_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -100,6 +120,16 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's own 400 is a body it could not decode (not UTF-8, say): bad input, like
+        # malformed JSON, which it reports as 422.
+        detail = FieldError(loc="body", msg="could not be decoded as JSON")
+        body = ErrorBody(
+            error=ErrorDetail(
+                code="validation_error", message="body: could not be decoded as JSON", details=[detail]
+            )
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 

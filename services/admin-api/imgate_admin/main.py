@@ -1,20 +1,30 @@
-"""The app factory: routers, error handlers, and the lifespan that owns every client."""
+"""The app factory: routers, error handlers, metrics, the console, and the lifespan that owns
+every client."""
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import httpx
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
 from redis.asyncio import Redis
 
 from imgate_admin.agents.endpoints import router as agents_router
-from imgate_admin.auth import require_admin_token
+from imgate_admin.audit.endpoints import router as audit_router
+from imgate_admin.auth import require_token
 from imgate_admin.channels.control import ChannelControl
+from imgate_admin.channels.endpoints import catalogue as catalogue_router
 from imgate_admin.channels.endpoints import router as channels_router
+from imgate_admin.console import mount_console
+from imgate_admin.conversations.endpoints import router as conversations_router
 from imgate_admin.deps import Resources
 from imgate_admin.errors import ErrorBody, StartupError, install_error_handlers
 from imgate_admin.health import router as health_router
+from imgate_admin.key_rotation.endpoints import router as key_rotation_router
+from imgate_admin.metrics import AdminMetrics, RequestMetricsMiddleware
 from imgate_admin.settings import AdminSettings
+from imgate_admin.tokens.endpoints import router as tokens_router
+from imgate_admin.users.endpoints import router as users_router
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.db.migrate import upgrade_async
 from imgate_common.runtime import connect_nats
@@ -27,7 +37,9 @@ SERVICE = "admin-api"
 
 
 @asynccontextmanager
-async def open_resources(settings: AdminSettings) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: AdminSettings, metrics: AdminMetrics, outbound: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Resources]:
     """Create every client, closing the ones already made if a later one fails."""
     async with AsyncExitStack() as stack:
         # Migrating here lets a fresh SQLite file (or an empty PostgreSQL) work at first start.
@@ -39,22 +51,26 @@ async def open_resources(settings: AdminSettings) -> AsyncIterator[Resources]:
         await redis.ping()  # fail at start, not at the first status read
         nc, _js = await connect_nats(settings, name=f"imgate-{SERVICE}")
         stack.push_async_callback(nc.close)
+        # No redirects: a provider's base URL is called as configured, never elsewhere.
+        http = await stack.enter_async_context(httpx.AsyncClient(transport=outbound, follow_redirects=False))
         yield Resources(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
             redis=redis,
             nc=nc,
+            http=http,
             box=SecretBox.from_settings(settings),
             status_store=ChannelStatusStore(redis, settings.redis_prefix),
-            control=ChannelControl(nc, settings.control_timeout_s),
+            control=ChannelControl(nc, settings.control_timeout_s, metrics.control_requests),
+            metrics=metrics,
         )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AdminSettings = app.state.settings
-    async with open_resources(settings) as resources:
+    async with open_resources(settings, app.state.metrics, app.state.outbound) as resources:
         app.state.resources = resources
         log.info("admin_api_started", host=settings.host, port=settings.port)
         try:
@@ -64,20 +80,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.info("admin_api_stopping")
 
 
-def create_app(settings: AdminSettings) -> FastAPI:
+def create_app(settings: AdminSettings, outbound: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The app; `outbound` replaces the transport of its calls to model providers (tests)."""
     if settings.missing_token():
         raise StartupError("ADMIN_TOKEN is empty: set it to the bearer token admin clients will send")
     app = FastAPI(
         title="imgate admin API",
         version="1",
+        description="Channels, agents, users and conversations of an imgate installation. "
+        "Every /api/v1 route needs `Authorization: Bearer <token>`. The web console is at /console/.",
         lifespan=lifespan,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     )
     app.state.settings = settings
+    app.state.outbound = outbound
+    app.state.metrics = AdminMetrics()
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health_router)
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin_token)])
-    api.include_router(agents_router)
-    api.include_router(channels_router)
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+    for router in (
+        channels_router,
+        catalogue_router,
+        agents_router,
+        users_router,
+        conversations_router,
+        tokens_router,
+        audit_router,
+        key_rotation_router,
+    ):
+        api.include_router(router)
     app.include_router(api)
+    mount_console(app)
     return app

@@ -21,7 +21,7 @@ class InboundPublisher:
 
     async def __call__(self, message: InboundMessage) -> None:
         ack = await self._js.publish(
-            inbound_subject(message.platform, message.channel_id),
+            inbound_subject(message.platform, message.channel_id, message.target.conversation_id),
             message.model_dump_json().encode(),
             headers={MSG_ID_HEADER: dedup_id(message)},
             timeout=self._timeout,

@@ -17,6 +17,8 @@ REPLIES: dict[str, dict[str, str]] = {
         "stop_nothing": "没有正在生成的回答。",
         "queue_full": "前面还有多条消息在排队，请稍后再发送这条消息。",
         "idle": "距上次对话已经很久了，已为您开始新对话。",
+        "not_registered": "您还不是本系统的注册用户，请联系管理员开通。",
+        "identity_down": "暂时无法确认您的身份（身份服务不可用），请稍后再试。",
         "help": (
             "直接发消息即可与我对话。\n"
             "/new — 开始新对话（忘记之前的上下文）\n"
@@ -34,6 +36,9 @@ REPLIES: dict[str, dict[str, str]] = {
         "stop_nothing": "Nothing is being written right now.",
         "queue_full": "Several messages are already waiting. Please send this one again in a moment.",
         "idle": "It has been a while, so this starts a new conversation.",
+        "not_registered": "You are not registered here yet. Please contact your administrator.",
+        "identity_down": "We cannot confirm who you are right now (the identity service is down). "
+        "Please try again later.",
         "help": (
             "Just send me a message and I will answer.\n"
             "/new — start a new conversation (forget the context)\n"

@@ -1,14 +1,37 @@
 """Who is talking: an IM identity (platform, tenant, user id) resolved to one of our users."""
 
 import hashlib
+import json
+from dataclasses import asdict
+from typing import TypeAlias
 
+import httpx
 import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_common.db.models import ImIdentity, User
+from imgate_common.db.models import Channel, ImIdentity, User
+from imgate_common.errors import GatewayError
 from imgate_common.messages import InboundMessage
+from imgate_common.platform_config import (
+    AutoUserMapping,
+    HttpUserMapping,
+    LdapUserMapping,
+    StaticUserMapping,
+    parse_user_mapping,
+)
+from imgate_common.secrets import SecretBox
+from imgate_router.mappers import (
+    HttpMapper,
+    LdapMapper,
+    MapperUnavailable,
+    Person,
+    StaticMapper,
+    UserMapper,
+)
 
 log = structlog.get_logger()
 
@@ -76,5 +99,114 @@ class AutoUserMapper:
             auth_source=message.platform,
         )
         session.add(user)
+        await session.flush()
+        return user
+
+
+AnyMapping: TypeAlias = AutoUserMapping | LdapUserMapping | HttpUserMapping | StaticUserMapping
+
+
+class NotRegistered(GatewayError):
+    """The channel's mapper knows nobody by this identity and the channel does not auto-create."""
+
+
+class IdentityResolver:
+    """The channel's mapper, a Redis cache in front of it, and the link kept in the database."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        box: SecretBox,
+        http: httpx.AsyncClient,
+        auto: AutoUserMapper,
+        cache_ttl_s: int,
+        ldap_timeout_s: float,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._box = box
+        self._http = http
+        self._auto = auto
+        self._cache_ttl = cache_ttl_s
+        self._ldap_timeout = ldap_timeout_s
+
+    def mapping(self, channel: Channel) -> AnyMapping:
+        try:
+            return parse_user_mapping(
+                channel.user_mapping or {}, self._box.decrypt_json(channel.user_mapping_secrets_enc)
+            )
+        except (ValueError, ValidationError) as exc:
+            raise MapperUnavailable(f"the channel's user mapping is invalid: {exc}") from exc
+
+    def _mapper(self, config: AnyMapping) -> UserMapper | None:
+        match config:
+            case LdapUserMapping():
+                return LdapMapper(config, self._ldap_timeout)
+            case HttpUserMapping():
+                return HttpMapper(config, self._http)
+            case StaticUserMapping():
+                return StaticMapper(config)
+        return None
+
+    async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> User:
+        """The user behind the message; raises NotRegistered or MapperUnavailable."""
+        config = self.mapping(channel)
+        mapper = self._mapper(config)
+        if mapper is None:
+            return await self._auto.resolve(session, message)
+        person = await self._cached_lookup(channel, mapper, message)
+        if person is None:
+            if getattr(config, "fallback_to_auto", False):
+                return await self._auto.resolve(session, message)
+            raise NotRegistered(f"{mapper.name} knows no one as {message.sender.id}")
+        return await self._link(session, mapper.name, person, message)
+
+    async def _cached_lookup(
+        self, channel: Channel, mapper: UserMapper, message: InboundMessage
+    ) -> Person | None:
+        key = ":".join(
+            (self._prefix, "identity", str(channel.id), message.platform, message.sender.corp_id or "",
+             message.sender.id)
+        )  # fmt: skip
+        cached = await self._redis.get(key)
+        if cached is not None:
+            data = json.loads(cached)
+            return Person(**data) if data else None
+        person = await mapper.lookup(message)
+        await self._redis.set(key, json.dumps(asdict(person) if person else None), ex=self._cache_ttl)
+        return person
+
+    async def _link(
+        self, session: AsyncSession, source: str, person: Person, message: InboundMessage
+    ) -> User:
+        """The directory is the authority: its username names the account, created if new."""
+        user = (await session.exec(select(User).where(User.username == person.username))).first()
+        if user is None:
+            user = User(
+                username=person.username,
+                email=person.email,
+                display_name=person.display_name or message.sender.nick,
+                auth_source=source,
+            )
+            session.add(user)
+            await session.flush()
+        assert user.id is not None
+        tenant = message.sender.corp_id or ""
+        identity = await self._auto._find(session, message.platform, tenant, message.sender.id)
+        if identity is None:
+            session.add(
+                ImIdentity(
+                    platform=message.platform,
+                    tenant_id=tenant,
+                    platform_user_id=message.sender.id,
+                    user_id=user.id,
+                    nick=message.sender.nick,
+                )
+            )
+        elif identity.user_id != user.id:
+            log.info("identity_relinked", platform=message.platform, user_id=user.id, source=source)
+            identity.user_id = user.id
+            session.add(identity)
         await session.flush()
         return user

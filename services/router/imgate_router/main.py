@@ -2,18 +2,26 @@
 
 import asyncio
 
+import httpx
 import structlog
 from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
 from redis.asyncio import Redis
 
-from imgate_common.bus import INBOUND_ALL, INBOUND_STREAM, ROUTER_CONSUMER, cancel_subject
+from imgate_common.bus import (
+    INBOUND_PARTITIONS,
+    INBOUND_STREAM,
+    cancel_subject,
+    inbound_partition_filter,
+    router_consumer,
+)
 from imgate_common.consume import jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import durable_publisher
 from imgate_common.runtime import connect_nats, service_main
+from imgate_common.secrets import SecretBox
 from imgate_router.service import InboundRouter
 from imgate_router.settings import RouterSettings
 
@@ -21,17 +29,21 @@ log = structlog.get_logger()
 
 
 def subscribe(broker: NatsBroker, router: InboundRouter) -> None:
-    @broker.subscriber(
-        INBOUND_ALL,
-        stream=JStream(INBOUND_STREAM, declare=False),
-        durable=ROUTER_CONSUMER,
-        # One at a time keeps arrival order; FastStream handles a fetched batch concurrently.
-        pull_sub=PullSub(batch_size=1, timeout=1.0),
-        ack_policy=AckPolicy.MANUAL,
-    )
-    @jetstream_handler(InboundMessage)
+    """One consumer per inbound partition, each letting one message out at a time across every
+    router replica: a conversation's messages are routed in arrival order."""
+
     async def on_inbound(message: InboundMessage, _msg: NatsMessage) -> None:
         await router.handle(message)
+
+    for partition in range(INBOUND_PARTITIONS):
+        broker.subscriber(
+            inbound_partition_filter(partition),
+            stream=JStream(INBOUND_STREAM, declare=False),
+            durable=router_consumer(partition),
+            config=ConsumerConfig(max_ack_pending=1, ack_wait=30),
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+        )(jetstream_handler(InboundMessage)(on_inbound))
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
@@ -44,7 +56,16 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     async def cancel(run_id: str) -> None:
         await broker.publish(CancelRequest(run_id=run_id).model_dump_json().encode(), cancel_subject(run_id))
 
-    router = InboundRouter(settings, session_factory(engine), redis, durable_publisher(broker), cancel)
+    http = httpx.AsyncClient()
+    router = InboundRouter(
+        settings,
+        session_factory(engine),
+        redis,
+        durable_publisher(broker),
+        cancel,
+        http,
+        SecretBox.from_settings(settings),
+    )
     subscribe(broker, router)
     try:
         await broker.start()
@@ -52,6 +73,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await broker.stop()
+        await http.aclose()
         await redis.aclose()
         await engine.dispose()
         log.info("router_stopped")

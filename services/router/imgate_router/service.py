@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 
+import httpx
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -16,16 +17,19 @@ from imgate_common.errors import USER_MESSAGES, FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunQueued, RunRequest
 from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
+from imgate_common.secrets import SecretBox
+from imgate_common.status import ChannelStatusStore
 from imgate_router.commands import Command, parse_command, reply
 from imgate_router.conversations import ConversationStore, scope_key
-from imgate_router.identity import AutoUserMapper
+from imgate_router.identity import AutoUserMapper, IdentityResolver, NotRegistered
+from imgate_router.mappers import MapperUnavailable
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
 
 
 def channel_language(channel: Channel) -> str:
-    return str(getattr(channel, "language", None) or "zh-CN")
+    return channel.language or "zh-CN"
 
 
 def run_id_for(message: InboundMessage) -> str:
@@ -40,13 +44,24 @@ class InboundRouter:
         redis: Redis,
         publish: Publish,
         cancel: Callable[[str], Awaitable[None]],
+        http: httpx.AsyncClient,
+        box: SecretBox,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._redis = redis
         self._publish = publish
         self._cancel = cancel
-        self._users = AutoUserMapper(settings.auto_email_domain)
+        self._users = IdentityResolver(
+            redis,
+            settings.redis_prefix,
+            box,
+            http,
+            AutoUserMapper(settings.auto_email_domain),
+            settings.identity_cache_ttl_s,
+            settings.ldap_timeout_s,
+        )
+        self._channel_status = ChannelStatusStore(redis, settings.redis_prefix)
         self._conversations = ConversationStore(settings.idle_timeout_s)
         self._queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
 
@@ -77,7 +92,18 @@ class InboundRouter:
                 return
             assert channel.id is not None
             language = channel_language(channel)
-            user = await self._users.resolve(session, message)
+            try:
+                user = await self._users.resolve(session, channel, message)
+            except NotRegistered:
+                bound.info("sender_not_registered", sender=message.sender.id)
+                await self._notice(message, run_id, reply("not_registered", language))
+                return
+            except MapperUnavailable as exc:
+                # Answered and visible to operators; the user can send again when it is back.
+                bound.warning("identity_lookup_failed", error=str(exc))
+                await self._channel_status.record_error(channel.id, "identity", str(exc))
+                await self._notice(message, run_id, reply("identity_down", language))
+                return
             key = scope_key(message, channel.session_scope)
             command = parse_command(message.text)
             if command == Command.NEW:

@@ -12,6 +12,9 @@ class RouterSettings(CommonSettings):
     auto_email_domain: str = "im-platform.com"
     # A handled message id is remembered this long; DingTalk redelivers within minutes.
     dedup_ttl_s: int = 7 * 24 * 3600
+    # Identity mapper answers (LDAP, HTTP) are reused this long before asking again.
+    identity_cache_ttl_s: int = 600
+    ldap_timeout_s: float = 5.0
     # A conversation idle this long is closed; the next message starts a new one (0 = never).
     idle_timeout_s: float = 12 * 3600
     # Messages that may wait behind a conversation's running answer before we ask the user to wait.

@@ -44,6 +44,14 @@ class Channel(SQLModel, table=True):
     secrets_enc: str | None = None  # Fernet token of a JSON object of the secret config fields
     default_agent_id: int | None = Field(default=None, foreign_key="agents.id")
     session_scope: str = Field(default="conversation", max_length=32)
+    # How IM users become our users (mode auto | ldap | erp); secret fields go to the column below.
+    user_mapping: dict[str, Any] = Field(
+        default_factory=lambda: {"mode": "auto"}, sa_column=Column(JSON, nullable=False)
+    )
+    user_mapping_secrets_enc: str | None = None  # Fernet token of the mapping's secret fields
+    # Card API calls per second this channel's app may make (DingTalk answers 403 QpsLimit past ~20).
+    card_qps: int = 20
+    language: str = Field(default="zh-CN", max_length=16)  # of the bot's own messages
     enabled: bool = True
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -112,3 +120,19 @@ class AuditEntry(SQLModel, table=True):
     target: str = Field(max_length=200)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     at: datetime = _ts(nullable=False)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the admin API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    token_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)  # the token's first characters, to tell tokens apart
+    created_by: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

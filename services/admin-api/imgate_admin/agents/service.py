@@ -1,17 +1,27 @@
 """Agent use cases over the database."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_admin.agents.schemas import AgentCreate
-from imgate_admin.audit import record_action
-from imgate_common.db.models import Agent
+from imgate_admin.agents.schemas import (
+    LOCAL_DEFAULT_MODEL,
+    AgentCreate,
+    AgentUpdate,
+    Provider,
+    provider_problem,
+)
+from imgate_admin.audit.service import record_action
+from imgate_admin.channels.control import ChannelControl
+from imgate_admin.errors import invalid_field
+from imgate_common.db.models import Agent, Channel, utcnow
 from imgate_common.errors import Conflict, NotFound
-from imgate_common.secrets import SecretBox
+from imgate_common.messages import ControlAction
+from imgate_common.secrets import MASK, SecretBox
 
 log = structlog.get_logger()
 
@@ -24,14 +34,28 @@ OPTIONAL_FIELDS = (
     "max_prompt_tokens",
     "timeout_s",
 )
+PLAIN_FIELDS = ("name", "provider", "model", "base_url", *OPTIONAL_FIELDS)
 
 
-async def _name_taken(session: AsyncSession, name: str) -> bool:
-    found = await session.exec(select(Agent.id).where(col(Agent.name) == name))
-    return found.first() is not None
+def _audit_view(agent: Agent) -> dict[str, Any]:
+    """What the audit log keeps of an agent: everything but the key, of which only its presence."""
+    return {
+        "name": agent.name,
+        "provider": agent.provider,
+        "model": agent.model,
+        "base_url": agent.base_url,
+        "has_api_key": agent.api_key_enc is not None,
+    }
 
 
-async def create_agent(session: AsyncSession, box: SecretBox, body: AgentCreate) -> Agent:
+async def _name_taken(session: AsyncSession, name: str, other_than: int | None = None) -> bool:
+    query = select(Agent.id).where(col(Agent.name) == name)
+    if other_than is not None:
+        query = query.where(col(Agent.id) != other_than)
+    return (await session.exec(query)).first() is not None
+
+
+async def create_agent(session: AsyncSession, box: SecretBox, actor: str, body: AgentCreate) -> Agent:
     if await _name_taken(session, body.name):
         raise Conflict(f"an agent named {body.name!r} already exists")
     assert body.model is not None  # AgentCreate fills it in for every provider
@@ -46,18 +70,7 @@ async def create_agent(session: AsyncSession, box: SecretBox, body: AgentCreate)
     session.add(agent)
     try:
         await session.flush()
-        record_action(
-            session,
-            "agent.create",
-            f"agent:{agent.id}",
-            {
-                "name": agent.name,
-                "provider": agent.provider,
-                "model": agent.model,
-                "base_url": agent.base_url,
-                "has_api_key": agent.api_key_enc is not None,
-            },
-        )
+        record_action(session, actor, "agent.create", f"agent:{agent.id}", _audit_view(agent))
         await session.commit()
     except IntegrityError:
         # Lost a race with a concurrent create of the same name (the pre-check passed for both).
@@ -78,3 +91,84 @@ async def get_agent(session: AsyncSession, agent_id: int) -> Agent:
     if agent is None:
         raise NotFound(f"agent {agent_id} does not exist")
     return agent
+
+
+async def _channels_using(session: AsyncSession, agent_id: int) -> Sequence[Channel]:
+    query = select(Channel).where(col(Channel.default_agent_id) == agent_id).order_by(col(Channel.id))
+    return (await session.exec(query)).all()
+
+
+async def update_agent(
+    session: AsyncSession,
+    box: SecretBox,
+    control: ChannelControl,
+    actor: str,
+    agent_id: int,
+    body: AgentUpdate,
+) -> Agent:
+    agent = await get_agent(session, agent_id)
+    given = body.model_fields_set
+    if body.name is not None and await _name_taken(session, body.name, other_than=agent_id):
+        raise Conflict(f"an agent named {body.name!r} already exists")
+    changes: dict[str, Any] = {}
+    for field in PLAIN_FIELDS:
+        if field not in given:
+            continue
+        value = getattr(body, field)
+        if value is None and field != "base_url":
+            raise invalid_field((field,), "may not be null; leave it out to keep the stored value")
+        changes[field] = value.value if isinstance(value, Provider) else value
+    if "provider" in changes and changes["provider"] != agent.provider and "model" not in changes:
+        # One provider's model name means nothing to another: local falls back to the bundled
+        # model, a hosted provider needs its model named.
+        changes["model"] = LOCAL_DEFAULT_MODEL if changes["provider"] == Provider.LOCAL else None
+    merged = {"provider": agent.provider, "model": agent.model, "base_url": agent.base_url, **changes}
+    problem = provider_problem(merged["provider"], merged["model"], merged["base_url"])
+    if problem:
+        raise invalid_field(("provider",), problem)
+
+    key_changed = False
+    if "api_key" in given:
+        if body.api_key is None:
+            key_changed = agent.api_key_enc is not None
+            agent.api_key_enc = None
+        elif body.api_key.get_secret_value() not in ("", MASK):
+            agent.api_key_enc = box.encrypt(body.api_key.get_secret_value())
+            key_changed = True
+    for field, value in changes.items():
+        setattr(agent, field, value)
+    agent.updated_at = utcnow()
+    session.add(agent)
+    changed = sorted(f for f in changes) + (["api_key"] if key_changed else [])
+    record_action(
+        session, actor, "agent.update", f"agent:{agent.id}", {"changed": changed, **_audit_view(agent)}
+    )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"an agent named {body.name!r} already exists") from None
+    log.info("agent_updated", agent_id=agent.id, changed=changed)
+    # Runners load the agent for every run, so the change applies to the next message anyway;
+    # the reload tells each connector using it to re-read its channel at once.
+    for channel in await _channels_using(session, agent_id):
+        if channel.enabled and channel.id is not None:
+            await control.send(channel.id, ControlAction.RELOAD)
+    return agent
+
+
+async def delete_agent(session: AsyncSession, actor: str, agent_id: int) -> None:
+    agent = await get_agent(session, agent_id)
+    users = await _channels_using(session, agent_id)
+    if users:
+        names = ", ".join(repr(c.name) for c in users)
+        raise Conflict(f"agent {agent_id} is the default agent of channel(s) {names}; change them first")
+    await session.delete(agent)
+    record_action(session, actor, "agent.delete", f"agent:{agent_id}", {"name": agent.name})
+    try:
+        await session.commit()
+    except IntegrityError:
+        # A channel picked this agent between our check and the delete.
+        await session.rollback()
+        raise Conflict(f"agent {agent_id} is in use by a channel; change it first") from None
+    log.info("agent_deleted", agent_id=agent_id)

@@ -2,15 +2,38 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, JsonValue, SecretStr, ValidationInfo, field_validator
 
-from imgate_admin.schemas import Name, UtcDatetime
+from imgate_admin.schemas import MAX_ID, Name, RequestBody, SafeText, UtcDatetime
 from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState, ChannelStatus
-from imgate_common.platform_config import PLATFORM_CONFIGS, AnyPlatformConfig, secret_fields
+from imgate_common.platform_config import (
+    PLATFORM_CONFIGS,
+    USER_MAPPINGS,
+    AnyPlatformConfig,
+    AnyUserMapping,
+    AutoUserMapping,
+    ConfigWithSecrets,
+    secret_fields,
+)
 from imgate_common.secrets import MASK
+
+INDICATORS = {
+    ChannelState.CONNECTED: "🟢",
+    ChannelState.CONNECTING: "🟡",
+    ChannelState.DISCONNECTED: "🔴",
+    ChannelState.DISABLED: "⚪",
+}
+
+AgentId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# Card API calls per second for the channel's app; DingTalk starts refusing around 20-50.
+CardQps = Annotated[int, Field(ge=1, le=1000)]
+Language = Annotated[
+    SafeText, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,2}$", max_length=16, examples=["zh-CN"])
+]
+JsonObject = dict[str, JsonValue]
 
 
 class SessionScope(StrEnum):
@@ -18,15 +41,24 @@ class SessionScope(StrEnum):
     USER = "user"  # one context per user, even inside a group
 
 
-class ChannelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _no_mask(config: ConfigWithSecrets) -> ConfigWithSecrets:
+    for name in config.secret_fields:
+        value = getattr(config, name, None)
+        if isinstance(value, SecretStr) and value.get_secret_value() == MASK:
+            raise ValueError(f'{name}: "{MASK}" stands for a stored secret, and a new channel has none')
+    return config
 
+
+class ChannelCreate(RequestBody):
     name: Name
     # Declared before `config`: the config is validated by the model of this platform.
     platform: str = Field(json_schema_extra={"enum": list[JsonValue](sorted(PLATFORM_CONFIGS))})
     config: AnyPlatformConfig
-    default_agent_id: int | None = None
+    default_agent_id: AgentId | None = None
     session_scope: SessionScope = SessionScope.CONVERSATION
+    user_mapping: AnyUserMapping = Field(default_factory=AutoUserMapping)
+    card_qps: CardQps = 20
+    language: Language = "zh-CN"
     enabled: bool = True
 
     @field_validator("platform")
@@ -44,10 +76,36 @@ class ChannelCreate(BaseModel):
             return value  # the platform error is already reported; or not an object at all
         return PLATFORM_CONFIGS[platform].model_validate(value)
 
+    @field_validator("config", "user_mapping")
+    @classmethod
+    def _secrets_given(cls, value: ConfigWithSecrets) -> ConfigWithSecrets:
+        return _no_mask(value)
+
+
+class ChannelUpdate(RequestBody):
+    """Fields left out keep their value.
+
+    `config` and `user_mapping` replace the stored ones whole, except their secret fields: a secret
+    sent as "***" or "" (or left out) keeps the stored value; a new value replaces it.
+    """
+
+    name: Name | None = None
+    platform: str | None = Field(None, description="cannot change; accepted when equal to the stored one")
+    config: JsonObject | None = Field(None, description="the platform's config (see POST)")
+    default_agent_id: AgentId | None = Field(None, description="null removes the default agent")
+    session_scope: SessionScope | None = None
+    user_mapping: JsonObject | None = Field(
+        None, description='{"mode": "auto" | "ldap" | "http" | "static", …} (see /user-mappings)'
+    )
+    card_qps: CardQps | None = None
+    language: Language | None = None
+    enabled: bool | None = None
+
 
 class ChannelStatusRead(BaseModel):
     channel_id: int
     state: ChannelState
+    indicator: str = Field(description="🟢 connected, 🟡 connecting, 🔴 disconnected, ⚪ disabled")
     owner: str | None
     connected_at: datetime | None
     uptime_s: float | None
@@ -58,13 +116,26 @@ class ChannelStatusRead(BaseModel):
     messages_in: int
     replies_out: int
     rate_limit_hits: int
+    # Counted by connectors that report them (0 otherwise): payloads dropped as unreadable,
+    # publishes the bus did not confirm, answers sent as plain text because a card failed.
+    messages_malformed: int = 0
+    publish_failures: int = 0
+    fallback_replies: int = 0
 
     @classmethod
     def from_status(cls, status: ChannelStatus) -> "ChannelStatusRead":
         return cls(
             uptime_s=status.uptime_seconds(),
-            **status.model_dump(include=set(cls.model_fields) - {"uptime_s"}),
+            indicator=INDICATORS[status.state],
+            **status.model_dump(include=set(cls.model_fields) - {"uptime_s", "indicator"}),
         )
+
+
+def masked(public: dict[str, Any], secret_names: frozenset[str], secrets_enc: str | None) -> dict[str, Any]:
+    # The secrets are not decrypted just to be hidden: every secret field reads as the mask
+    # whenever secrets are stored. An optional one that is absent then reads as the mask too,
+    # which an edit form sends back as "keep": harmless.
+    return {**public, **({name: MASK for name in secret_names} if secrets_enc else {})}
 
 
 class ChannelRead(BaseModel):
@@ -74,26 +145,67 @@ class ChannelRead(BaseModel):
     config: dict[str, Any] = Field(description=f'secret fields read "{MASK}"')
     default_agent_id: int | None
     session_scope: str
+    user_mapping: dict[str, Any] = Field(description=f'secret fields read "{MASK}"')
+    card_qps: int
+    language: str
     enabled: bool
     created_at: UtcDatetime
     updated_at: UtcDatetime
     status: ChannelStatusRead
 
     @classmethod
-    def from_row(cls, channel: Channel, status: ChannelStatus) -> "ChannelRead":
+    def fields_of(cls, channel: Channel, status: ChannelStatus) -> dict[str, Any]:
         assert channel.id is not None
-        # The secrets are not decrypted to be hidden: every secret field of the platform reads as
-        # the mask whenever secrets are stored (the platforms' secret fields are all required).
-        masked = {name: MASK for name in secret_fields(channel.platform)} if channel.secrets_enc else {}
-        return cls(
-            id=channel.id,
-            name=channel.name,
-            platform=channel.platform,
-            config={**channel.config, **masked},
-            default_agent_id=channel.default_agent_id,
-            session_scope=channel.session_scope,
-            enabled=channel.enabled,
-            created_at=channel.created_at,
-            updated_at=channel.updated_at,
-            status=ChannelStatusRead.from_status(status),
-        )
+        mapping_model = USER_MAPPINGS.get(str(channel.user_mapping.get("mode")))
+        mapping_secrets = mapping_model.secret_fields if mapping_model else frozenset()
+        return {
+            "id": channel.id,
+            "name": channel.name,
+            "platform": channel.platform,
+            "config": masked(channel.config, secret_fields(channel.platform), channel.secrets_enc),
+            "default_agent_id": channel.default_agent_id,
+            "session_scope": channel.session_scope,
+            "user_mapping": masked(channel.user_mapping, mapping_secrets, channel.user_mapping_secrets_enc),
+            "card_qps": channel.card_qps,
+            "language": channel.language,
+            "enabled": channel.enabled,
+            "created_at": channel.created_at,
+            "updated_at": channel.updated_at,
+            "status": ChannelStatusRead.from_status(status),
+        }
+
+    @classmethod
+    def from_row(cls, channel: Channel, status: ChannelStatus) -> "ChannelRead":
+        return cls(**cls.fields_of(channel, status))
+
+
+class ControlOutcome(BaseModel):
+    """The connector's answer to the control request this change sent."""
+
+    action: str
+    outcome: str = Field(
+        description="answered | refused | timeout | no_responders | failed | invalid_reply; "
+        "without an answer the connectors' reconcile (every 10 s) still applies the change"
+    )
+    ok: bool | None = None
+    state: ChannelState | None = None
+    error: str | None = None
+    owner: str | None = None
+
+
+class ChannelChange(ChannelRead):
+    """A channel after a change, with what its connector answered (null: nothing was sent)."""
+
+    control: ControlOutcome | None
+
+
+class PlatformRead(BaseModel):
+    name: str
+    secret_fields: list[str]
+    config_schema: dict[str, Any]
+
+
+class UserMappingModeRead(BaseModel):
+    mode: str
+    secret_fields: list[str]
+    config_schema: dict[str, Any]

@@ -1,0 +1,1 @@
+"""Conversations: list by channel or user, read the transcript, close."""

@@ -1,0 +1,1 @@
+"""Users and their IM identities: search, view, link an identity by hand, unlink."""

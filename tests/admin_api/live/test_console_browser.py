@@ -1,0 +1,196 @@
+"""The web console in headless Chromium: log in, create a channel against imsim, watch it turn
+green, disable it (grey), enable and restart it, edit it keeping its secret, delete it."""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from .conftest import ADMIN_TOKEN, LiveStack
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("IMGATE_CHROMIUM", "/usr/bin/chromium")
+# Control requests make changes land within 2 s; the page polls every second on top of that.
+LANDS_S = 4
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live: LiveStack, tmp_path: Path) -> Iterator[Page]:
+    context = browser.new_context(base_url=live.admin)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Chromium logs every 4xx fetch; those the page handles (a wrong token, a refused form) are
+    # expected. Script errors and 5xx answers are not.
+    handled = "the server responded with a status of 4"
+    opened.on(
+        "console",
+        lambda msg: errors.append(msg.text) if msg.type == "error" and handled not in msg.text else None,
+    )
+    outside: list[str] = []
+    opened.on("request", lambda r: outside.append(r.url) if not r.url.startswith(live.admin) else None)
+    yield opened
+    opened.screenshot(path=str(tmp_path / "last.png"), full_page=True)
+    context.close()
+    assert not errors, errors
+    assert not outside, f"the console fetched from elsewhere: {outside}"
+
+
+def _row(page: Page, name: str) -> Locator:
+    return page.locator(f'tr[data-channel="{name}"]')
+
+
+def _expect_state(indicator: Locator, state: str, emoji: str) -> None:
+    expect(indicator).to_have_attribute("data-state", state, timeout=LANDS_S * 1000)
+    expect(indicator).to_have_text(state)
+    expect(indicator).to_have_attribute("title", emoji)
+
+
+def _confirm(page: Page) -> None:
+    dialog = page.locator("dialog#confirm")
+    expect(dialog).to_be_visible()
+    dialog.get_by_test_id("confirm-yes").click()
+
+
+def test_operator_manages_a_channel_in_the_console(page: Page, live: LiveStack, tmp_path: Path) -> None:
+    client_id, secret = f"console-{uuid.uuid4().hex[:6]}", "console-secret-" + uuid.uuid4().hex
+    live.sim_app(client_id, secret)
+    name = f"console-bot-{client_id[-6:]}"
+
+    page.goto("/")
+    page.fill("#token", "not-the-token")
+    page.click("form#login button[type=submit]")
+    expect(page.locator("#login-error")).to_have_text("That token was refused.")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("form#login button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Channels")
+
+    page.click("#new-channel")
+    form = page.locator("form#channel-form")
+    form.locator('[name="name"]').fill(name)
+    form.locator('[name="config.client_id"]').fill(client_id)
+    form.locator('[name="config.client_secret"]').fill(secret)
+    form.locator('[name="config.openapi_endpoint"]').fill(live.imsim)
+    form.locator("#save-channel").click()
+
+    row = _row(page, name)
+    indicator = row.locator(".indicator")
+    _expect_state(indicator, "connected", "🟢")
+    assert live.connections(client_id) == 1
+    expect(row.locator("td").nth(2)).not_to_have_text("–")  # uptime shows
+    page.screenshot(path=str(tmp_path / "green.png"), full_page=True)
+
+    row.locator('[data-action="disable"]').click()
+    _confirm(page)
+    _expect_state(indicator, "disabled", "⚪")
+    page.screenshot(path=str(tmp_path / "disabled.png"), full_page=True)
+    live.wait(lambda: live.connections(client_id) == 0, 2, "the disabled channel's connection closing")
+
+    row.locator('[data-action="enable"]').click()
+    _expect_state(indicator, "connected", "🟢")
+    before = {c["connection_id"] for c in _connections(live, client_id) if c["open"]}
+
+    row.locator('[data-action="restart"]').click()
+    _confirm(page)
+    live.wait(
+        lambda: {c["connection_id"] for c in _connections(live, client_id) if c["open"]} - before != set(),
+        LANDS_S,
+        "a new connection after the restart",
+    )
+    _expect_state(indicator, "connected", "🟢")
+
+    # Edit: the secret field is blank with a "leave blank to keep" placeholder; saving keeps it.
+    row.locator("a", has_text="Edit").click()
+    secret_input = page.locator('[name="config.client_secret"]')
+    expect(secret_input).to_have_value("")
+    expect(secret_input).to_have_attribute("placeholder", "•••••• stored — leave blank to keep")
+    assert secret not in page.content()
+    page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+    page.fill('[name="card_qps"]', "12")
+    page.click("form#channel-form button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Channels")
+    _expect_state(_row(page, name).locator(".indicator"), "connected", "🟢")
+    assert live.connections(client_id) == 1
+
+    _row(page, name).locator('[data-action="delete"]').click()
+    _confirm(page)
+    expect(_row(page, name)).to_have_count(0, timeout=LANDS_S * 1000)
+    live.wait(lambda: live.connections(client_id) == 0, 2, "the deleted channel's connection closing")
+    page.screenshot(path=str(tmp_path / "deleted.png"), full_page=True)
+
+
+def test_operator_creates_and_tests_an_agent(page: Page, live: LiveStack) -> None:
+    name = f"console-agent-{uuid.uuid4().hex[:6]}"
+    key = "sk-console-" + uuid.uuid4().hex
+    _sign_in(page)
+    page.click('[data-nav="agents"]')
+    page.click("text=New agent")
+    form = page.locator("form#agent-form")
+    form.locator('[name="name"]').fill(name)
+    form.locator('[name="provider"]').select_option("openai")
+    form.locator('[name="model"]').fill("scripted")
+    form.locator('[name="base_url"]').fill(live.model_url)
+    form.locator('[name="api_key"]').fill(key)
+    form.locator("button[type=submit]").click()
+    row = page.locator(f'tr[data-agent="{name}"]')
+    expect(row).to_contain_text("***")
+    row.locator('[data-action="test"]').click()
+    expect(page.locator("#agent-test-result")).to_contain_text(f"{name}: passed", timeout=10_000)
+    assert key not in page.content()
+
+    row.locator("a", has_text="Edit").click()
+    expect(page.locator('[name="api_key"]')).to_have_attribute(
+        "placeholder", "•••••• stored — leave blank to keep"
+    )
+    page.fill('[name="temperature"]', "5")
+    page.click("form#agent-form button[type=submit]")
+    expect(page.locator("form#agent-form .field-error", has_text="less than or equal to 2")).to_have_count(1)
+    expect(page.locator('[name="temperature"]')).to_have_class("invalid")
+    page.fill('[name="temperature"]', "0.5")
+    page.click("form#agent-form button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Agents")
+    page.locator(f'tr[data-agent="{name}"] [data-action="delete"]').click()
+    _confirm(page)
+    expect(page.locator(f'tr[data-agent="{name}"]')).to_have_count(0)
+
+
+def _sign_in(page: Page) -> None:
+    page.goto("/console/")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("form#login button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Channels")
+
+
+def test_every_console_page_renders(page: Page, live: LiveStack) -> None:
+    _sign_in(page)
+    for nav, heading in [
+        ("agents", "Agents"),
+        ("users", "Users"),
+        ("conversations", "Conversations"),
+        ("tokens", "API tokens"),
+        ("audit", "Audit log"),
+    ]:
+        page.click(f'[data-nav="{nav}"]')
+        expect(page.locator("h1")).to_have_text(heading)
+    page.click("#sign-out")
+    expect(page.locator("form#login")).to_be_visible()
+
+
+def _connections(live: LiveStack, client_id: str) -> list[dict[str, object]]:
+    import httpx
+
+    return list(httpx.get(f"{live.imsim}/sim/apps/{client_id}/connections", timeout=5).json())
