@@ -52,3 +52,11 @@ async def test_openapi_and_docs_need_no_token(anon_client: httpx.AsyncClient) ->
     schema = (await anon_client.get("/openapi.json")).json()
     assert "/api/v1/channels" in schema["paths"]
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+async def test_docs_page_uses_only_bundled_assets(anon_client: httpx.AsyncClient) -> None:
+    page = await anon_client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "/docs-assets/swagger-ui-bundle.js" in page.text
+    script = await anon_client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000

@@ -18,6 +18,7 @@ from imgate_admin.channels.endpoints import router as channels_router
 from imgate_admin.console import mount_console
 from imgate_admin.conversations.endpoints import router as conversations_router
 from imgate_admin.deps import Resources
+from imgate_admin.docs import mount_docs
 from imgate_admin.errors import ErrorBody, StartupError, install_error_handlers
 from imgate_admin.health import router as health_router
 from imgate_admin.key_rotation.endpoints import router as key_rotation_router
@@ -91,6 +92,8 @@ def create_app(settings: AdminSettings, outbound: httpx.AsyncBaseTransport | Non
         "Every /api/v1 route needs `Authorization: Bearer <token>`. The web console is at /console/.",
         lifespan=lifespan,
         responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        docs_url=None,  # served by mount_docs from bundled assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.outbound = outbound
@@ -112,4 +115,5 @@ def create_app(settings: AdminSettings, outbound: httpx.AsyncBaseTransport | Non
         api.include_router(router)
     app.include_router(api)
     mount_console(app)
+    mount_docs(app)
     return app
