@@ -89,3 +89,21 @@ def test_quick_messages_are_answered_in_order_each_seeing_the_previous_turns(
         "Answer 2: you said «Q2» after 1 earlier turns.",
         "Answer 3: you said «Q3» after 2 earlier turns.",
     ]
+
+
+def test_the_same_message_three_times_with_a_router_crash_gives_one_answer(
+    running: Running, channel: dict[str, Any]
+) -> None:
+    sent = send(running, CLIENT_ID, text="Only once, please.", sender_staff_id="ivan")
+    running.stack.kill("router")  # mid-routing or just after: either way nothing may double
+    running.stack.start_service("router")
+    for _ in range(2):
+        response = httpx.post(f"{running.imsim}/sim/apps/{CLIENT_ID}/messages/{sent['msg_id']}/redeliver")
+        assert response.status_code == 200, response.text
+    [answer] = wait_for_items(running, CLIENT_ID, sent["conversation_id"], 1, timeout=60)
+    time.sleep(2)  # room for a wrongly doubled answer to show up
+    items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{sent['conversation_id']}").json()
+    assert [i["kind"] for i in items["items"] if i["kind"] != "user"] == ["card"]
+    asked = [r for r in running.model.requests if r["messages"][-1]["content"] == "Only once, please."]
+    assert len(asked) == 1, "exactly one run"
+    assert answer["content"] == "Answer 1: you said «Only once, please.» after 0 earlier turns."
