@@ -73,7 +73,9 @@ async def test_second_message_continues_and_new_starts_fresh(
 async def test_unsupported_message_gets_a_clear_reply_and_no_run(
     router: InboundRouter, published: Published, channel_id: int
 ) -> None:
-    await router.handle(inbound(channel_id, "p1", fixture="picture"))
+    unknown = inbound(channel_id, "p1").raw | {"msgtype": "hologram", "content": {"x": 1}}
+    unknown.pop("text")
+    await router.handle(translate(unknown, channel_id, None))
     assert published.of(RunRequest) == []
     [notice] = published.of(Notice)
     assert notice.text == USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE]

@@ -242,7 +242,7 @@ async def test_anthropic_provider_streams_with_the_system_prompt_apart(
     assert len([e for e in events if isinstance(e, RunDelta)]) >= 2
     body = claude.requests[0]["body"]
     assert body["system"] == "Answer in French."
-    assert body["messages"] == [{"role": "user", "content": "hello"}]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
     assert sent_key(claude.requests[0]["headers"]) == API_KEY
 
 
@@ -258,3 +258,45 @@ async def test_anthropic_bad_key_is_auth_failed(
         events = Events()
         await make_executor(events).execute(await setup_run(sessions, agent, "hello"), noop)
     assert isinstance(events[-1], RunFailed) and events[-1].category == FailureCategory.AUTH_FAILED
+
+
+async def test_pictures_go_to_a_vision_model_as_images_and_other_models_are_told(
+    sessions: async_sessionmaker[AsyncSession],
+    scripted: tuple[ScriptedModel, str],
+    make_executor: Callable[[Events], RunExecutor],
+    nats_client: Any,
+) -> None:
+    import base64
+
+    from imgate_common.bus import MEDIA_BUCKET
+    from imgate_common.messages import Attachment, MessageKind
+    from imgate_runner.media import MediaReader
+
+    model, url = scripted
+    js = nats_client.jetstream()
+    try:
+        bucket = await js.object_store(MEDIA_BUCKET)
+    except Exception:
+        bucket = await js.create_object_store(MEDIA_BUCKET)
+    picture = b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes
+    name = f"test/{uuid.uuid4().hex}"
+    await bucket.put(name, picture)
+    attachment = Attachment(
+        kind=MessageKind.IMAGE, object_name=name, content_type="image/png", size=len(picture)
+    )
+
+    executor = make_executor(Events())
+    executor._media = MediaReader(js)
+    vision = openai_agent(url, supports_images=True)
+    request = await setup_run(sessions, vision, "What is in this picture?")
+    await executor.execute(request.model_copy(update={"attachments": [attachment]}), noop)
+    content = model.requests[-1]["messages"][-1]["content"]
+    assert content[0] == {"type": "text", "text": "What is in this picture?"}
+    assert content[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(picture).decode()
+
+    blind = openai_agent(url)
+    request = await setup_run(sessions, blind, "And this one?")
+    await executor.execute(request.model_copy(update={"attachments": [attachment]}), noop)
+    text = model.requests[-1]["messages"][-1]["content"]
+    assert isinstance(text, str) and text.startswith("And this one?") and "picture" in text
+    await bucket.delete(name)

@@ -15,6 +15,9 @@ RUNNER_CONSUMER = "agent-runner"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
+# JetStream object store bucket holding the media users sent; messages carry the object names.
+MEDIA_BUCKET = "imgate-media"
+
 
 # Inbound messages are spread over partitions by conversation. Each partition has its own router
 # consumer that lets one message out at a time (max_ack_pending=1), so a conversation's messages

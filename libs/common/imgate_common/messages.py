@@ -65,6 +65,22 @@ class Attachment(BaseModel):
     download_code: str | None = None
     name: str | None = None
     duration_ms: int | None = None
+    # Filled by the connector once it fetched the bytes: where they are kept (media object store
+    # key), how big they are and what they are; `error` says why they could not be fetched.
+    object_name: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+class Mention(BaseModel):
+    """Someone other than the bot that the sender @mentioned."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str  # the platform's user id (DingTalk: dingtalkId)
+    staff_id: str | None = None
 
 
 class ReplyTarget(BaseModel):
@@ -78,6 +94,7 @@ class ReplyTarget(BaseModel):
     conversation_type: ConversationType
     sender_id: str
     sender_staff_id: str | None = None
+    sender_nick: str | None = None  # to @mention the sender when answering in a group
     robot_code: str | None = None
     session_webhook: str | None = None
     session_webhook_expires_at: datetime | None = None
@@ -95,6 +112,7 @@ class InboundMessage(Contract):
     platform_type: str  # the platform's own type name, e.g. "richText"
     attachments: list[Attachment] = Field(default_factory=list)
     mentions_bot: bool = False
+    mentions: list[Mention] = Field(default_factory=list)  # others @mentioned besides the bot
     sender: Sender
     conversation_title: str | None = None
     target: ReplyTarget
@@ -121,6 +139,8 @@ class RunRequest(Contract):
     user_message_id: int
     text: str
     target: ReplyTarget
+    # What the user sent besides text (pictures for a vision model), bytes in the media bucket.
+    attachments: list[Attachment] = Field(default_factory=list)
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -224,6 +244,11 @@ class ChannelStatus(Contract):
     messages_in: int = 0
     replies_out: int = 0
     rate_limit_hits: int = 0
+    # Payloads that could not be read (ACKed and dropped), publishes the bus did not confirm
+    # (not ACKed, so the platform redelivers), answers sent as plain text because the card failed.
+    messages_malformed: int = 0
+    publish_failures: int = 0
+    fallback_replies: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
 
     def uptime_seconds(self, now: datetime | None = None) -> float | None:

@@ -23,6 +23,7 @@ from imgate_common.messages import CancelRequest, RunRequest
 from imgate_common.publish import jetstream_publisher
 from imgate_common.runtime import connect_nats, service_main
 from imgate_common.secrets import SecretBox
+from imgate_runner.media import MediaReader
 from imgate_runner.providers.registry import build_providers
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
@@ -136,6 +137,7 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
             SecretBox.from_settings(settings),
             providers,
             jetstream_publisher(js),
+            MediaReader(js),
         )
 
         async def on_cancel(msg: Msg) -> None:

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +19,7 @@ from imgate_common.db.models import Agent, Conversation, Message, utcnow
 from imgate_common.errors import USER_MESSAGES, FailureCategory, ProviderError
 from imgate_common.messages import (
     AnyReplyEvent,
+    MessageKind,
     RunCancelled,
     RunCompleted,
     RunDelta,
@@ -30,6 +31,7 @@ from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_runner.batching import DeltaBatcher
 from imgate_runner.history import build_prompt, load_history
+from imgate_runner.media import MediaReader
 from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
 from imgate_runner.settings import RunnerSettings
 
@@ -132,7 +134,9 @@ class RunExecutor:
         box: SecretBox,
         providers: dict[str, ModelProvider],
         publish: Publish,
+        media: MediaReader | None = None,
     ) -> None:
+        self._media = media
         self._settings = settings
         self._sessions = sessions
         self._box = box
@@ -177,7 +181,8 @@ class RunExecutor:
             await self._finish_cancelled(progress, bound)
             return
         await self._emit(RunStarted(**progress.common, seq=progress.next_seq()))  # type: ignore[arg-type]
-        stream = asyncio.create_task(self._stream(agent, history, progress))
+        prompt = await self._with_attachments(agent, build_prompt(agent, history), request)
+        stream = asyncio.create_task(self._stream(agent, prompt, progress))
         self._streams[request.run_id] = stream
         try:
             async with keep_alive(heartbeat, self._settings.in_progress_interval_s):
@@ -211,13 +216,27 @@ class RunExecutor:
         )
         bound.info("run_completed", chars=len(answer), ttft_ms=progress.ttft_ms())
 
-    async def _stream(self, agent: Agent, history: list[Message], progress: RunProgress) -> None:
+    async def _with_attachments(
+        self, agent: Agent, prompt: list[ChatMessage], request: RunRequest
+    ) -> list[ChatMessage]:
+        """Pictures go to a vision model as images; any other model is told one was attached."""
+        pictures = [a for a in request.attachments if a.kind == MessageKind.IMAGE]
+        if not pictures or not prompt or prompt[-1].role != "user":
+            return prompt
+        last = prompt[-1]
+        images = await self._media.images(pictures) if agent.supports_images and self._media else []
+        if images:
+            return [*prompt[:-1], replace(last, images=tuple(images))]
+        note = f"(The user attached {len(pictures)} picture(s) that you cannot see.)"
+        return [*prompt[:-1], replace(last, content=f"{last.content}\n\n{note}".strip())]
+
+    async def _stream(self, agent: Agent, prompt: list[ChatMessage], progress: RunProgress) -> None:
         async with asyncio.timeout(agent.timeout_s):
             chunks = stream_with_retry(
                 self._providers[agent.provider],
                 agent,
                 agent_api_key(agent, self._box),
-                build_prompt(agent, history),
+                prompt,
                 progress.generation,
                 self._settings.provider_attempts,
             )

@@ -86,7 +86,7 @@ class InboundRouter:
             if channel is None:
                 bound.warning("inbound_for_unknown_channel")
                 return
-            if message.kind == MessageKind.UNSUPPORTED or not message.text:
+            if message.kind == MessageKind.UNSUPPORTED or not (message.text or message.attachments):
                 bound.info("inbound_unsupported", platform_type=message.platform_type)
                 await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
                 return
@@ -146,7 +146,7 @@ class InboundRouter:
             user_message = existing or Message(
                 conversation_id=conversation_id,
                 role="user",
-                content=message.text,
+                content=message.text or f"[{message.platform_type}]",
                 run_id=run_id,
                 platform_message_id=message.message_id,
             )
@@ -162,6 +162,7 @@ class InboundRouter:
                 user_message_id=user_message.id,
                 text=message.text,
                 target=message.target,
+                attachments=message.attachments,
             )
         await self._admit(message, request, user_message.id, bound, language)
 

@@ -30,6 +30,7 @@ class Agent(SQLModel, table=True):
     max_turns: int = 20
     max_prompt_tokens: int = 1536
     timeout_s: float = 120.0
+    supports_images: bool = False  # pictures go to the model as image input (vision models)
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 

@@ -27,6 +27,7 @@ ApiKey = Annotated[SecretStr, Field(max_length=500)]
 class Provider(StrEnum):
     LOCAL = "local"
     OPENAI = "openai"  # any OpenAI-compatible chat completions API
+    ANTHROPIC = "anthropic"  # the Messages API
 
 
 def provider_problem(provider: str, model: str | None, base_url: str | None) -> str | None:
@@ -34,6 +35,8 @@ def provider_problem(provider: str, model: str | None, base_url: str | None) -> 
         missing = [name for name, value in (("model", model), ("base_url", base_url)) if not value]
         if missing:
             return f"{' and '.join(missing)} required for provider openai"
+    if provider == Provider.ANTHROPIC and not model:
+        return "model required for provider anthropic"
     return None
 
 
@@ -52,6 +55,8 @@ class AgentCreate(RequestBody):
     max_turns: Turns | None = None
     max_prompt_tokens: PromptTokens | None = None
     timeout_s: TimeoutSeconds | None = None
+    # Pictures users send go to the model as images (a vision model); otherwise it is told one came.
+    supports_images: bool | None = None
 
     @model_validator(mode="after")
     def _provider_requirements(self) -> Self:
@@ -62,6 +67,8 @@ class AgentCreate(RequestBody):
             self.model = LOCAL_DEFAULT_MODEL
         if self.api_key is not None and self.api_key.get_secret_value() == MASK:
             raise ValueError(f'api_key: "{MASK}" stands for a stored key, and a new agent has none')
+        if self.provider == Provider.ANTHROPIC and self.api_key is None:
+            raise ValueError("api_key required for provider anthropic")
         return self
 
 
@@ -80,6 +87,7 @@ class AgentUpdate(RequestBody):
     max_turns: Turns | None = None
     max_prompt_tokens: PromptTokens | None = None
     timeout_s: TimeoutSeconds | None = None
+    supports_images: bool | None = None
 
 
 class AgentRead(BaseModel):
@@ -95,6 +103,7 @@ class AgentRead(BaseModel):
     max_turns: int
     max_prompt_tokens: int
     timeout_s: float
+    supports_images: bool
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
@@ -114,6 +123,7 @@ class AgentRead(BaseModel):
             max_turns=agent.max_turns,
             max_prompt_tokens=agent.max_prompt_tokens,
             timeout_s=agent.timeout_s,
+            supports_images=agent.supports_images,
             created_at=agent.created_at,
             updated_at=agent.updated_at,
         )

@@ -33,6 +33,7 @@ OPTIONAL_FIELDS = (
     "max_turns",
     "max_prompt_tokens",
     "timeout_s",
+    "supports_images",
 )
 PLAIN_FIELDS = ("name", "provider", "model", "base_url", *OPTIONAL_FIELDS)
 

@@ -30,15 +30,20 @@ def map_error(exc: anthropic.AnthropicError) -> ProviderError:
     return ProviderError(f"{type(exc).__name__}: {exc}", category, transient=transient)
 
 
-def split_system(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+def split_system(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
     """The Messages API takes the system prompt apart and turns that alternate user/assistant."""
     system = "\n\n".join(m.content for m in messages if m.role == "system")
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     for message in (m for m in messages if m.role != "system"):
+        blocks: list[dict[str, Any]] = [
+            {"type": "image", "source": {"type": "base64", "media_type": i.content_type, "data": i.base64()}}
+            for i in message.images
+        ]
+        blocks.append({"type": "text", "text": message.content})
         if turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"] += "\n\n" + message.content
+            turns[-1]["content"].extend(blocks)
         else:
-            turns.append({"role": message.role, "content": message.content})
+            turns.append({"role": message.role, "content": blocks})
     return system, turns
 
 

@@ -1,5 +1,6 @@
 """The provider interface: stream an answer for a list of chat messages."""
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,9 +11,19 @@ from imgate_common.db.models import Agent
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    content_type: str
+    data: bytes
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode()
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str  # system | user | assistant
     content: str
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass

@@ -31,6 +31,16 @@ def map_error(exc: openai.OpenAIError) -> ProviderError:
     return ProviderError(f"{type(exc).__name__}: {exc}", category, transient=transient)
 
 
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    for image in message.images:
+        url = f"data:{image.content_type};base64,{image.base64()}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": message.role, "content": parts}
+
+
 class OpenAIProvider(ModelProvider):
     name: ClassVar[str] = "openai"
 
@@ -60,7 +70,7 @@ class OpenAIProvider(ModelProvider):
         try:
             response = await client.chat.completions.create(
                 model=agent.model,
-                messages=cast(Any, [{"role": m.role, "content": m.content} for m in messages]),
+                messages=cast(Any, [openai_message(m) for m in messages]),
                 temperature=agent.temperature,
                 max_tokens=agent.max_output_tokens,
                 stream=True,
