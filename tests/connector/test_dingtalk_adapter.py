@@ -1,100 +1,24 @@
-"""DingTalkAdapter against imsim over real HTTP and websockets, and JetStream for the publish."""
+"""DingTalkAdapter against imsim over real HTTP and websockets: ACK after the publish, SYSTEM
+frames, the watchdog, back-off, stopping, and what cannot be read."""
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
 from typing import Any
 
-import httpx
-import pytest
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
-from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, inbound_subject, provision_streams
-from imgate_common.channels import ChannelSpec
+from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, inbound_subject
 from imgate_common.messages import ChannelState, InboundMessage
-from imgate_connector.health import ChannelHealth
 from imgate_connector.inbound import InboundPublisher, dedup_id
 from imgate_connector.platforms.dingtalk.adapter import DingTalkAdapter
 from imgate_connector.settings import ConnectorSettings
-
-Sink = Callable[[InboundMessage], Awaitable[None]]
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110 (polls another process)
-            await asyncio.sleep(0.05)
+from tests.connector.conftest import Start
+from tests.connector.sim import Sim, until
 
 
-class Sim:
-    """The user's side of imsim for one app."""
-
-    def __init__(self, base: str, client: httpx.AsyncClient, app: str) -> None:
-        self.base, self.client, self.app = base, client, app
-
-    async def get(self, what: str) -> list[dict[str, Any]]:
-        response = await self.client.get(f"{self.base}/sim/apps/{self.app}/{what}")
-        response.raise_for_status()
-        return list(response.json())
-
-    async def post(self, what: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.post(f"{self.base}/sim/apps/{self.app}/{what}", json=body)
-        response.raise_for_status()
-        return dict(response.json())
-
-    async def acks_for(self, msg_id: str) -> list[int]:
-        return [a["code"] for a in await self.get("acks") if a["msg_id"] == msg_id]
-
-
-@pytest.fixture
-async def sim(imsim: str) -> AsyncIterator[Sim]:
-    app = f"app-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(timeout=5) as client:
-        response = await client.post(
-            f"{imsim}/sim/apps",
-            json={"client_id": app, "client_secret": "s3cret", "redeliver_after": 1, "disconnect_grace": 1},
-        )
-        response.raise_for_status()
-        yield Sim(imsim, client, app)
-
-
-@pytest.fixture
-async def run_adapter(
-    sim: Sim,
-) -> AsyncIterator[Callable[[Sink], Awaitable[tuple[DingTalkAdapter, ChannelHealth]]]]:
-    adapters: list[DingTalkAdapter] = []
-    http = httpx.AsyncClient(timeout=5)
-
-    async def start(sink: Sink) -> tuple[DingTalkAdapter, ChannelHealth]:
-        channel_id = 900_000 + len(adapters)
-        spec = ChannelSpec(
-            id=channel_id,
-            name="t",
-            platform="dingtalk",
-            enabled=True,
-            default_agent_id=None,
-            session_scope="conversation",
-            config={"client_id": sim.app, "client_secret": "s3cret", "openapi_endpoint": sim.base},
-        )
-        health = ChannelHealth(channel_id=channel_id, owner="test")
-        adapter = DingTalkAdapter(spec, ConnectorSettings(reconnect_min_s=0.2), sink, health, http)
-        adapters.append(adapter)
-        await adapter.start()
-
-        async def connected() -> bool:
-            return health.state == ChannelState.CONNECTED
-
-        await until(connected)
-        return adapter, health
-
-    yield start
-    for adapter in adapters:
-        await adapter.stop()
-    await http.aclose()
-
-
-async def test_frame_is_acked_only_after_the_publish_returned(sim: Sim, run_adapter: Any) -> None:
+async def test_frame_is_acked_only_after_the_publish_returned(sim: Sim, run_adapter: Start) -> None:
     gate = asyncio.Event()
     received: list[InboundMessage] = []
 
@@ -103,7 +27,7 @@ async def test_frame_is_acked_only_after_the_publish_returned(sim: Sim, run_adap
         await gate.wait()
 
     await run_adapter(slow_sink)
-    sent = await sim.post("messages", {"text": "hello"})
+    sent = await sim.send("hello")
 
     async def got() -> bool:
         return bool(received)
@@ -120,7 +44,7 @@ async def test_frame_is_acked_only_after_the_publish_returned(sim: Sim, run_adap
     assert received[0].text == "hello" and received[0].message_id == sent["msg_id"]
 
 
-async def test_failed_publish_is_not_acked_so_dingtalk_redelivers(sim: Sim, run_adapter: Any) -> None:
+async def test_failed_publish_is_not_acked_so_dingtalk_redelivers(sim: Sim, run_adapter: Start) -> None:
     attempts: list[str] = []
 
     async def flaky_sink(message: InboundMessage) -> None:
@@ -129,7 +53,7 @@ async def test_failed_publish_is_not_acked_so_dingtalk_redelivers(sim: Sim, run_
             raise ConnectionError("nats unreachable")
 
     _, health = await run_adapter(flaky_sink)
-    sent = await sim.post("messages", {"text": "keep me"})
+    sent = await sim.send("keep me")
 
     async def acked() -> bool:
         return await sim.acks_for(sent["msg_id"]) == [200]
@@ -139,30 +63,56 @@ async def test_failed_publish_is_not_acked_so_dingtalk_redelivers(sim: Sim, run_
     assert attempts == [sent["msg_id"], sent["msg_id"]]
     assert len({d["frame_id"] for d in deliveries}) == 2, "the redelivery is a new frame"
     assert health.last_error and "nats unreachable" in health.last_error
+    assert health.publish_failures == 1 and health.messages_in == 1
 
 
-async def test_unreadable_payload_is_acked_and_never_published(sim: Sim, run_adapter: Any) -> None:
+async def test_unreadable_payload_is_acked_never_published_and_answered(sim: Sim, run_adapter: Start) -> None:
     published: list[InboundMessage] = []
 
     async def sink(message: InboundMessage) -> None:
         published.append(message)
 
     _, health = await run_adapter(sink)
-    broken = await sim.post("messages", {"raw_data": "{not json"})
-    no_id = await sim.post("messages", {"raw_data": json.dumps({"msgtype": "text"})})
+    broken = await sim.send(raw_data="{not json")
+    no_id = await sim.send(raw_data=json.dumps({"msgtype": "text", "senderStaffId": "pat"}))
 
     async def both_acked() -> bool:
         return await sim.acks_for(broken["msg_id"]) == [200] and await sim.acks_for(no_id["msg_id"]) == [200]
 
     await until(both_acked)
+
+    async def told() -> bool:
+        conversations = await sim.get("conversations")
+        return any(c["items"] for c in conversations if "pat" in json.dumps(c))
+
+    await until(told)  # the sender of the payload without msgId heard that it could not be read
     await asyncio.sleep(1.5)  # past redeliver_after: nothing comes back
     assert published == []
     assert len([d for d in await sim.get("deliveries") if d["msg_id"] == broken["msg_id"]]) == 1
+    assert health.messages_malformed == 2
     assert health.last_error and "malformed" in health.last_error
 
 
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+async def test_frames_we_did_not_subscribe_to_are_acked_not_redelivered(sim: Sim, run_adapter: Start) -> None:
+    adapter, _ = await run_adapter(wait=False)
+    ws = RecordingSocket()
+    event = {"type": "EVENT", "headers": {"messageId": "e1", "topic": "chat_update"}, "data": "{}"}
+    other = {"type": "CALLBACK", "headers": {"messageId": "c1", "topic": "/v1.0/card/callback"}, "data": "{}"}
+    for frame in (event, other):
+        await adapter._on_frame(ws, json.dumps(frame), asyncio.Event())  # type: ignore[arg-type]
+    assert [(a["headers"]["messageId"], a["code"]) for a in ws.sent] == [("e1", 200), ("c1", 200)]
+
+
 async def test_disconnect_opens_the_new_connection_before_the_old_one_closes(
-    sim: Sim, run_adapter: Any
+    sim: Sim, run_adapter: Start
 ) -> None:
     received: list[str] = []
 
@@ -171,8 +121,7 @@ async def test_disconnect_opens_the_new_connection_before_the_old_one_closes(
 
     _, health = await run_adapter(sink)
     [old] = await sim.get("connections")
-    await sim.post("disconnect", {})
-
+    await sim.post("disconnect")
     old_id = old["connection_id"]
 
     async def handed_over() -> bool:
@@ -187,7 +136,7 @@ async def test_disconnect_opens_the_new_connection_before_the_old_one_closes(
     [new] = [c for c in connections if c["connection_id"] != old_id]
     assert new["opened_at"] <= old_now["closed_at"], "the new connection must open before the old one drains"
     assert health.state == ChannelState.CONNECTED
-    sent = await sim.post("messages", {"text": "after handover"})
+    sent = await sim.send("after handover")
 
     async def acked() -> bool:
         return await sim.acks_for(sent["msg_id"]) == [200]
@@ -196,11 +145,103 @@ async def test_disconnect_opens_the_new_connection_before_the_old_one_closes(
     assert received == ["after handover"]
 
 
-async def test_publisher_sets_the_dedup_id_and_jetstream_drops_the_repeat(
-    nats_client: NATS, sim: Sim, run_adapter: Any
+async def test_pings_are_answered_with_their_opaque(sim: Sim, run_adapter: Start) -> None:
+    await sim.patch({"ping_interval": 0.3})
+    await run_adapter()
+
+    async def echoed() -> bool:
+        return int((await sim.counters())["pings"]["echoed"]) >= 2
+
+    await until(echoed)
+    pings = await sim.get("pings")
+    assert all(p["echoed"] for p in pings if p["acked"])
+
+
+async def test_a_half_dead_socket_is_replaced_within_the_configured_time(
+    sim: Sim, run_adapter: Start
 ) -> None:
-    js = nats_client.jetstream()
-    await provision_streams(js)
+    _, health = await run_adapter(ping_interval_s=0.5, stale_after_s=2.0)
+    [old] = await sim.open_connections()
+    await sim.post("connections/half-dead", {"connection_id": old["connection_id"]})
+    started = time.monotonic()
+
+    async def replaced() -> bool:
+        return any(c["connection_id"] != old["connection_id"] for c in await sim.open_connections())
+
+    took = await until(replaced, within=10)
+    # stale_after (2 s) + one watchdog tick (0.25 s) + back-off (≤ 0.2 s) + the reconnect itself
+    assert took < 3.5, f"replaced after {took:.1f} s"
+    assert time.monotonic() - started < 3.5
+    assert health.state == ChannelState.CONNECTED
+    assert health.last_error and "half-dead" in health.last_error
+    sent = await sim.send("still there?")
+
+    async def acked() -> bool:
+        return 200 in await sim.acks_for(sent["msg_id"])
+
+    await until(acked)
+
+
+async def test_a_hard_drop_reconnects(sim: Sim, run_adapter: Start) -> None:
+    _, health = await run_adapter()
+    await sim.post("connections/drop")
+
+    async def back() -> bool:
+        return len(await sim.open_connections()) == 1 and health.reconnects >= 1
+
+    await until(back)
+    assert health.state == ChannelState.CONNECTED
+
+
+async def test_failed_opens_back_off_and_show_in_status(sim: Sim, run_adapter: Start) -> None:
+    await sim.faults(open_failure="server_error", open_failure_count=3)
+    adapter, health = await run_adapter(wait=False, reconnect_min_s=0.1, reconnect_max_s=1.0)
+
+    async def failed_once() -> bool:
+        return health.last_error is not None
+
+    await until(failed_once)
+    assert health.state == ChannelState.DISCONNECTED
+    assert "503" in (health.last_error or "")
+    assert await adapter.wait_connected(10)
+    assert (await sim.counters())["connections"]["opens_refused"] == {"server_error": 3}
+    assert health.reconnects == 3
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    settings = ConnectorSettings(reconnect_min_s=1, reconnect_max_s=60)
+    adapter = DingTalkAdapter.__new__(DingTalkAdapter)
+    adapter.settings = settings
+    for failures, ceiling in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (20, 60)]:
+        delays = [adapter._backoff(failures) for _ in range(200)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 10, "jittered"
+
+
+async def test_stop_takes_under_a_second_even_with_a_half_dead_peer(sim: Sim, run_adapter: Start) -> None:
+    adapter, health = await run_adapter()
+    await sim.post("connections/half-dead")
+    started = time.monotonic()
+    await adapter.stop()
+    assert time.monotonic() - started < 1.0
+    assert health.state == ChannelState.DISCONNECTED
+
+
+async def test_wrong_credentials_show_in_status(sim: Sim, run_adapter: Start) -> None:
+    await sim.faults(open_failure="bad_credentials")
+    _, health = await run_adapter(wait=False)
+
+    async def failed() -> bool:
+        return health.last_error is not None
+
+    await until(failed)
+    assert "401" in (health.last_error or "") and health.state == ChannelState.DISCONNECTED
+
+
+async def test_publisher_sets_the_dedup_id_and_jetstream_drops_the_repeat(
+    bus: tuple[NATS, JetStreamContext], sim: Sim, run_adapter: Start
+) -> None:
+    _, js = bus
     publisher = InboundPublisher(js, timeout_s=5)
     seen: list[InboundMessage] = []
 
@@ -209,20 +250,19 @@ async def test_publisher_sets_the_dedup_id_and_jetstream_drops_the_repeat(
         await publisher(message)
 
     await run_adapter(sink)
-    sent = await sim.post("messages", {"text": "durable"})
+    sent = await sim.send("durable")
 
     async def acked() -> bool:
         return await sim.acks_for(sent["msg_id"]) == [200]
 
     await until(acked)
+    subject = inbound_subject("dingtalk", seen[0].channel_id, seen[0].target.conversation_id)
     ack = await js.publish(
-        inbound_subject("dingtalk", seen[0].channel_id, seen[0].target.conversation_id),
+        subject,
         seen[0].model_dump_json().encode(),
         headers={MSG_ID_HEADER: dedup_id(seen[0])},
     )
     assert ack.duplicate and ack.stream == INBOUND_STREAM
-    stored = await js.get_last_msg(
-        INBOUND_STREAM, inbound_subject("dingtalk", seen[0].channel_id, seen[0].target.conversation_id)
-    )
+    stored = await js.get_last_msg(INBOUND_STREAM, subject)
     assert stored.headers and stored.headers[MSG_ID_HEADER] == dedup_id(seen[0])
     assert InboundMessage.model_validate_json(stored.data).message_id == sent["msg_id"]

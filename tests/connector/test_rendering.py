@@ -5,16 +5,25 @@ from dataclasses import dataclass, field
 
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
 from imgate_common.messages import (
+    InboundMessage,
+    MessageKind,
     Notice,
+    ReplyEvent,
     ReplyTarget,
+    RunCancelled,
     RunCompleted,
     RunDelta,
     RunFailed,
+    RunQueued,
     RunStarted,
+    Sender,
+    run_id_for,
 )
 from imgate_connector.health import ChannelHealth
-from imgate_connector.platforms.base import ReplySurface
+from imgate_connector.ledger import ReplyState
+from imgate_connector.platforms.base import CardExists, ReplySurface
 from imgate_connector.rendering import CardRenderer
+from imgate_connector.wording import WORDINGS
 from tests.support.factories import reply_target
 
 TARGET = reply_target()
@@ -25,31 +34,100 @@ class RecordingSurface(ReplySurface):
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     fail_open: Exception | None = None
     fail_close: Exception | None = None
+    fail_post: Exception | None = None
+    budget_left: int | None = None  # optional updates allowed; None: unlimited
+    open_delay_s: float = 0.0
+    max_card_chars: int = 5000
 
-    async def open_card(self, run_id: str, target: ReplyTarget) -> None:
+    async def open_card(self, card_id: str, target: ReplyTarget) -> None:
+        await asyncio.sleep(self.open_delay_s)
         if self.fail_open:
             raise self.fail_open
-        self.calls.append(("open", run_id, ""))
+        self.calls.append(("open", card_id, ""))
 
-    async def update_card(self, run_id: str, text: str) -> None:
-        self.calls.append(("update", run_id, text))
+    def _spend(self) -> bool:
+        if self.budget_left is None:
+            return True
+        if self.budget_left <= 0:
+            return False
+        self.budget_left -= 1
+        return True
 
-    async def close_card(self, run_id: str, text: str, *, failed: bool) -> None:
+    async def show_status(self, card_id: str, text: str) -> bool:
+        if not self._spend():
+            return False
+        self.calls.append(("status", card_id, text))
+        return True
+
+    async def update_card(self, card_id: str, text: str) -> bool:
+        if not self._spend():
+            return False
+        self.calls.append(("update", card_id, text))
+        return True
+
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
         if self.fail_close:
             raise self.fail_close
-        self.calls.append(("close-failed" if failed else "close", run_id, text))
+        self.calls.append(("close-failed" if failed else "close", card_id, text))
 
-    async def send_text(self, target: ReplyTarget, text: str) -> None:
-        self.calls.append(("text", target.conversation_id, text))
+    async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
+        if self.fail_post:
+            raise self.fail_post
+        self.calls.append(("post", card_id, text))
+
+    async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
+        self.calls.append(("markdown" if markdown else "text", target.conversation_id, text))
+
+    def kinds(self) -> list[str]:
+        return [c[0] for c in self.calls]
 
 
-def renderer(surface: RecordingSurface, interval: float = 0.05) -> tuple[CardRenderer, ChannelHealth]:
+class MemoryLedger:
+    """The Redis ledger's contract, in memory (a second renderer = the channel's next owner)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, ReplyState] = {}
+
+    async def get(self, run_id: str) -> ReplyState | None:
+        return self.states.get(run_id)
+
+    async def set(self, run_id: str, state: ReplyState) -> None:
+        self.states[run_id] = state
+
+
+def renderer(
+    surface: RecordingSurface, interval: float = 0.05, **kwargs: object
+) -> tuple[CardRenderer, ChannelHealth]:
     health = ChannelHealth(channel_id=1, owner="test")
-    return CardRenderer(surface, health, interval), health
+    return CardRenderer(surface, health, interval, **kwargs), health  # type: ignore[arg-type]
 
 
-def delta(seq: int, text: str, length: int, run: str = "r1") -> RunDelta:
-    return RunDelta(run_id=run, channel_id=1, seq=seq, target=TARGET, text=text, length=length)
+def delta(seq: int, text: str, length: int, run: str = "r1", attempt: int = 1) -> RunDelta:
+    return RunDelta(
+        run_id=run, channel_id=1, seq=seq, target=TARGET, text=text, length=length, attempt=attempt
+    )
+
+
+def done(text: str, run: str = "r1", seq: int = 99, attempt: int = 1) -> RunCompleted:
+    return RunCompleted(run_id=run, channel_id=1, seq=seq, target=TARGET, text=text, attempt=attempt)
+
+
+def inbound(text: str, kind: MessageKind = MessageKind.TEXT, message_id: str = "m1") -> InboundMessage:
+    return InboundMessage(
+        platform="dingtalk",
+        channel_id=1,
+        message_id=message_id,
+        kind=kind,
+        text=text,
+        platform_type="text",
+        sender=Sender(id="u1"),
+        target=TARGET,
+    )
+
+
+async def feed(cards: CardRenderer, *events: ReplyEvent) -> None:
+    for event in events:
+        await cards.handle(event)
 
 
 async def test_fast_deltas_are_coalesced_and_the_card_ends_with_the_full_text() -> None:
@@ -59,10 +137,10 @@ async def test_fast_deltas_are_coalesced_and_the_card_ends_with_the_full_text() 
     text = ""
     for i in range(50):
         text += f"w{i} "
-        await cards.handle(delta(i + 1, f"w{i} ", len(text)))
+        await cards.handle(delta(i + 2, f"w{i} ", len(text)))
     await asyncio.sleep(0.05)
-    await cards.handle(RunCompleted(run_id="r1", channel_id=1, seq=51, target=TARGET, text=text.strip()))
-    kinds = [c[0] for c in surface.calls]
+    await cards.handle(done(text.strip()))
+    kinds = surface.kinds()
     assert kinds[0] == "open" and kinds[-1] == "close"
     assert 1 <= kinds.count("update") < 5, "50 deltas in a burst must not become 50 card updates"
     assert surface.calls[-1][2] == text.strip()
@@ -73,48 +151,113 @@ async def test_updates_show_growing_text_in_order() -> None:
     surface = RecordingSurface()
     cards, _ = renderer(surface, interval=0.01)
     await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
-    await cards.handle(delta(1, "Hello", 5))
+    await cards.handle(delta(2, "Hello", 5))
     await asyncio.sleep(0.05)
-    await cards.handle(delta(2, " world", 11))
+    await cards.handle(delta(3, " world", 11))
     await asyncio.sleep(0.05)
-    await cards.handle(RunCompleted(run_id="r1", channel_id=1, seq=3, target=TARGET, text="Hello world"))
+    await cards.handle(done("Hello world"))
     updates = [c[2] for c in surface.calls if c[0] == "update"]
     assert updates == ["Hello", "Hello world"]
+
+
+async def test_the_card_opens_when_the_message_is_accepted_and_started_reuses_it() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface)
+    message = inbound("What can you do?")
+    run_id = run_id_for("dingtalk", 1, "m1")
+    cards.accepted(message)
+    cards.accepted(message)  # the platform redelivered it: still one card
+    await asyncio.sleep(0.01)
+    assert surface.calls == [("open", run_id, "")], "the card is out before any reply event"
+    await feed(
+        cards,
+        RunStarted(run_id=run_id, channel_id=1, target=TARGET),
+        delta(2, "Hi", 2, run=run_id),
+        done("Hi there", run=run_id),
+    )
+    assert surface.kinds().count("open") == 1
+    assert surface.calls[-1] == ("close", run_id, "Hi there")
+
+
+async def test_commands_and_unsupported_kinds_get_no_early_card() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface)
+    cards.accepted(inbound("/new", message_id="a"))
+    cards.accepted(inbound("", kind=MessageKind.IMAGE, message_id="b"))
+    cards.accepted(inbound("", kind=MessageKind.VIDEO, message_id="c"))
+    await asyncio.sleep(0.01)
+    assert surface.calls == []
+
+
+async def test_events_wait_for_a_slow_card_open() -> None:
+    surface = RecordingSurface(open_delay_s=0.1)
+    cards, _ = renderer(surface, interval=0.01)
+    run_id = run_id_for("dingtalk", 1, "m1")
+    cards.accepted(inbound("hello"))
+    await feed(cards, delta(2, "Hi", 2, run=run_id), done("Hi", run=run_id))
+    assert surface.kinds() == ["open", "close"]
+
+
+async def test_queued_line_then_the_answer() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(RunQueued(run_id="r1", channel_id=1, target=TARGET, position=2))
+    await asyncio.sleep(0.05)
+    assert surface.calls[-1] == ("status", "r1", WORDINGS["zh"].queued.format(position=2))
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await asyncio.sleep(0.05)
+    assert surface.calls[-1] == ("status", "r1", ""), "started clears the queued line"
+    await feed(cards, delta(2, "Go", 2))
+    await asyncio.sleep(0.05)
+    await cards.handle(done("Go on"))
+    assert surface.kinds() == ["open", "status", "status", "update", "close"]
 
 
 async def test_a_redelivered_final_event_does_not_answer_twice() -> None:
     surface = RecordingSurface()
     cards, health = renderer(surface)
-    done = RunCompleted(run_id="r1", channel_id=1, seq=1, target=TARGET, text="once")
-    await cards.handle(done)
-    await cards.handle(done)
-    assert [c[0] for c in surface.calls] == ["open", "close"]
+    await feed(cards, done("once"), done("once"))
+    assert surface.kinds() == ["open", "close"]
     assert health.replies_out == 1
 
 
 async def test_completed_without_started_still_shows_the_answer() -> None:
     surface = RecordingSurface()
     cards, _ = renderer(surface)
-    await cards.handle(RunCompleted(run_id="r9", channel_id=1, seq=7, target=TARGET, text="late"))
+    await cards.handle(done("late", run="r9"))
     assert surface.calls == [("open", "r9", ""), ("close", "r9", "late")]
 
 
-async def test_card_failure_falls_back_to_a_plain_reply_and_counts_rate_limits() -> None:
+async def test_updates_skipped_by_the_budget_are_coalesced_and_the_final_still_happens() -> None:
+    surface = RecordingSurface(budget_left=1)
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    text = ""
+    for i in range(10):
+        text += "x"
+        await cards.handle(delta(i + 2, "x", len(text)))
+        await asyncio.sleep(0.02)
+    await cards.handle(done(text))
+    assert surface.kinds().count("update") == 1
+    assert surface.calls[-1] == ("close", "r1", text)
+
+
+async def test_card_failure_falls_back_to_one_markdown_reply() -> None:
     surface = RecordingSurface(fail_open=RateLimited("QpsLimit", 403, "QpsLimit.Card"))
     cards, health = renderer(surface)
-    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
-    await cards.handle(delta(1, "partial", 7))
-    await cards.handle(RunCompleted(run_id="r1", channel_id=1, seq=2, target=TARGET, text="final"))
-    assert surface.calls == [("text", "cid", "final")]
-    assert health.rate_limit_hits == 1
+    await feed(cards, RunStarted(run_id="r1", channel_id=1, target=TARGET), delta(2, "partial", 7))
+    await cards.handle(done("final"))
+    assert surface.calls == [("markdown", "cid", "final")]
+    assert health.fallback_replies == 1
     assert health.last_error and "QpsLimit" in health.last_error
 
 
 async def test_close_failure_falls_back_to_plain_reply() -> None:
     surface = RecordingSurface(fail_close=PlatformError("boom", 500))
     cards, _ = renderer(surface)
-    await cards.handle(RunCompleted(run_id="r1", channel_id=1, seq=1, target=TARGET, text="answer"))
-    assert surface.calls[-1] == ("text", "cid", "answer")
+    await cards.handle(done("answer"))
+    assert surface.calls[-1] == ("markdown", "cid", "answer")
+    assert surface.kinds().count("markdown") == 1
 
 
 async def test_failure_shows_partial_text_and_the_user_sentence() -> None:
@@ -133,6 +276,13 @@ async def test_failure_shows_partial_text_and_the_user_sentence() -> None:
     assert surface.calls[-1] == ("close-failed", "r1", "Half an\n\ntook too long")
 
 
+async def test_cancelled_keeps_the_partial_text() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface)
+    await cards.handle(RunCancelled(run_id="r1", channel_id=1, target=TARGET, partial_text="So far"))
+    assert surface.calls[-1] == ("close", "r1", "So far\n\n(stopped)")
+
+
 async def test_notice_is_a_plain_reply() -> None:
     surface = RecordingSurface()
     cards, _ = renderer(surface)
@@ -140,20 +290,146 @@ async def test_notice_is_a_plain_reply() -> None:
     assert surface.calls == [("text", "cid", "已开始新对话")]
 
 
+async def test_a_notice_for_a_message_whose_card_is_open_becomes_that_cards_answer() -> None:
+    surface = RecordingSurface()
+    cards, health = renderer(surface)
+    run_id = run_id_for("dingtalk", 1, "m1")
+    cards.accepted(inbound("hello"))
+    await cards.handle(Notice(run_id=run_id, channel_id=1, target=TARGET, text="No agent here."))
+    assert surface.calls == [("open", run_id, ""), ("close", run_id, "No agent here.")]
+    assert health.replies_out == 1
+
+
 async def test_a_redone_run_starts_the_card_text_over_and_ignores_the_dead_attempt() -> None:
     surface = RecordingSurface()
     cards, _ = renderer(surface, interval=0.01)
     await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
-    await cards.handle(delta(1, "Half of the fir", 15))
+    await cards.handle(delta(2, "Half of the fir", 15))
     await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET, attempt=2))
-    await cards.handle(
-        RunDelta(run_id="r1", channel_id=1, seq=1, target=TARGET, text="Second", length=6, attempt=2)
-    )
-    await cards.handle(delta(2, "st try", 21))  # late, from the dead attempt
+    await cards.handle(delta(2, "Second", 6, attempt=2))
+    await cards.handle(delta(3, "st try", 21))  # late, from the dead attempt
     await asyncio.sleep(0.05)
-    await cards.handle(
-        RunCompleted(run_id="r1", channel_id=1, seq=2, target=TARGET, text="Second try", attempt=2)
-    )
-    assert [c[0] for c in surface.calls].count("open") == 1
+    await cards.handle(done("Second try", attempt=2))
+    assert surface.kinds().count("open") == 1
     assert "Half of the first try" not in [c[2] for c in surface.calls]
     assert surface.calls[-1] == ("close", "r1", "Second try")
+
+
+async def test_missed_deltas_are_rebuilt_from_the_runs_history() -> None:
+    history = [
+        RunStarted(run_id="r1", channel_id=1, seq=1, target=TARGET),
+        delta(2, "One ", 4),
+        delta(3, "two ", 8),
+    ]
+
+    async def read(run_id: str) -> list[ReplyEvent]:
+        return list(history)
+
+    surface = RecordingSurface()
+    cards, _ = renderer(surface, interval=0.01, history=read)
+    await cards.handle(delta(4, "three", 13))  # the new owner's first event
+    await asyncio.sleep(0.05)
+    assert ("update", "r1", "One two three") in surface.calls
+
+
+async def test_without_history_a_gap_waits_for_the_final_text() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(delta(4, "three", 13))
+    await asyncio.sleep(0.05)
+    assert "update" not in surface.kinds(), "never show a text with a hole in it"
+    await cards.handle(done("One two three"))
+    assert surface.calls[-1] == ("close", "r1", "One two three")
+
+
+async def test_long_answers_continue_in_further_cards() -> None:
+    surface = RecordingSurface(max_card_chars=100)
+    cards, _ = renderer(surface, interval=0.01)
+    paragraphs = [f"Paragraph {i}: " + "word " * 12 for i in range(6)]
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await cards.handle(delta(2, text, len(text)))
+    await asyncio.sleep(0.05)
+    await cards.handle(done(text))
+    updates = [c[2] for c in surface.calls if c[0] == "update"]
+    assert updates and all(len(u) <= 110 for u in updates)
+    close = next(c for c in surface.calls if c[0] == "close")
+    posts = [c for c in surface.calls if c[0] == "post"]
+    assert posts and [p[1] for p in posts] == [f"r1-{i}" for i in range(2, len(posts) + 2)]
+    shown = [close[2], *(p[2] for p in posts)]
+    marker = WORDINGS["zh"].continued
+    assert all(s.endswith(marker) for s in shown[:-1]) and not shown[-1].endswith(marker)
+    assert " ".join(s.replace(marker, "") for s in shown).split() == text.split(), "nothing lost"
+
+
+async def test_continuation_that_cannot_be_posted_goes_out_as_text_once() -> None:
+    surface = RecordingSurface(max_card_chars=50, fail_post=PlatformError("down", 503))
+    cards, _ = renderer(surface)
+    text = "First part of a long answer.\n\nSecond part of a long answer."
+    await cards.handle(done(text))
+    assert surface.kinds() == ["open", "close", "markdown"]
+    assert surface.calls[-1][2] == "Second part of a long answer."
+
+
+async def test_the_next_owner_continues_the_card_and_never_answers_twice() -> None:
+    ledger = MemoryLedger()
+    first = RecordingSurface()
+    old, _ = renderer(first, interval=0.01, ledger=ledger)
+    old.accepted(inbound("hello"))
+    run_id = run_id_for("dingtalk", 1, "m1")
+    await old.handle(RunStarted(run_id=run_id, channel_id=1, target=TARGET))
+    await asyncio.sleep(0.02)
+    await old.close()  # the channel moved
+    assert ledger.states[run_id] == ReplyState.CARD
+
+    second = RecordingSurface()
+    new, _ = renderer(second, interval=0.01, ledger=ledger)
+    new.accepted(inbound("hello"))  # DingTalk redelivered the message to the new owner
+    await new.handle(delta(2, "Hi", 2, run=run_id))
+    await asyncio.sleep(0.03)
+    await new.handle(done("Hi!", run=run_id))
+    assert "open" not in second.kinds(), "the card exists: adopt it"
+    assert second.calls[-1] == ("close", run_id, "Hi!")
+    assert ledger.states[run_id] == ReplyState.DONE
+
+    third = RecordingSurface()
+    late, _ = renderer(third, ledger=ledger)
+    await late.handle(done("Hi!", run=run_id))  # the final event redelivered once more
+    assert third.calls == []
+
+
+async def test_a_card_found_existing_on_open_is_adopted() -> None:
+    surface = RecordingSurface(fail_open=CardExists("dup", 400, "param.outTrackId.duplicate"))
+    cards, health = renderer(surface)
+    await cards.handle(done("answer"))
+    assert surface.calls == [("close", "r1", "answer")]
+    assert health.fallback_replies == 0
+
+
+async def test_a_handler_cancelled_while_the_card_opens_does_not_cancel_the_opening() -> None:
+    surface = RecordingSurface(open_delay_s=0.1)
+    cards, _ = renderer(surface)
+    cards.accepted(inbound("hello"))
+    run_id = run_id_for("dingtalk", 1, "m1")
+    waiting = asyncio.create_task(cards.handle(done("Hi", run=run_id)))
+    await asyncio.sleep(0.02)
+    waiting.cancel()  # the channel's consumer stopped mid-event
+    await asyncio.gather(waiting, return_exceptions=True)
+    await cards.handle(done("Hi", run=run_id))  # the event, redelivered
+    assert surface.calls == [("open", run_id, ""), ("close", run_id, "Hi")]
+
+
+async def test_no_streaming_update_lands_after_the_final_one() -> None:
+    class SlowUpdates(RecordingSurface):
+        async def update_card(self, card_id: str, text: str) -> bool:
+            await asyncio.sleep(0.1)
+            return await super().update_card(card_id, text)
+
+    surface = SlowUpdates()
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await cards.handle(delta(2, "Partial", 7))
+    await asyncio.sleep(0.05)  # the update is in flight now
+    await cards.handle(done("Partial and final"))
+    await asyncio.sleep(0.15)
+    assert surface.kinds() == ["open", "update", "close"]

@@ -31,13 +31,59 @@ def test_single_chat_text_is_trimmed_and_targets_the_sender() -> None:
     assert msg.raw["senderCorpId"] == "dingd8e1123006514592"
 
 
-def test_group_mention_keeps_title_and_at_flag() -> None:
+def test_group_mention_keeps_title_and_at_flag_and_strips_the_bots_name() -> None:
     msg = translate(payload("text_group_at"), channel_id=7, robot_code=None)
     assert msg.target.conversation_type == ConversationType.GROUP
     assert msg.target.conversation_id == "cidGroup9x8y7z6=="
     assert msg.mentions_bot is True
+    assert msg.mentions == []
+    assert msg.text == "summarize today"
     assert msg.conversation_title == "产品讨论群"
     assert msg.sender.is_admin is True
+    assert msg.target.sender_nick == "李四", "a group answer mentions the sender"
+
+
+def group_text(text: str, at_users: list[dict[str, str]]) -> dict[str, Any]:
+    data = payload("text_group_at")
+    data["text"] = {"content": text}
+    data["atUsers"] = at_users
+    return data
+
+
+BOT = {"dingtalkId": "$:LWCP_v1:$Cxz2Cs5XAJ8wQ5nn3WEnVg=="}
+ALICE = {"dingtalkId": "$:LWCP_v1:$alice==", "staffId": "alice01"}
+
+
+@pytest.mark.parametrize(
+    ("text", "at_users", "names", "expected"),
+    [
+        ("@helper what is up", [BOT], (), "what is up"),
+        ("@helper\u2005what is up", [BOT], (), "what is up"),
+        (" what is up", [BOT], (), "what is up"),  # the client dropped the bot's mention already
+        ("@Alice @helper review this", [ALICE, BOT], ("helper",), "@Alice review this"),
+        ("@helper ask @Alice", [BOT, ALICE], (), "ask @Alice"),
+        ("@Alice please check", [ALICE, BOT], (), "@Alice please check"),  # hers only in the text
+        ("mail me at a@b.com", [BOT], (), "mail me at a@b.com"),
+    ],
+)
+def test_only_the_bots_own_mention_is_stripped(
+    text: str, at_users: list[dict[str, str]], names: tuple[str, ...], expected: str
+) -> None:
+    msg = translate(group_text(text, at_users), channel_id=7, robot_code=None, bot_names=names)
+    assert msg.text == expected
+    assert [m.id for m in msg.mentions] == [u["dingtalkId"] for u in at_users if u is not BOT]
+
+
+def test_mentions_keep_who_was_mentioned() -> None:
+    msg = translate(group_text("@helper hi @Alice", [BOT, ALICE]), channel_id=7, robot_code=None)
+    assert msg.mentions_bot
+    assert [(m.id, m.staff_id) for m in msg.mentions] == [("$:LWCP_v1:$alice==", "alice01")]
+
+
+def test_single_chat_text_is_never_stripped() -> None:
+    data = payload("text_single")
+    data["text"] = {"content": "@someone hello"}
+    assert translate(data, channel_id=7, robot_code=None).text == "@someone hello"
 
 
 def test_rich_text_joins_text_parts_and_lists_images() -> None:
@@ -55,10 +101,45 @@ def test_audio_uses_the_recognized_text() -> None:
     assert msg.attachments[0].duration_ms == 4000
 
 
-def test_unhandled_type_is_marked_unsupported_not_dropped() -> None:
+def test_picture_is_an_image_attachment() -> None:
     msg = translate(payload("picture"), channel_id=7, robot_code=None)
+    assert msg.kind == MessageKind.IMAGE
+    assert msg.text == ""
+    assert [(a.kind, a.download_code) for a in msg.attachments] == [(MessageKind.IMAGE, "picCode123")]
+
+
+def test_file_keeps_its_name_and_download_code() -> None:
+    data = payload("picture")
+    data["msgtype"] = "file"
+    data["content"] = {"downloadCode": "fileCode", "fileName": "notes.txt", "fileId": "f1"}
+    msg = translate(data, channel_id=7, robot_code=None)
+    assert msg.kind == MessageKind.FILE
+    assert [(a.name, a.download_code) for a in msg.attachments] == [("notes.txt", "fileCode")]
+
+
+def test_video_is_kept_as_video_for_a_polite_refusal() -> None:
+    data = payload("picture")
+    data["msgtype"] = "video"
+    data["content"] = {"downloadCode": "v1", "duration": "5000", "videoType": "mp4"}
+    msg = translate(data, channel_id=7, robot_code=None)
+    assert msg.kind == MessageKind.VIDEO and msg.text == ""
+    assert msg.attachments == [], "nothing for a model: the router's polite refusal"
+    assert msg.raw["content"]["duration"] == "5000"
+
+
+def test_audio_without_recognized_speech_has_nothing_to_answer() -> None:
+    data = payload("audio")
+    data["content"]["recognition"] = ""
+    msg = translate(data, channel_id=7, robot_code=None)
+    assert msg.kind == MessageKind.AUDIO and msg.text == "" and msg.attachments == []
+
+
+def test_unhandled_type_is_marked_unsupported_not_dropped() -> None:
+    data = payload("picture")
+    data["msgtype"] = "interactiveCard"
+    msg = translate(data, channel_id=7, robot_code=None)
     assert msg.kind == MessageKind.UNSUPPORTED
-    assert msg.platform_type == "picture"
+    assert msg.platform_type == "interactiveCard"
     assert msg.text == ""
 
 

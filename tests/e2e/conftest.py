@@ -105,7 +105,9 @@ def wait_for_items(
     while time.monotonic() < deadline:
         items = conversation(running, client_id, conversation_id)["items"]
         answers = [i for i in items if i["kind"] != "user"]
-        done = all(a["kind"] != "card" or (a["finalized"] and a["flow_status"] in ("3", "5")) for a in answers)
+        done = all(
+            a["kind"] != "card" or (a["finalized"] and a["flow_status"] in ("3", "5")) for a in answers
+        )
         if len(answers) >= count and done:
             return answers
         time.sleep(0.1)

@@ -55,7 +55,11 @@ def test_second_turn_sees_the_first_and_new_resets(running: Running, channel: di
 def test_bad_input_is_acked_and_answered_never_retried(running: Running, channel: dict[str, Any]) -> None:
     broken = send(running, CLIENT_ID, raw_data="{this is not json", sender_staff_id="carol")
     picture = send(
-        running, CLIENT_ID, msgtype="picture", content={"downloadCode": "abc"}, sender_staff_id="carol"
+        running,
+        CLIENT_ID,
+        msgtype="video",
+        content={"downloadCode": "abc", "duration": 3000},
+        sender_staff_id="carol",
     )
     [reply] = wait_for_items(running, CLIENT_ID, picture["conversation_id"], 1)
     assert reply["kind"] == "text" and "can't handle this kind of message" in reply["text"]

@@ -1,6 +1,7 @@
 """Per-channel health counters, kept by the running channel and published as `ChannelStatus`."""
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from imgate_common.messages import ChannelState, ChannelStatus, utcnow
@@ -19,16 +20,25 @@ class ChannelHealth:
     messages_in: int = 0
     replies_out: int = 0
     rate_limit_hits: int = 0
+    messages_malformed: int = 0
+    publish_failures: int = 0
+    fallback_replies: int = 0
+    # Called when the state changes, so the status store hears of it at once.
+    on_change: Callable[[], None] | None = field(default=None, repr=False)
 
     def connected(self) -> None:
-        self.state = ChannelState.CONNECTED
-        self.connected_at = utcnow()
+        if self.state != ChannelState.CONNECTED:
+            self.state = ChannelState.CONNECTED
+            self.connected_at = utcnow()
+            self._changed()
 
     def disconnected(self, error: str | None = None) -> None:
-        self.state = ChannelState.DISCONNECTED
-        self.connected_at = None
         if error:
             self.error(error)
+        if self.state != ChannelState.DISCONNECTED:
+            self.state = ChannelState.DISCONNECTED
+            self.connected_at = None
+            self._changed()
 
     def error(self, error: str) -> None:
         self.last_error = error[:500]
@@ -37,6 +47,10 @@ class ChannelHealth:
     def inbound(self) -> None:
         self.messages_in += 1
         self.last_inbound_at = utcnow()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def snapshot(self) -> ChannelStatus:
         return ChannelStatus(
@@ -51,4 +65,7 @@ class ChannelHealth:
             messages_in=self.messages_in,
             replies_out=self.replies_out,
             rate_limit_hits=self.rate_limit_hits,
+            messages_malformed=self.messages_malformed,
+            publish_failures=self.publish_failures,
+            fallback_replies=self.fallback_replies,
         )

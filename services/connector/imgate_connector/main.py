@@ -10,20 +10,34 @@ from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.runtime import connect_nats, instance_id, service_main
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
-from imgate_connector.lease import ChannelLease
+from imgate_connector.lease import ChannelLease, ReplicaSet
+from imgate_connector.media import MediaStore
+from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
 from imgate_connector.supervisor import ChannelSupervisor
 
 log = structlog.get_logger()
 
+# Card and webhook calls of every channel share one pool; a few hundred sockets cover 100 busy
+# channels without letting a stuck platform exhaust the process.
+HTTP_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64)
 
-async def serve(settings: ConnectorSettings, stop: asyncio.Event) -> None:
+
+async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Run one connector replica until `stop`; `ready` is set once it serves control requests
+    and has read the channels."""
     owner = instance_id(settings)
     nc, js = await connect_nats(settings, f"connector {owner}")
     redis = Redis.from_url(settings.redis_url)
     engine = create_engine(settings.database_url)
-    http = httpx.AsyncClient(timeout=settings.http_timeout_s)
+    http = httpx.AsyncClient(timeout=settings.http_timeout_s, limits=HTTP_LIMITS)
     try:
+        media = MediaStore(
+            js,
+            ttl_s=settings.media_ttl_s,
+            max_bytes=settings.media_max_bytes,
+            replicas=settings.stream_replicas,
+        )
         supervisor = ChannelSupervisor(
             settings,
             nc,
@@ -31,11 +45,12 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event) -> None:
             session_factory(engine),
             SecretBox.from_settings(settings),
             ChannelLease(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
+            ReplicaSet(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ChannelStatusStore(redis, settings.redis_prefix),
-            http,
+            ConnectorResources(http, redis, settings.redis_prefix, media),
         )
         log.info("connector_started", owner=owner)
-        await supervisor.run(stop)
+        await supervisor.run(stop, ready)
     finally:
         await http.aclose()
         await nc.drain()

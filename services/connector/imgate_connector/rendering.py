@@ -1,14 +1,26 @@
-"""Turns one channel's reply events into what the user sees: a streaming card, or a plain reply."""
+"""Turns one channel's reply events into what the user sees: a streaming card, or a plain reply.
+
+A run's card (outTrackId = run id) is opened the moment its message is accepted, in parallel
+with routing and the model's first token. Reply events then drive it: a queued line while the
+message waits, the growing text (whole text each time, at most once per interval per card and
+only while the app's budget allows), and one final update that always happens. When the card
+cannot be made or finalized, the answer goes out once as plain text (markdown) instead. Answers
+longer than a card holds continue in further cards.
+"""
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from imgate_common.errors import RateLimited
 from imgate_common.messages import (
+    InboundMessage,
+    MessageKind,
     Notice,
     ReplyEvent,
     ReplyTarget,
@@ -18,125 +30,350 @@ from imgate_common.messages import (
     RunFailed,
     RunQueued,
     RunStarted,
+    run_id_for,
 )
 from imgate_connector.health import ChannelHealth
-from imgate_connector.platforms.base import ReplySurface
+from imgate_connector.ledger import ReplyLedger, ReplyState
+from imgate_connector.platforms.base import CardExists, ReplySurface
+from imgate_connector.wording import WORDINGS, Wording, split_long
 
 log = structlog.get_logger()
 
 # Finished runs remembered so a redelivered final event does not answer twice.
 FINISHED_MEMORY = 10_000
+# Kinds whose text a model answers (commands excepted): their card opens at once.
+CARD_KINDS = frozenset({MessageKind.TEXT, MessageKind.RICH_TEXT, MessageKind.AUDIO, MessageKind.FILE})
+
+# Every event of one run so far (from the bus), to rebuild the text when deltas were missed.
+RunHistory = Callable[[str], Awaitable[list[ReplyEvent]]]
+
+# What a card shows: ("status", line) while waiting, ("text", answer so far) while streaming.
+Display = tuple[str, str]
+THINKING: Display = ("status", "")
+
+
+def wants_card(message: InboundMessage) -> bool:
+    """Will a model answer this? Commands and unsupported kinds get a plain notice instead."""
+    text = message.text.strip()
+    return message.kind in CARD_KINDS and bool(text) and not text.startswith("/")
 
 
 @dataclass
 class RunCard:
     run_id: str
     target: ReplyTarget
-    text: str = ""
-    shown: str = ""  # what the card displays now
-    card: bool = False  # a card exists; False means we fall back to a plain reply
     attempt: int = 1
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    text: str = ""  # the answer so far, of the current attempt
+    seq: int = 0  # the last delta applied
+    gap: bool = False  # deltas were missed: show nothing new until the final text
+    queued: int | None = None  # position while the message waits behind another run
+    shown: Display = THINKING
+    card: asyncio.Task[bool] | None = None  # resolves to whether the card exists
     flusher: asyncio.Task[None] | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # the final update is next
+    touched: float = field(default_factory=time.monotonic)
+
+    async def has_card(self) -> bool:
+        """Whether the card exists, once its opening is over. Shielded: whoever waits for it
+        may be cancelled without cancelling the opening itself."""
+        assert self.card is not None
+        try:
+            return await asyncio.shield(self.card)
+        except asyncio.CancelledError:
+            if self.card.cancelled():  # the opening was stopped (the channel moved): no card here
+                return False
+            raise
 
 
 class CardRenderer:
-    def __init__(self, surface: ReplySurface, health: ChannelHealth, update_interval_s: float) -> None:
+    def __init__(
+        self,
+        surface: ReplySurface,
+        health: ChannelHealth,
+        update_interval_s: float,
+        *,
+        ledger: ReplyLedger | None = None,
+        history: RunHistory | None = None,
+        wording: Wording = WORDINGS["zh"],
+    ) -> None:
         self._surface = surface
         self._health = health
         self._interval = update_interval_s
+        self._ledger = ledger
+        self._history = history
+        self._wording = wording
         self._runs: dict[str, RunCard] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
+    # -- entry points ---------------------------------------------------------------------
+
+    def accepted(self, message: InboundMessage) -> None:
+        """The platform has its ACK: open the card now if a model will answer, never waiting."""
+        if not wants_card(message):
+            return
+        run_id = run_id_for(message.platform, message.channel_id, message.message_id)
+        if run_id in self._finished or run_id in self._runs:
+            return  # a redelivery of a message we already show
+        self._track(run_id, message.target)
+
     async def handle(self, event: ReplyEvent) -> None:
+        """Apply one event; returns once it is safe to acknowledge (finals: once delivered)."""
         if event.run_id in self._finished:
             log.info("reply_duplicate_ignored", run_id=event.run_id, kind=event.kind)
             return
         match event:
+            case RunQueued():
+                run = await self._known(event.run_id, event.target)
+                if run is not None and event.attempt >= run.attempt and not run.text:
+                    run.queued = event.position
+                    run.dirty.set()
             case RunStarted():
-                self._follow_attempt(await self._run(event.run_id, event.target), event.attempt)
+                run = await self._known(event.run_id, event.target)
+                if run is not None and self._follow_attempt(run, event.attempt):
+                    run.queued = None
+                    run.dirty.set()
             case RunDelta():
-                run = await self._run(event.run_id, event.target)
-                if not self._follow_attempt(run, event.attempt):
-                    return  # a late delta of an attempt that died
-                run.text += event.text
-                if len(run.text) != event.length:
-                    log.warning("reply_gap", run_id=event.run_id, have=len(run.text), want=event.length)
-                run.dirty.set()
+                run = await self._known(event.run_id, event.target)
+                if run is not None and self._follow_attempt(run, event.attempt):
+                    await self._apply_delta(run, event)
             case RunCompleted():
                 await self._finish(event.run_id, event.target, event.text, failed=False)
             case RunFailed():
                 text = f"{event.partial_text}\n\n{event.text}" if event.partial_text else event.text
                 await self._finish(event.run_id, event.target, text, failed=True)
             case RunCancelled():
-                text = f"{event.partial_text}\n\n(stopped)" if event.partial_text else "(stopped)"
+                stopped = self._wording.stopped
+                text = f"{event.partial_text}\n\n{stopped}" if event.partial_text else stopped
                 await self._finish(event.run_id, event.target, text, failed=False)
-            case RunQueued():
-                pass  # shown by the renderer once queued cards exist (connector work)
             case Notice():
-                await self._surface.send_text(event.target, event.text)
-                self._remember(event.run_id)
-                self._health.replies_out += 1
+                await self._notice(event)
+
+    async def close(self) -> None:
+        """Stop every background task (the channel moves or stops); cards stay as they are."""
+        tasks: list[asyncio.Task[Any]] = []
+        for run in self._runs.values():
+            tasks += [t for t in (run.flusher, run.card) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runs.clear()
+
+    def sweep(self, idle_s: float) -> int:
+        """Forget runs no event touched for `idle_s` (their card stays as it is)."""
+        cutoff = time.monotonic() - idle_s
+        stale = [r for r in self._runs.values() if r.touched < cutoff]
+        for run in stale:
+            for task in (run.flusher, run.card):
+                if task is not None:
+                    task.cancel()
+            self._runs.pop(run.run_id, None)
+        return len(stale)
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._runs)
+
+    # -- runs and their cards -------------------------------------------------------------
+
+    def _track(self, run_id: str, target: ReplyTarget, *, adopt: bool = False) -> RunCard:
+        run = self._runs[run_id] = RunCard(run_id, target)
+        run.card = asyncio.create_task(self._adopt() if adopt else self._open(run), name=f"card-{run_id}")
+        run.flusher = asyncio.create_task(self._flush_loop(run), name=f"flush-{run_id}")
+        return run
+
+    async def _known(self, run_id: str, target: ReplyTarget) -> RunCard | None:
+        """The run's card state; a run first seen here (its channel changed owner, or the card
+        was not opened at accept time) is looked up in the ledger. None: already answered."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.touched = time.monotonic()
+            return run
+        state = await self._ledger.get(run_id) if self._ledger else None
+        if state == ReplyState.DONE:
+            self._remember(run_id)
+            return None
+        run = self._runs.get(run_id)  # opened meanwhile by `accepted`
+        if run is None:
+            run = self._track(run_id, target, adopt=state == ReplyState.CARD)
+        return run
+
+    @staticmethod
+    async def _adopt() -> bool:
+        return True
+
+    async def _open(self, run: RunCard) -> bool:
+        """Create the card; True when it exists (made now or earlier by any replica)."""
+        state = await self._ledger.get(run.run_id) if self._ledger else None
+        if state == ReplyState.CARD:
+            return True
+        if state in (ReplyState.PLAIN, ReplyState.DONE):
+            return False
+        await self._mark(run.run_id, ReplyState.OPENING)
+        try:
+            await self._surface.open_card(run.run_id, run.target)
+        except CardExists:
+            log.info("card_already_open", run_id=run.run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._platform_error(exc, "card_open_failed", run.run_id)
+            await self._mark(run.run_id, ReplyState.PLAIN)
+            return False
+        await self._mark(run.run_id, ReplyState.CARD)
+        return True
+
+    async def _mark(self, run_id: str, state: ReplyState) -> None:
+        if self._ledger is not None:
+            await self._ledger.set(run_id, state)
 
     @staticmethod
     def _follow_attempt(run: RunCard, attempt: int) -> bool:
         """A runner that died mid-answer is replaced by a redo that writes the answer again:
         start the text over for a newer attempt; False for events of an older one."""
         if attempt > run.attempt:
-            run.attempt, run.text = attempt, ""
+            run.attempt, run.text, run.seq, run.gap = attempt, "", 0, False
         return attempt == run.attempt
 
-    async def close(self) -> None:
-        for run in self._runs.values():
-            if run.flusher:
-                run.flusher.cancel()
-        await asyncio.gather(*(r.flusher for r in self._runs.values() if r.flusher), return_exceptions=True)
-        self._runs.clear()
+    async def _apply_delta(self, run: RunCard, event: RunDelta) -> None:
+        if event.seq and event.seq <= run.seq:
+            return  # a redelivered delta
+        if run.gap:
+            return
+        if event.length == len(run.text) + len(event.text):
+            run.text += event.text
+        elif event.length != len(run.text):  # not a repeat of the last one: something is missing
+            text = await self._rebuild(run, event)
+            if text is None:
+                log.warning("reply_gap", run_id=run.run_id, have=len(run.text), want=event.length)
+                run.gap = True
+                return
+            run.text = text
+        run.seq = event.seq
+        run.dirty.set()
 
-    async def _run(self, run_id: str, target: ReplyTarget) -> RunCard:
-        run = self._runs.get(run_id)
-        if run is None:
-            run = self._runs[run_id] = RunCard(run_id, target)
-            try:
-                await self._surface.open_card(run_id, target)
-                run.card = True
-                run.flusher = asyncio.create_task(self._flush_loop(run))
-            except Exception as exc:
-                self._platform_error(exc, "card_open_failed", run_id)
-        return run
+    async def _rebuild(self, run: RunCard, event: RunDelta) -> str | None:
+        """The answer up to `event`, from every delta of this attempt the bus still holds."""
+        if self._history is None:
+            return None
+        try:
+            events = await self._history(run.run_id)
+        except Exception as exc:
+            log.warning("reply_history_unavailable", run_id=run.run_id, error=str(exc))
+            return None
+        chunks: dict[int, str] = {}
+        for past in events:
+            if isinstance(past, RunDelta) and past.attempt == event.attempt and past.seq < event.seq:
+                chunks[past.seq] = past.text
+        text = "".join(chunks[s] for s in sorted(chunks)) + event.text
+        return text if len(text) == event.length else None
+
+    def _display(self, run: RunCard) -> Display:
+        if run.text and not run.gap:
+            limit = self._surface.max_card_chars
+            if len(run.text) <= limit:
+                return ("text", run.text)
+            return ("text", f"{split_long(run.text, limit)[0]}\n\n…")  # the rest follows at the end
+        if run.queued is not None:
+            return ("status", self._wording.queued.format(position=run.queued))
+        return run.shown if run.shown[0] == "text" else THINKING
 
     async def _flush_loop(self, run: RunCard) -> None:
-        """Push the newest text at most once per interval, however fast deltas arrive."""
-        while True:
+        """Show the newest text at most once per interval, however fast deltas arrive; an update
+        the budget does not allow now is retried after the interval. Ends (never cancelled
+        mid-call, so no stale update can land after the final one) once `closing` is set."""
+        if not await run.has_card():
+            return
+        last = 0.0
+        while not run.closing.is_set():
             await run.dirty.wait()
+            wait = last + self._interval - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.closing.wait(), wait)
+            if run.closing.is_set():
+                return
             run.dirty.clear()
-            text = run.text
-            if text and text != run.shown:
-                try:
-                    await self._surface.update_card(run.run_id, text)
-                    run.shown = text
-                except Exception as exc:
-                    self._platform_error(exc, "card_update_failed", run.run_id)
-            await asyncio.sleep(self._interval)
+            display = self._display(run)
+            if display == run.shown:
+                continue
+            kind, text = display
+            try:
+                if kind == "text":
+                    shown = await self._surface.update_card(run.run_id, text)
+                else:
+                    shown = await self._surface.show_status(run.run_id, text)
+            except Exception as exc:
+                self._platform_error(exc, "card_update_failed", run.run_id)
+                shown = False
+            last = time.monotonic()
+            if shown:
+                run.shown = display
+            else:
+                run.dirty.set()
+
+    # -- final answers --------------------------------------------------------------------
 
     async def _finish(self, run_id: str, target: ReplyTarget, text: str, *, failed: bool) -> None:
-        run = self._runs.get(run_id) or await self._run(run_id, target)
-        if run.flusher:
-            run.flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run.flusher
-        delivered = False
-        if run.card:
-            try:
-                await self._surface.close_card(run_id, text, failed=failed)
-                delivered = True
-            except Exception as exc:
-                self._platform_error(exc, "card_close_failed", run_id)
-        if not delivered:
-            # The card could not show the answer: a plain reply is better than silence.
-            await self._surface.send_text(target, text)
+        run = await self._known(run_id, target)
+        if run is None:
+            return
+        run.closing.set()
+        run.dirty.set()
+        if run.flusher is not None:
+            await asyncio.wait([run.flusher])  # its update in flight lands before the final one
+        card = await run.has_card()
+        parts = split_long(text.strip() or "…", self._surface.max_card_chars)
+        sent = 0
+        if card:
+            sent = await self._finish_cards(run, parts, failed=failed)
+        if sent < len(parts):
+            # The card could not show (all of) the answer: plain text, once, for what is missing.
+            self._health.fallback_replies += 1
+            for part in self._marked(parts)[sent:]:
+                await self._surface.send_text(run.target, part, markdown=True)
+        await self._mark(run_id, ReplyState.DONE)
         self._runs.pop(run_id, None)
         self._remember(run_id)
+        self._health.replies_out += 1
+
+    def _marked(self, parts: list[str]) -> list[str]:
+        """Every part but the last says the answer goes on."""
+        more = f"\n\n{self._wording.continued}"
+        return [part if i == len(parts) - 1 else part + more for i, part in enumerate(parts)]
+
+    async def _finish_cards(self, run: RunCard, parts: list[str], *, failed: bool) -> int:
+        """Finalize the card and post the continuations; returns how many parts are shown."""
+        marked = self._marked(parts)
+        try:
+            await self._surface.close_card(run.run_id, marked[0], failed=failed and len(parts) == 1)
+        except Exception as exc:
+            self._platform_error(exc, "card_close_failed", run.run_id)
+            return 0
+        for index, part in enumerate(marked[1:], start=2):
+            try:
+                await self._surface.post_card(f"{run.run_id}-{index}", run.target, part)
+            except Exception as exc:
+                self._platform_error(exc, "card_post_failed", run.run_id)
+                return index - 1
+        return len(parts)
+
+    async def _notice(self, event: Notice) -> None:
+        """A plain answer (command, unsupported message, error). If the message's card is open
+        already, the notice becomes that card's final text: one visible answer, not two."""
+        run = self._runs.get(event.run_id)
+        state = None
+        if run is None and self._ledger is not None:
+            state = await self._ledger.get(event.run_id)
+            if state == ReplyState.DONE:
+                self._remember(event.run_id)
+                return
+        if run is not None or state in (ReplyState.CARD, ReplyState.OPENING):
+            await self._finish(event.run_id, event.target, event.text, failed=False)
+            return
+        await self._surface.send_text(event.target, event.text)
+        await self._mark(event.run_id, ReplyState.DONE)
+        self._remember(event.run_id)
         self._health.replies_out += 1
 
     def _remember(self, run_id: str) -> None:
@@ -145,7 +382,6 @@ class CardRenderer:
             self._finished.popitem(last=False)
 
     def _platform_error(self, exc: Exception, event: str, run_id: str) -> None:
-        if isinstance(exc, RateLimited):
-            self._health.rate_limit_hits += 1
+        # Throttling is counted by the surface, once per refused call.
         self._health.error(f"{event}: {exc}")
         log.warning(event, run_id=run_id, error=str(exc))

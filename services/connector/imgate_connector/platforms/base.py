@@ -5,35 +5,63 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import ClassVar, Self
 
-import httpx
+import structlog
 
 from imgate_common.channels import ChannelSpec
+from imgate_common.errors import PlatformError
 from imgate_common.messages import InboundMessage, ReplyTarget
 from imgate_connector.health import ChannelHealth
+from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
+
+log = structlog.get_logger()
 
 # Publishes a normalized message durably; returns only once the bus confirmed it, raises otherwise.
 InboundSink = Callable[[InboundMessage], Awaitable[None]]
+# Told about every message the platform got its ACK for (the renderer opens its card then).
+AcceptedHook = Callable[[InboundMessage], None]
+
+
+class CardExists(PlatformError):
+    """A card with this id is already there (opened earlier, maybe by another replica)."""
+
+
+class CardsUnavailable(PlatformError):
+    """Card calls are off for now (they kept failing); answer in plain text instead."""
 
 
 class ReplySurface(ABC):
-    """The ways a platform can show an answer: a streaming card, or a plain message."""
+    """The ways a platform can show an answer: a streaming card, or a plain message.
+
+    Calls marked optional may skip (return False) when the platform's budget is spent; the
+    others wait for the budget and retry throttling, and raise when they cannot succeed."""
+
+    # Text a card can show comfortably; longer answers continue in a further card.
+    max_card_chars: int = 5000
 
     @abstractmethod
-    async def open_card(self, run_id: str, target: ReplyTarget) -> None:
-        """Show a card in its "thinking…" state."""
+    async def open_card(self, card_id: str, target: ReplyTarget) -> None:
+        """Show a card in its "thinking…" state; `CardExists` when it is already there."""
 
     @abstractmethod
-    async def update_card(self, run_id: str, text: str) -> None:
-        """Replace the card's text with the answer so far."""
+    async def show_status(self, card_id: str, text: str) -> bool:
+        """Optional: a line in a card that is still waiting (e.g. queued behind another run)."""
 
     @abstractmethod
-    async def close_card(self, run_id: str, text: str, *, failed: bool) -> None:
+    async def update_card(self, card_id: str, text: str) -> bool:
+        """Optional: replace the card's text with the answer so far."""
+
+    @abstractmethod
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
         """Show the final text and end the card's streaming state."""
 
     @abstractmethod
-    async def send_text(self, target: ReplyTarget, text: str) -> None:
-        """Send a plain message into the conversation."""
+    async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
+        """A card that is final from the start (the continuation of a long answer)."""
+
+    @abstractmethod
+    async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
+        """Send a plain message into the conversation (mentioning the sender in a group)."""
 
 
 class PlatformAdapter(ABC):
@@ -47,25 +75,40 @@ class PlatformAdapter(ABC):
         settings: ConnectorSettings,
         sink: InboundSink,
         health: ChannelHealth,
-        http: httpx.AsyncClient,
+        resources: ConnectorResources,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.sink = sink
         self.health = health
-        self.http = http
+        self.resources = resources
+        self.on_accepted: AcceptedHook | None = None
 
     @abstractmethod
     async def start(self) -> None:
         """Begin connecting in the background; returns at once."""
 
     @abstractmethod
-    async def stop(self) -> None:
-        """Close the connection; pending work is not ACKed, so the platform redelivers it."""
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Close the connection within a second (after `drain_s` for frames being published);
+        pending work is not ACKed, so the platform redelivers it."""
 
     @property
     @abstractmethod
     def surface(self) -> ReplySurface: ...
+
+    @abstractmethod
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait (up to `timeout_s`) until the connection is up; whether it is."""
+
+    def accepted(self, message: InboundMessage) -> None:
+        """Tell the renderer (opens the card); never in the way of the platform's ACK."""
+        if self.on_accepted is None:
+            return
+        try:
+            self.on_accepted(message)
+        except Exception as exc:
+            log.exception("accepted_hook_failed", msg_id=message.message_id, error=str(exc))
 
     async def __aenter__(self) -> Self:
         try:

@@ -1,10 +1,23 @@
-"""DingTalk Stream mode: our own async connection loop around the SDK's frame models."""
+"""DingTalk Stream mode: our own async connection loop around the SDK's frame models.
+
+Nothing here blocks the event loop: the gateway handshake and every OpenAPI call go through
+httpx, the websocket is the `websockets` asyncio client, and the SDK contributes only its frame
+classes. One connection is live at a time; on SYSTEM `disconnect` the next one opens first and
+the old one drains (the server closes it ~10 s later). A watchdog replaces a socket that went
+half-dead (no frame and no pong for `stale_after_s`), and failures back off exponentially with
+jitter from `reconnect_min_s` to `reconnect_max_s`.
+
+A bot message is ACKed only after the bus confirmed it; a message that cannot be read is ACKed
+at once (redelivering it would fail the same way), counted, and answered when a person sent it.
+"""
 
 import asyncio
 import contextlib
 import json
 import random
 import socket
+import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote_plus
 
@@ -12,22 +25,41 @@ import structlog
 import websockets
 from dingtalk_stream.frames import AckMessage, CallbackMessage, Headers, SystemMessage
 from dingtalk_stream.version import VERSION_STRING
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
 
 from imgate_common.errors import PlatformError
-from imgate_connector.platforms.base import PlatformAdapter, ReplySurface
+from imgate_common.messages import (
+    Attachment,
+    ConversationType,
+    InboundMessage,
+    MessageKind,
+    ReplyTarget,
+    run_id_for,
+)
+from imgate_connector.budget import CardBudget
+from imgate_connector.media import MediaTooLarge, describe_file
+from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.platforms.dingtalk.cards import DingTalkReplySurface
 from imgate_connector.platforms.dingtalk.config import (
     BOT_MESSAGE_TOPIC,
     DingTalkConfig,
     openapi_endpoint,
 )
-from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi
-from imgate_connector.platforms.dingtalk.translate import translate
+from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
+from imgate_connector.platforms.dingtalk.translate import PLATFORM, translate
+from imgate_connector.wording import wording_for
 
 log = structlog.get_logger()
 
 SYSTEM_PING = "ping"
 SYSTEM_DISCONNECT = "disconnect"
+# A connection that stayed up this long was healthy: its end does not count as a failure streak.
+HEALTHY_AFTER_S = 30.0
+# Frames up to 4 MB (DingTalk's bot messages are far smaller; anything bigger is not ours).
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+# What a websocket close handshake may take when we stop: the design wants a channel down in 1 s.
+CLOSE_TIMEOUT_S = 0.5
 
 
 def ack_frame(
@@ -54,67 +86,139 @@ def _local_ip() -> str:
     return "127.0.0.1"
 
 
+def _frame_data(frame: dict[str, Any]) -> Any:
+    """A frame's `data`: a JSON string in DingTalk's frames (parsed), or already an object."""
+    data = frame.get("data")
+    return json.loads(data) if isinstance(data, str | bytes) and data else data
+
+
+class HalfDead(PlatformError):
+    """The socket stayed open but nothing came through it: no frame, no pong."""
+
+    def __str__(self) -> str:
+        return f"websocket half-dead: {self.args[0]}"
+
+
+@dataclass
+class LinkState:
+    """One websocket's liveness as the watchdog sees it."""
+
+    last_rx: float = field(default_factory=time.monotonic)
+    last_ping: float = 0.0
+    dead: str | None = None  # why the watchdog cut it
+
+    def heard(self) -> None:
+        self.last_rx = time.monotonic()
+
+    def pong(self, waiter: "asyncio.Future[float]") -> None:
+        if not waiter.cancelled() and waiter.exception() is None:
+            self.heard()
+
+
 class DingTalkAdapter(PlatformAdapter):
     name: ClassVar[str] = "dingtalk"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = DingTalkConfig.model_validate(self.spec.config)
+        http = self.resources.http
         self.api = DingTalkOpenApi(
-            self.http, self.config, openapi_endpoint(self.config, self.settings.dingtalk_openapi_endpoint)
+            http,
+            self.config,
+            openapi_endpoint(self.config, self.settings.dingtalk_openapi_endpoint),
+            self.resources.shared(DingTalkTokens),
         )
-        self._surface = DingTalkReplySurface(self.api, self.http, self.config)
+        budget = CardBudget(
+            self.resources.redis, self.resources.redis_prefix, self.config.client_id, self.settings.card_qps
+        )
+        self._surface = DingTalkReplySurface(self.api, http, self.config, budget, self.health, self.settings)
+        self._wording = wording_for(self.settings.language)
         self._log = log.bind(channel_id=self.spec.id, platform=self.name)
         self._supervisor: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._frames: set[asyncio.Task[None]] = set()
-        self._replace_now = asyncio.Event()
+        self._sockets: set[ClientConnection] = set()
+        self._draining: set[asyncio.Task[None]] = set()
+        self._up = asyncio.Event()  # set while a websocket is open
 
     @property
-    def surface(self) -> ReplySurface:
+    def surface(self) -> DingTalkReplySurface:
         return self._surface
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=f"dingtalk-{self.spec.id}")
 
-    async def stop(self) -> None:
-        tasks = [t for t in (self._supervisor, *self._connections, *self._frames) if t]
+    async def stop(self, drain_s: float = 0.0) -> None:
+        if drain_s > 0 and self._frames:
+            # Messages being published now are ACKed if the bus confirms them in time.
+            await asyncio.wait(set(self._frames), timeout=drain_s)
+        tasks = [
+            t for t in (self._supervisor, *self._connections, *self._frames, *self._draining) if t is not None
+        ]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S * 1.5) if tasks else (set(), set())
+        if pending:  # a close handshake that hangs (a half-dead peer): cut the sockets
+            for ws in list(self._sockets):
+                ws.transport.abort()
+            await asyncio.wait(pending, timeout=0.2)
         self._supervisor = None
         self.health.disconnected()
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), timeout_s)
+        return self._up.is_set()
+
+    # -- connections ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
         """Keep one live connection; on `disconnect` open the next before the old one drains."""
         failures = 0
         while True:
-            self._replace_now.clear()
-            connection = asyncio.create_task(self._connection())
+            replace = asyncio.Event()
+            opened = time.monotonic()
+            connection = asyncio.create_task(self._connection(replace), name=f"dingtalk-ws-{self.spec.id}")
             self._connections.add(connection)
             connection.add_done_callback(self._connections.discard)
-            replace = asyncio.create_task(self._replace_now.wait())
-            done, _ = await asyncio.wait({connection, replace}, return_when=asyncio.FIRST_COMPLETED)
-            if replace in done:
-                failures = 0  # server-initiated rebalancing: reconnect at once, old one drains
-                continue
-            replace.cancel()
-            error = connection.exception()
-            if error is None:
+            replaced = asyncio.create_task(replace.wait())
+            done, _ = await asyncio.wait({connection, replaced}, return_when=asyncio.FIRST_COMPLETED)
+            if replaced in done:
+                # Server-initiated rebalancing: the next connection now, the old one drains.
                 failures = 0
-            else:
-                failures += 1
+                self.health.reconnects += 1
+                drain = asyncio.create_task(self._drain(connection))
+                self._draining.add(drain)
+                drain.add_done_callback(self._draining.discard)
+                continue
+            replaced.cancel()
+            error = connection.exception()
+            if time.monotonic() - opened >= HEALTHY_AFTER_S:
+                failures = 0
+            failures += 1
+            if error is not None:
                 self.health.disconnected(f"{type(error).__name__}: {error}")
                 self._log.warning("stream_connection_failed", error=str(error), failures=failures)
+            else:
+                self.health.disconnected()
+            delay = self._backoff(failures)
+            self._log.info("stream_reconnecting", in_s=round(delay, 2), failures=failures)
+            await asyncio.sleep(delay)
             self.health.reconnects += 1
-            await asyncio.sleep(self._backoff(failures))
+
+    async def _drain(self, connection: asyncio.Task[None]) -> None:
+        """Let a replaced connection finish what it has; the server closes it, or we do."""
+        done, _ = await asyncio.wait({connection}, timeout=self.settings.drain_timeout_s)
+        if not done:
+            connection.cancel()
 
     def _backoff(self, failures: int) -> float:
-        if failures == 0:
-            return 0.1
+        """Exponential with jitter: about min, 2·min, 4·min … up to max, each 50-100 %."""
         ceiling = min(self.settings.reconnect_max_s, self.settings.reconnect_min_s * 2 ** (failures - 1))
-        return random.uniform(self.settings.reconnect_min_s / 2, ceiling)
+        return ceiling * random.uniform(0.5, 1.0)
 
     async def _open(self) -> str:
         body = {
@@ -124,78 +228,239 @@ class DingTalkAdapter(PlatformAdapter):
             "ua": f"imgate/0.1 dingtalk-stream/{VERSION_STRING}",
             "localIp": _local_ip(),
         }
-        response = await self.http.post(f"{self.api.endpoint}/v1.0/gateway/connections/open", json=body)
-        if not response.is_success:
-            raise PlatformError(f"connections/open answered {response.status_code}: {response.text[:200]}")
-        data = response.json()
-        return f"{data['endpoint']}?ticket={quote_plus(data['ticket'])}"
+        try:
+            response = await self.resources.http.post(
+                f"{self.api.endpoint}/v1.0/gateway/connections/open", json=body
+            )
+        except Exception as exc:
+            raise PlatformError(f"connections/open unreachable: {type(exc).__name__}: {exc}") from exc
+        data = check(response)
+        return f"{data['endpoint']}?ticket={quote_plus(str(data['ticket']))}"
 
-    async def _connection(self) -> None:
+    async def _connection(self, replace: asyncio.Event) -> None:
         uri = await self._open()
-        async with websockets.connect(uri, ping_interval=20, ping_timeout=20, max_size=2**22) as ws:
+        async with connect(
+            uri,
+            ping_interval=None,  # our watchdog pings, and decides what "dead" means
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=MAX_FRAME_BYTES,
+            open_timeout=self.settings.http_timeout_s,
+            proxy=None,
+        ) as ws:
+            self._sockets.add(ws)
+            link = LinkState()
+            watchdog = asyncio.create_task(self._watchdog(ws, link))
             self.health.connected()
-            self._log.info("stream_connected")
+            self._up.set()
+            self._log.info("stream_connected", reconnects=self.health.reconnects)
             try:
                 async for raw in ws:
-                    task = asyncio.create_task(self._on_frame(ws, raw))
-                    self._frames.add(task)
-                    task.add_done_callback(self._frames.discard)
+                    link.heard()
+                    await self._on_frame(ws, raw, replace)
+            except websockets.ConnectionClosedError as exc:
+                if link.dead:
+                    raise HalfDead(link.dead) from exc
+                raise
             finally:
-                if not self._connections - {asyncio.current_task()}:
+                watchdog.cancel()
+                self._sockets.discard(ws)
+                if not self._sockets:
+                    self._up.clear()
                     self.health.disconnected()
                 self._log.info("stream_closed", code=ws.close_code)
 
-    async def _on_frame(self, ws: Any, raw: str | bytes) -> None:
+    async def _watchdog(self, ws: ClientConnection, link: LinkState) -> None:
+        """Ping a quiet socket; cut one that answers neither frames nor pings (half-dead)."""
+        ping_every = self.settings.ping_interval_s
+        stale = self.settings.stale_after_s
+        while True:
+            await asyncio.sleep(min(1.0, ping_every / 2, stale / 4))
+            now = time.monotonic()
+            quiet = now - link.last_rx
+            if quiet >= stale:
+                self._log.warning("stream_half_dead", quiet_s=round(quiet, 1))
+                link.dead = f"nothing heard for {quiet:.1f} s"
+                ws.transport.abort()
+                return
+            if quiet >= ping_every and now - link.last_ping >= ping_every:
+                link.last_ping = now
+                try:
+                    pong = await ws.ping()
+                except websockets.ConnectionClosed:
+                    return
+                asyncio.ensure_future(pong).add_done_callback(link.pong)
+
+    # -- frames ---------------------------------------------------------------------------
+
+    async def _on_frame(self, ws: ClientConnection, raw: str | bytes, replace: asyncio.Event) -> None:
         try:
             frame = json.loads(raw)
+            headers = frame.get("headers") or {}
             frame_type = frame.get("type")
-            message_id = str((frame.get("headers") or {}).get("messageId", ""))
+            message_id = str(headers.get("messageId", ""))
+            topic = headers.get("topic")
         except (ValueError, AttributeError):
             self._log.warning("frame_unparseable", size=len(raw))
             return
         try:
             if frame_type == SystemMessage.TYPE:
-                await self._on_system(ws, frame, message_id)
-            elif frame_type == CallbackMessage.TYPE:
-                await self._on_callback(ws, frame, message_id)
+                await self._on_system(ws, frame, message_id, topic, replace)
+            elif frame_type == CallbackMessage.TYPE and topic == BOT_MESSAGE_TOPIC:
+                if len(self._frames) >= self.settings.max_frames_in_flight:
+                    # No ACK: DingTalk redelivers it once we have caught up.
+                    self._log.warning("frame_deferred_busy", frame_id=message_id)
+                    return
+                task = asyncio.create_task(self._on_bot_message(ws, frame, message_id))
+                self._frames.add(task)
+                task.add_done_callback(self._frames.discard)
             else:
-                self._log.info("frame_ignored", type=frame_type)
-                await ws.send(ack_frame(message_id, AckMessage.STATUS_NOT_IMPLEMENT, "not subscribed"))
+                # Not ours (we subscribe to bot messages only): ACK so it is not redelivered.
+                self._log.info("frame_ignored", type=frame_type, topic=topic)
+                await ws.send(ack_frame(message_id, message="ignored"))
         except websockets.ConnectionClosed:
             self._log.warning("ack_not_sent_connection_closed", frame_id=message_id)
 
-    async def _on_system(self, ws: Any, frame: dict[str, Any], message_id: str) -> None:
+    async def _on_system(
+        self,
+        ws: ClientConnection,
+        frame: dict[str, Any],
+        message_id: str,
+        topic: str | None,
+        replace: asyncio.Event,
+    ) -> None:
         try:
-            msg = SystemMessage.from_dict(frame)
+            data = _frame_data(frame)
         except ValueError:
-            msg = SystemMessage()
-        await ws.send(ack_frame(message_id, data=msg.data if isinstance(msg.data, dict) else {}))
-        if msg.headers.topic == SYSTEM_DISCONNECT:
-            self._log.info("stream_disconnect_requested")
-            self._replace_now.set()
+            data = None
+        # A ping's ACK echoes its data (the opaque) as it came.
+        await ws.send(ack_frame(message_id, data=data if isinstance(data, dict) else {}))
+        if topic == SYSTEM_DISCONNECT:
+            self._log.info("stream_disconnect_requested", reason=(data or {}).get("reason"))
+            replace.set()
 
-    async def _on_callback(self, ws: Any, frame: dict[str, Any], message_id: str) -> None:
-        topic = (frame.get("headers") or {}).get("topic")
-        if topic != BOT_MESSAGE_TOPIC:
-            await ws.send(ack_frame(message_id, AckMessage.STATUS_NOT_IMPLEMENT, "unknown topic"))
-            return
+    async def _on_bot_message(self, ws: ClientConnection, frame: dict[str, Any], frame_id: str) -> None:
+        data: Any = None
         try:
-            data = CallbackMessage.from_dict(frame).data
-            if not isinstance(data, dict) or "msgId" not in data:
-                raise ValueError("bot message without msgId")
-            inbound = translate(data, self.spec.id, self.config.robot_code)
-        except (ValueError, TypeError) as exc:
-            # Redelivering a payload we can never read would only repeat the failure: ACK it.
-            self._log.warning("bot_message_malformed", frame_id=message_id, error=str(exc))
-            self.health.error(f"malformed bot message: {exc}")
-            await ws.send(ack_frame(message_id, message="malformed payload dropped"))
+            data = _frame_data(frame)
+            if not isinstance(data, dict):
+                raise ValueError("bot message data is not an object")
+            inbound = translate(data, self.spec.id, self.config.robot_code, (self.spec.name,))
+        except (KeyError, ValueError, TypeError, ValidationError) as exc:
+            await self._malformed(ws, frame_id, data, exc)
             return
-        self.health.inbound()
+        inbound = await self._fetch_media(inbound)
         try:
             await self.sink(inbound)
         except Exception as exc:
             # No ACK: DingTalk redelivers the message later, when the bus is back.
+            self.health.publish_failures += 1
+            self.health.error(f"bus publish failed: {type(exc).__name__}: {exc}")
             self._log.error("inbound_publish_failed", msg_id=inbound.message_id, error=str(exc))
-            self.health.error(f"bus publish failed: {exc}")
             return
-        await ws.send(ack_frame(message_id))
+        self.health.inbound()
+        # Before the ACK goes out (it never waits for this): the card must be known before any
+        # reply event for the message can arrive.
+        self.accepted(inbound)
+        try:
+            await ws.send(ack_frame(frame_id))
+        except websockets.ConnectionClosed:
+            # Stored already: the redelivery is dropped as a duplicate by the bus.
+            self._log.warning("ack_not_sent_connection_closed", frame_id=frame_id)
+
+    async def _malformed(self, ws: ClientConnection, frame_id: str, data: Any, exc: Exception) -> None:
+        """ACK what can never be read (a redelivery would fail the same way), count it, and tell
+        the person who sent it, when we know where they are."""
+        self.health.messages_malformed += 1
+        self.health.error(f"malformed bot message: {type(exc).__name__}: {exc}")
+        self._log.warning("bot_message_malformed", frame_id=frame_id, error=str(exc)[:300])
+        await ws.send(ack_frame(frame_id, message="malformed payload dropped"))
+        target = self._sender_of(data)
+        if target is not None:
+            try:
+                await self._surface.send_text(target, self._wording.unreadable)
+            except Exception as send_exc:
+                self._log.warning("malformed_reply_failed", error=str(send_exc))
+
+    def _sender_of(self, data: Any) -> ReplyTarget | None:
+        """Where to answer a payload we could not translate, if a person (not a system) sent it."""
+        if not isinstance(data, dict):
+            return None
+        staff_id = data.get("senderStaffId") or None
+        sender = staff_id or data.get("senderId")
+        webhook = data.get("sessionWebhook")
+        if not isinstance(sender, str) or not sender or not (isinstance(webhook, str) or staff_id):
+            return None
+        try:
+            return ReplyTarget(
+                platform=PLATFORM,
+                channel_id=self.spec.id,
+                conversation_id=str(data.get("conversationId") or ""),
+                conversation_type=(
+                    ConversationType.GROUP
+                    if str(data.get("conversationType")) == "2"
+                    else ConversationType.SINGLE
+                ),
+                sender_id=sender,
+                sender_staff_id=staff_id if isinstance(staff_id, str) else None,
+                robot_code=data.get("robotCode") or self.config.robot_code,
+                session_webhook=webhook if isinstance(webhook, str) else None,
+                inbound_message_id=str(data.get("msgId") or ""),
+            )
+        except ValidationError:
+            return None
+
+    # -- media ----------------------------------------------------------------------------
+
+    async def _fetch_media(self, message: InboundMessage) -> InboundMessage:
+        """Fetch pictures and files into the media store (bounded in size and time); a fetch
+        that fails is noted on the attachment, and the message goes on regardless."""
+        media = self.resources.media
+        fetched = (MessageKind.IMAGE, MessageKind.FILE)
+        wanted = [a.kind in fetched and bool(a.download_code) for a in message.attachments]
+        if not any(wanted):
+            return message
+        run_id = run_id_for(message.platform, message.channel_id, message.message_id)
+        heads: dict[int, bytes] = {}
+
+        async def fetch(index: int, attachment: Attachment) -> Attachment:
+            if not wanted[index]:
+                return attachment
+            if media is None:
+                return attachment.model_copy(update={"error": "media fetching is off"})
+            assert attachment.download_code is not None
+            robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
+            head = self.settings.media_inline_text_max_bytes + 1 if attachment.kind == MessageKind.FILE else 0
+            try:
+                url = await self.api.download_url(robot_code, attachment.download_code)
+                stored = await media.fetch(
+                    self.resources.http,
+                    url,
+                    f"{PLATFORM}/{self.spec.id}/{run_id}/{index}",
+                    timeout_s=self.settings.media_timeout_s,
+                    head_bytes=head,
+                )
+            except MediaTooLarge as exc:
+                return attachment.model_copy(update={"error": f"too large ({exc})"})
+            except Exception as exc:
+                self._log.warning("media_fetch_failed", msg_id=message.message_id, error=str(exc)[:200])
+                return attachment.model_copy(update={"error": f"could not be fetched: {type(exc).__name__}"})
+            heads[index] = stored.head
+            return attachment.model_copy(
+                update={
+                    "object_name": stored.object_name,
+                    "size": stored.size,
+                    "content_type": stored.content_type,
+                    "sha256": stored.sha256,
+                }
+            )
+
+        attachments = await asyncio.gather(*(fetch(i, a) for i, a in enumerate(message.attachments)))
+        text = message.text
+        if message.kind == MessageKind.FILE:
+            described = [
+                describe_file(a, heads.get(i), self.settings.media_inline_text_max_bytes)
+                for i, a in enumerate(attachments)
+                if a.kind == MessageKind.FILE
+            ]
+            text = "\n\n".join([*described, text] if text else described)
+        return message.model_copy(update={"attachments": list(attachments), "text": text})

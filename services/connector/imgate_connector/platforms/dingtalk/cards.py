@@ -1,6 +1,16 @@
-"""DingTalk's reply surface: AI cards through the card OpenAPI, plain text through webhooks."""
+"""DingTalk's reply surface: AI cards through the card OpenAPI, plain text through webhooks.
 
+Every card call draws from the app's shared budget. Optional calls (streaming updates, the
+queued line) skip when the budget is low or the platform throttles; the calls that must happen
+(create, finalize) wait for the budget, back off on 403 QpsLimit / 429 and retry, and give up
+only after `card_rate_limit_patience_s`. Card calls that keep failing switch cards off for a
+while (a circuit breaker), so answers go out as plain text at once instead of after retries.
+"""
+
+import asyncio
 import json
+import random
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -8,13 +18,21 @@ from typing import Any
 import httpx
 import structlog
 
-from imgate_common.errors import PlatformError
+from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.messages import ConversationType, ReplyTarget
-from imgate_connector.platforms.base import ReplySurface
+from imgate_connector.budget import CardBudget
+from imgate_connector.health import ChannelHealth
+from imgate_connector.platforms.base import CardExists, CardsUnavailable, ReplySurface
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
-from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi
+from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check, transient
+from imgate_connector.settings import ConnectorSettings
 
 log = structlog.get_logger()
+
+# Transient failures (5xx, network) of a call that must happen are tried this often in all.
+TRANSIENT_ATTEMPTS = 3
+# The text of a card that has not shown anything yet.
+THINKING = ""
 
 
 class FlowStatus:
@@ -27,11 +45,15 @@ class FlowStatus:
 
 
 def open_space(target: ReplyTarget) -> tuple[str, dict[str, Any]]:
-    """The card's destination: the user's 1:1 chat with the bot, or the group."""
+    """The card's destination: the user's 1:1 chat with the bot, or the group (mentioning the
+    sender, so they are notified of the answer)."""
     if target.conversation_type == ConversationType.GROUP:
+        deliver: dict[str, Any] = {"robotCode": target.robot_code}
+        if target.sender_staff_id:
+            deliver["atUserIds"] = {target.sender_staff_id: target.sender_nick or target.sender_staff_id}
         return f"dtv1.card//IM_GROUP.{target.conversation_id}", {
             "imGroupOpenSpaceModel": {"supportForward": True},
-            "imGroupOpenDeliverModel": {"robotCode": target.robot_code},
+            "imGroupOpenDeliverModel": deliver,
         }
     user = target.sender_staff_id or target.sender_id
     return f"dtv1.card//IM_ROBOT.{user}", {
@@ -40,94 +62,256 @@ def open_space(target: ReplyTarget) -> tuple[str, dict[str, Any]]:
     }
 
 
+class CardCircuit:
+    """Consecutive card failures trip it; while open, cards are not tried at all."""
+
+    def __init__(self, trip_after: int, cooldown_s: float) -> None:
+        self._trip_after = trip_after
+        self._cooldown = cooldown_s
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self._open_until
+
+    def success(self) -> None:
+        self._failures = 0
+
+    def failure(self) -> bool:
+        """Count one; True when this failure tripped the circuit."""
+        self._failures += 1
+        if self._failures >= self._trip_after and not self.open:
+            self._open_until = time.monotonic() + self._cooldown
+            self._failures = 0
+            return True
+        return False
+
+
+def _duplicate(exc: PlatformError) -> bool:
+    code = (exc.code or "").lower()
+    return "duplicate" in code or "alreadyexist" in code
+
+
 class DingTalkReplySurface(ReplySurface):
-    def __init__(self, api: DingTalkOpenApi, http: httpx.AsyncClient, config: DingTalkConfig) -> None:
+    def __init__(
+        self,
+        api: DingTalkOpenApi,
+        http: httpx.AsyncClient,
+        config: DingTalkConfig,
+        budget: CardBudget,
+        health: ChannelHealth,
+        settings: ConnectorSettings,
+    ) -> None:
         self._api = api
         self._http = http
         self._config = config
+        self.budget = budget
+        self._health = health
+        self._patience = settings.card_rate_limit_patience_s
+        self._circuit = CardCircuit(settings.card_failures_to_trip, settings.card_cooldown_s)
         self._streaming: set[str] = set()  # cards already switched to "inputing"
         self._template, self._content_key = card_template(config)
+        self.max_card_chars = settings.card_max_chars
+        self.card_calls = 0
 
-    def _params(self, text: str, status: str) -> dict[str, Any]:
-        return {"cardParamMap": {self._content_key: text, "flowStatus": status}}
+    # -- card calls -----------------------------------------------------------------------
 
-    async def open_card(self, run_id: str, target: ReplyTarget) -> None:
+    def _throttled(self, exc: RateLimited, path: str) -> None:
+        self._health.rate_limit_hits += 1
+        self._health.error(f"card API throttled: {exc}")
+        log.warning("card_api_throttled", path=path, status=exc.status, code=exc.code)
+
+    async def _must(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call that has to happen: waits for the budget, retries throttling and blips."""
+        if self._circuit.open:
+            raise CardsUnavailable("card calls are paused after repeated failures")
+        deadline = time.monotonic() + self._patience
+        throttled = failed = 0
+        while True:
+            await self.budget.take()
+            self.card_calls += 1
+            try:
+                result = await self._api.call(method, path, body)
+            except RateLimited as exc:
+                self._throttled(exc, path)
+                await self.budget.penalize()
+                throttled += 1
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(4.0, 0.25 * 2**throttled) * random.uniform(0.5, 1.0))
+                continue
+            except PlatformError as exc:
+                if _duplicate(exc):
+                    raise CardExists(str(exc), exc.status, exc.code) from exc
+                failed += 1
+                if self._circuit.failure():
+                    log.warning("card_circuit_open", error=str(exc))
+                if transient(exc) and failed < TRANSIENT_ATTEMPTS and not self._circuit.open:
+                    await asyncio.sleep(0.25 * 2**failed * random.uniform(0.5, 1.0))
+                    continue
+                raise
+            self._circuit.success()
+            return result
+
+    async def _may(self, calls: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Optional calls, all or none: skipped when the budget is low; False if they did not go."""
+        if self._circuit.open or not await self.budget.try_take(len(calls)):
+            return False
+        for method, path, body in calls:
+            self.card_calls += 1
+            try:
+                await self._api.call(method, path, body)
+            except RateLimited as exc:
+                self._throttled(exc, path)
+                await self.budget.penalize()
+                return False
+            except PlatformError as exc:
+                self._health.error(f"card update failed: {exc}")
+                log.warning("card_update_failed", path=path, error=str(exc))
+                if transient(exc):
+                    self._circuit.failure()
+                return False
+        return True
+
+    def _params(self, text: str | None, status: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"flowStatus": status}
+        if text is not None:
+            params[self._content_key] = text
+        return {"cardParamMap": params}
+
+    def _status_call(self, card_id: str, text: str | None, status: str) -> tuple[str, str, dict[str, Any]]:
+        body = {
+            "outTrackId": card_id,
+            "cardData": self._params(text, status),
+            "cardUpdateOptions": {"updateCardDataByKey": True},
+        }
+        return "PUT", "/v1.0/card/instances", body
+
+    def _stream_call(
+        self, card_id: str, text: str, *, final: bool, error: bool = False
+    ) -> tuple[str, str, dict[str, Any]]:
+        body = {
+            "outTrackId": card_id,
+            "guid": str(uuid.uuid4()),
+            "key": self._content_key,
+            "content": text,
+            "isFull": True,  # always the whole text: a repeated or reordered update is harmless
+            "isFinalize": final,
+            "isError": error,
+        }
+        return "PUT", "/v1.0/card/streaming", body
+
+    async def _create(self, card_id: str, target: ReplyTarget, text: str, status: str) -> None:
         space_id, models = open_space(target)
         body = {
             "cardTemplateId": self._template,
-            "outTrackId": run_id,
-            "cardData": self._params("", FlowStatus.PROCESSING),
+            "outTrackId": card_id,
+            "cardData": self._params(text, status),
             "callbackType": "STREAM",
             "openSpaceId": space_id,
             "userIdType": 1,
             **models,
         }
-        await self._api.call("POST", "/v1.0/card/instances/createAndDeliver", body)
+        await self._must("POST", "/v1.0/card/instances/createAndDeliver", body)
 
-    async def _stream(self, run_id: str, text: str, *, final: bool, error: bool = False) -> None:
-        body = {
-            "outTrackId": run_id,
-            "guid": str(uuid.uuid4()),
-            "key": self._content_key,
-            "content": text,
-            "isFull": True,
-            "isFinalize": final,
-            "isError": error,
-        }
-        await self._api.call("PUT", "/v1.0/card/streaming", body)
+    async def open_card(self, card_id: str, target: ReplyTarget) -> None:
+        await self._create(card_id, target, THINKING, FlowStatus.PROCESSING)
 
-    async def _set_status(self, run_id: str, text: str | None, status: str) -> None:
-        params = self._params(text or "", status)
-        if text is None:
-            del params["cardParamMap"][self._content_key]
-        body = {
-            "outTrackId": run_id,
-            "cardData": params,
-            "cardUpdateOptions": {"updateCardDataByKey": True},
-        }
-        await self._api.call("PUT", "/v1.0/card/instances", body)
+    async def show_status(self, card_id: str, text: str) -> bool:
+        return await self._may([self._status_call(card_id, text, FlowStatus.PROCESSING)])
 
-    async def update_card(self, run_id: str, text: str) -> None:
-        if run_id not in self._streaming:
-            await self._set_status(run_id, None, FlowStatus.INPUTING)
-            self._streaming.add(run_id)
-        await self._stream(run_id, text, final=False)
+    async def update_card(self, card_id: str, text: str) -> bool:
+        calls = [self._stream_call(card_id, text, final=False)]
+        if card_id not in self._streaming:
+            calls.insert(0, self._status_call(card_id, None, FlowStatus.INPUTING))
+        if not await self._may(calls):
+            return False
+        self._streaming.add(card_id)
+        return True
 
-    async def close_card(self, run_id: str, text: str, *, failed: bool) -> None:
-        self._streaming.discard(run_id)
-        await self._stream(run_id, text, final=True, error=failed)
-        await self._set_status(run_id, text, FlowStatus.FAILED if failed else FlowStatus.FINISHED)
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
+        await self._must(*self._stream_call(card_id, text, final=True, error=failed))
+        self._streaming.discard(card_id)
+        status = FlowStatus.FAILED if failed else FlowStatus.FINISHED
+        await self._must(*self._status_call(card_id, text, status))
 
-    async def send_text(self, target: ReplyTarget, text: str) -> None:
+    async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
+        try:
+            await self._create(card_id, target, text, FlowStatus.FINISHED)
+        except CardExists:
+            pass  # posted before (a redelivered final): finalize it again, harmlessly
+        await self._must(*self._stream_call(card_id, text, final=True))
+
+    # -- plain messages -------------------------------------------------------------------
+
+    async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
         expires = target.session_webhook_expires_at
         if target.session_webhook and (expires is None or expires > datetime.now(UTC)):
-            body = {"msgtype": "text", "text": {"content": text}}
-            response = await self._http.post(target.session_webhook, json=body)
-            data = response.json() if response.content else {}
-            if response.is_success and not data.get("errcode"):
+            if await self._send_by_webhook(target, text, markdown):
                 return
-            log.warning("session_webhook_failed", status=response.status_code, errcode=data.get("errcode"))
-        await self._send_by_robot(target, text)
+        await self._send_by_robot(target, text, markdown)
 
-    async def _send_by_robot(self, target: ReplyTarget, text: str) -> None:
-        robot_code = target.robot_code or self._config.robot_code or self._config.client_id
-        param = json.dumps({"content": text}, ensure_ascii=False)
+    async def _send_by_webhook(self, target: ReplyTarget, text: str, markdown: bool) -> bool:
+        assert target.session_webhook is not None
+        group = target.conversation_type == ConversationType.GROUP and target.sender_staff_id
         body: dict[str, Any]
+        if markdown:
+            # A markdown mention shows only where the text names the user.
+            shown = f"@{target.sender_staff_id} {text}" if group else text
+            body = {"msgtype": "markdown", "markdown": {"title": _title(text), "text": shown}}
+        else:
+            body = {"msgtype": "text", "text": {"content": text}}
+        if group:
+            body["at"] = {"atUserIds": [target.sender_staff_id], "isAtAll": False}
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                response = await self._http.post(target.session_webhook, json=body)
+                data = check(response)
+            except (httpx.TransportError, PlatformError) as exc:
+                if attempt + 1 < TRANSIENT_ATTEMPTS and transient(exc):
+                    await asyncio.sleep(0.3 * 2**attempt)
+                    continue
+                log.warning("session_webhook_failed", error=str(exc))
+                return False
+            if not data.get("errcode"):
+                return True
+            # 300001: the webhook expired (about 1.5 h after the message); the robot API still works.
+            log.warning("session_webhook_refused", errcode=data.get("errcode"), errmsg=data.get("errmsg"))
+            return False
+        return False
+
+    async def _send_by_robot(self, target: ReplyTarget, text: str, markdown: bool) -> None:
+        robot_code = target.robot_code or self._config.robot_code or self._config.client_id
+        if markdown:
+            msg_key, param = "sampleMarkdown", {"title": _title(text), "text": text}
+        else:
+            msg_key, param = "sampleText", {"content": text}
+        body: dict[str, Any] = {
+            "robotCode": robot_code,
+            "msgKey": msg_key,
+            "msgParam": json.dumps(param, ensure_ascii=False),
+        }
         if target.conversation_type == ConversationType.GROUP:
-            body = {
-                "robotCode": robot_code,
-                "openConversationId": target.conversation_id,
-                "msgKey": "sampleText",
-                "msgParam": param,
-            }
-            await self._api.call("POST", "/v1.0/robot/groupMessages/send", body)
+            path = "/v1.0/robot/groupMessages/send"
+            body["openConversationId"] = target.conversation_id
         elif target.sender_staff_id:
-            body = {
-                "robotCode": robot_code,
-                "userIds": [target.sender_staff_id],
-                "msgKey": "sampleText",
-                "msgParam": param,
-            }
-            await self._api.call("POST", "/v1.0/robot/oToMessages/batchSend", body)
+            path = "/v1.0/robot/oToMessages/batchSend"
+            body["userIds"] = [target.sender_staff_id]
         else:
             raise PlatformError("no way left to reach the user: webhook expired and no staff id")
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            try:
+                await self._api.call("POST", path, body)
+                return
+            except PlatformError as exc:
+                if attempt + 1 < TRANSIENT_ATTEMPTS and transient(exc):
+                    await asyncio.sleep(0.3 * 2**attempt)
+                    continue
+                raise
+
+
+def _title(text: str) -> str:
+    """The notification line of a markdown message: its first words."""
+    first = text.strip().splitlines()[0] if text.strip() else "…"
+    return first.lstrip("#> *-").strip()[:30] or "…"

@@ -1,24 +1,19 @@
-"""DingTalk OpenAPI over httpx: access token kept fresh, errors mapped to the gateway's own."""
+"""DingTalk OpenAPI over httpx: access tokens cached per app, errors mapped to the gateway's own."""
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from imgate_common.errors import PlatformError, RateLimited
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig
 
 log = structlog.get_logger()
 
-# Refresh this long before DingTalk's stated expiry so no call goes out with a dying token.
+# Refresh this long before DingTalk's stated expiry (7200 s) so no call goes out with a dying token.
 TOKEN_MARGIN_S = 300
 
 
@@ -26,61 +21,106 @@ class TokenExpired(PlatformError):
     """401 from an OpenAPI call: fetch a new token and try once more."""
 
 
+def transient(exc: Exception) -> bool:
+    """Worth another try soon: the network, a 5xx, or throttling (after waiting)."""
+    if isinstance(exc, RateLimited):
+        return True
+    if isinstance(exc, PlatformError):
+        return exc.status is None or exc.status >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+@dataclass
+class _Token:
+    value: str | None = None
+    expires: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DingTalkTokens:
+    """Access tokens of every app this process talks to, keyed by (endpoint, client id), so
+    channels of the same app share one token."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str], _Token] = {}
+
+    def slot(self, endpoint: str, client_id: str) -> _Token:
+        return self._tokens.setdefault((endpoint, client_id), _Token())
+
+
 class DingTalkOpenApi:
-    def __init__(self, http: httpx.AsyncClient, config: DingTalkConfig, endpoint: str) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, config: DingTalkConfig, endpoint: str, tokens: DingTalkTokens
+    ) -> None:
         self._http = http
         self._config = config
         self.endpoint = endpoint
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
+        self._token = tokens.slot(endpoint, config.client_id)
+        self.calls = 0  # every OpenAPI request this channel made (token fetches included)
 
-    async def access_token(self, *, force: bool = False) -> str:
-        async with self._token_lock:
-            if force or self._token is None or time.monotonic() >= self._token_expires:
+    async def access_token(self, *, stale: str | None = None) -> str:
+        """The app's token; `stale` is one a call was refused with (401): replace it."""
+        slot = self._token
+        async with slot.lock:
+            fresh = slot.value is not None and time.monotonic() < slot.expires
+            if not fresh or (stale is not None and slot.value == stale):
                 body = {
                     "appKey": self._config.client_id,
                     "appSecret": self._config.client_secret.get_secret_value(),
                 }
-                response = await self._http.post(f"{self.endpoint}/v1.0/oauth2/accessToken", json=body)
-                data = self._check(response)
-                self._token = str(data["accessToken"])
+                data = await self._request("POST", "/v1.0/oauth2/accessToken", body, None)
                 ttl = float(data.get("expireIn", 7200))
-                self._token_expires = time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2)
-            return self._token
+                slot.value = str(data["accessToken"])
+                slot.expires = time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2)
+                log.info("dingtalk_token_refreshed", client_id=self._config.client_id, ttl_s=ttl)
+            assert slot.value is not None
+            return slot.value
 
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One OpenAPI call; a 401 refreshes the token and retries once."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TokenExpired),
-            stop=stop_after_attempt(2),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
-            reraise=True,
-        ):
-            with attempt:
-                force = attempt.retry_state.attempt_number > 1
-                token = await self.access_token(force=force)
-                response = await self._http.request(
-                    method,
-                    f"{self.endpoint}{path}",
-                    json=body,
-                    headers={"x-acs-dingtalk-access-token": token},
-                )
-                return self._check(response)
-        raise AssertionError("unreachable")
-
-    def _check(self, response: httpx.Response) -> dict[str, Any]:
+        """One OpenAPI call; a 401 refreshes the token and tries once more."""
+        token = await self.access_token()
         try:
-            data = response.json() if response.content else {}
-        except ValueError:
-            data = {"message": response.text[:200]}
-        if response.is_success:
-            return data if isinstance(data, dict) else {"result": data}
-        code = str(data.get("code", "")) if isinstance(data, dict) else ""
-        message = str(data.get("message", "")) if isinstance(data, dict) else ""
-        text = f"DingTalk {response.status_code} {code}: {message}".strip()
-        if response.status_code == 401:
-            raise TokenExpired(text, response.status_code, code)
-        if response.status_code == 429 or (response.status_code == 403 and "QpsLimit" in code):
-            raise RateLimited(text, response.status_code, code)
-        raise PlatformError(text, response.status_code, code)
+            return await self._request(method, path, body, token)
+        except TokenExpired:
+            token = await self.access_token(stale=token)
+            return await self._request(method, path, body, token)
+
+    async def download_url(self, robot_code: str, download_code: str) -> str:
+        data = await self.call(
+            "POST",
+            "/v1.0/robot/messageFiles/download",
+            {"robotCode": robot_code, "downloadCode": download_code},
+        )
+        url = data.get("downloadUrl")
+        if not isinstance(url, str) or not url:
+            raise PlatformError("messageFiles/download answered without a downloadUrl")
+        return url
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any], token: str | None
+    ) -> dict[str, Any]:
+        headers = {"x-acs-dingtalk-access-token": token} if token else None
+        self.calls += 1
+        try:
+            response = await self._http.request(method, f"{self.endpoint}{path}", json=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise PlatformError(f"DingTalk {path} unreachable: {type(exc).__name__}: {exc}") from exc
+        return check(response)
+
+
+def check(response: httpx.Response) -> dict[str, Any]:
+    """The JSON body of a success; the matching gateway error otherwise."""
+    try:
+        data = response.json() if response.content else {}
+    except ValueError:
+        data = {"message": response.text[:200]}
+    if response.is_success:
+        return data if isinstance(data, dict) else {"result": data}
+    code = str(data.get("code", "")) if isinstance(data, dict) else ""
+    message = str(data.get("message", "")) if isinstance(data, dict) else ""
+    text = f"DingTalk {response.status_code} {code}: {message}".strip()
+    if response.status_code == 401:
+        raise TokenExpired(text, response.status_code, code)
+    if response.status_code == 429 or (response.status_code == 403 and "QpsLimit" in code):
+        raise RateLimited(text, response.status_code, code)
+    raise PlatformError(text, response.status_code, code)
