@@ -8,6 +8,8 @@ from typing import Any
 
 import structlog
 
+from imgate_common.telemetry import ids
+
 REDACTED = "[redacted]"
 # Keys whose values are secrets wherever they appear in an event.
 SECRET_KEYS = re.compile(
@@ -43,6 +45,13 @@ def redact_secrets(
     return event_dict
 
 
+def add_trace_ids(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the trace and span the line was written in, to find its trace."""
+    for key, value in ids().items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -53,6 +62,7 @@ def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            add_trace_ids,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_secrets,

@@ -142,6 +142,10 @@ class RunRequest(Contract):
     # What the user sent besides text (pictures for a vision model), bytes in the media bucket.
     attachments: list[Attachment] = Field(default_factory=list)
     requested_at: datetime = Field(default_factory=utcnow)
+    # The W3C trace context of the message's trace (traceparent, tracestate). A run that waited
+    # in its conversation's queue is published later by whichever runner finished the run before
+    # it; this keeps it in its own message's trace.
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 class ReplyEventBase(Contract):

@@ -1,4 +1,4 @@
-"""Publishing bus models durably, each with its own dedup id."""
+"""Publishing bus models durably, each with its own dedup id and the current trace context."""
 
 from collections.abc import Awaitable, Callable
 
@@ -7,9 +7,16 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from imgate_common.bus import MSG_ID_HEADER
+from imgate_common.telemetry import inject, producer_span
 
 # publish(subject, stream, model, msg_id): returns once JetStream stored it (or dropped a repeat).
 Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
+
+
+def _headers(msg_id: str) -> dict[str, str]:
+    headers = {MSG_ID_HEADER: msg_id, "content-type": "application/json"}
+    inject(headers)
+    return headers
 
 
 async def publish_durable(
@@ -19,7 +26,7 @@ async def publish_durable(
     await broker.publish(
         model.model_dump_json().encode(),
         subject,
-        headers={MSG_ID_HEADER: msg_id, "content-type": "application/json"},
+        headers=_headers(msg_id),
         stream=stream,
         timeout=5.0,
     )
@@ -36,12 +43,13 @@ def jetstream_publisher(js: JetStreamContext, timeout_s: float = 5.0) -> Publish
     """The same contract over a plain nats-py JetStream context."""
 
     async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
-        await js.publish(
-            subject,
-            model.model_dump_json().encode(),
-            stream=stream,
-            headers={MSG_ID_HEADER: msg_id, "content-type": "application/json"},
-            timeout=timeout_s,
-        )
+        with producer_span(stream, subject):
+            await js.publish(
+                subject,
+                model.model_dump_json().encode(),
+                stream=stream,
+                headers=_headers(msg_id),
+                timeout=timeout_s,
+            )
 
     return publish

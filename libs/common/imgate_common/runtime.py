@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from imgate_common.bus import provision_streams
 from imgate_common.logs import configure_logging
+from imgate_common.metrics import MetricsServer
 from imgate_common.settings import CommonSettings
 from imgate_common.telemetry import configure_tracing
 
@@ -56,8 +57,13 @@ S = TypeVar("S", bound=CommonSettings)
 def service_main(service: str, settings: S, serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
     """A service process: logging and tracing set up, then `serve` until SIGTERM/SIGINT."""
     configure_logging(service, settings.log_format, settings.log_level)
-    configure_tracing(service)
-    run_until_signalled(lambda stop: serve(settings, stop))
+    provider = configure_tracing(service, instance=instance_id(settings), content=settings.trace_content)
+    metrics = MetricsServer(settings.metrics_port, settings.metrics_host)
+    try:
+        run_until_signalled(lambda stop: serve(settings, stop))
+    finally:
+        metrics.close()
+        provider.shutdown()  # spans still buffered go out before the process ends
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -44,3 +44,9 @@ class CommonSettings(BaseSettings):
     # not happen) cannot block its conversation forever. Longer than any agent's timeout.
     conversation_active_ttl_s: float = Field(900.0, validation_alias=_shared("CONVERSATION_ACTIVE_TTL_S"))
     instance_id: str = Field("", validation_alias=_shared("INSTANCE_ID"))  # default hostname:pid
+    # Message text on trace spans: off, since traces often go to shared backends. For debugging.
+    trace_content: bool = Field(False, validation_alias=_shared("TRACE_CONTENT"))
+    # Prometheus `/metrics` of a service without an HTTP API of its own (each sets its default
+    # port; 0 picks a free one, -1 serves none). Bound on every interface for the scraper.
+    metrics_port: int = -1
+    metrics_host: str = Field("0.0.0.0", validation_alias=_shared("METRICS_HOST"))

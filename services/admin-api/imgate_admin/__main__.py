@@ -8,13 +8,14 @@ from imgate_admin.errors import StartupError
 from imgate_admin.main import SERVICE, create_app
 from imgate_admin.settings import AdminSettings
 from imgate_common.logs import configure_logging
+from imgate_common.runtime import instance_id
 from imgate_common.telemetry import configure_tracing
 
 
 def main() -> int:
     settings = AdminSettings()
     configure_logging(SERVICE, settings.log_format, settings.log_level)
-    configure_tracing(SERVICE)
+    configure_tracing(SERVICE, instance=instance_id(settings), content=settings.trace_content)
     try:
         app = create_app(settings)
     except StartupError as exc:

@@ -13,22 +13,36 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
 from redis.asyncio import Redis
 
+from imgate_common import telemetry
 from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM, run_subject
 from imgate_common.consume import settle
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.messages import CancelRequest, RunRequest
+from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
 from imgate_common.runtime import connect_nats, service_main
 from imgate_common.secrets import SecretBox
 from imgate_runner.media import MediaReader
+from imgate_runner.metrics import REDELIVERED_RUNS, RUN_WAIT
 from imgate_runner.providers.registry import build_providers
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
 
 log = structlog.get_logger()
+
+
+def run_parent(request: RunRequest, msg: Msg) -> dict[str, str]:
+    """The trace a run continues: its publisher's (the headers), unless it was published by the
+    runner that finished the run before it in the queue, which belongs to another message."""
+    headers = dict(msg.headers or {})
+    own = trace.get_current_span(telemetry.extract(request.trace_context)).get_span_context()
+    carried = trace.get_current_span(telemetry.extract(headers)).get_span_context()
+    if own.is_valid and own.trace_id != carried.trace_id:
+        return request.trace_context
+    return headers
 
 
 class RunConsumer:
@@ -98,11 +112,32 @@ class RunConsumer:
         attempt = msg.metadata.num_delivered or 1
 
         async def handle(request: RunRequest) -> None:
-            await self._executor.execute(request, msg.in_progress, attempt)
-            if self._queue is not None:
-                # The conversation's next message may run now; a failure here retries the whole
-                # step, and the stored answer keeps the model from running twice.
-                await self._queue.hand_over(request.run_id, request.conversation_id, self._publish_run)
+            attributes = {
+                telemetry.RUN_ID: request.run_id,
+                telemetry.CHANNEL_ID: request.channel_id,
+                telemetry.CONVERSATION_ID: request.conversation_id,
+                telemetry.ATTEMPT: attempt,
+            }
+            with (
+                telemetry.consumer_span("run", run_parent(request, msg), attributes) as span,
+                structlog.contextvars.bound_contextvars(
+                    run_id=request.run_id,
+                    channel_id=request.channel_id,
+                    conversation_id=request.conversation_id,
+                ),
+            ):
+                waited = max(0.0, (utcnow() - request.requested_at).total_seconds())
+                span.add_event("queue_wait", {"seconds": waited})
+                telemetry.set_content(span, "imgate.message.text", request.text)
+                if attempt == 1:
+                    RUN_WAIT.observe(waited)
+                else:
+                    REDELIVERED_RUNS.inc()
+                await self._executor.execute(request, msg.in_progress, attempt)
+                if self._queue is not None:
+                    # The conversation's next message may run now; a failure here retries the
+                    # whole step, and the stored answer keeps the model from running twice.
+                    await self._queue.hand_over(request.run_id, request.conversation_id, self._publish_run)
 
         try:
             await settle(RunRequest, msg, handle)

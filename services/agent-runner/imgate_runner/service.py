@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
@@ -29,9 +31,18 @@ from imgate_common.messages import (
 )
 from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
+from imgate_common.telemetry import fail, set_content, tracer
 from imgate_runner.batching import DeltaBatcher
 from imgate_runner.history import build_prompt, load_history
 from imgate_runner.media import MediaReader
+from imgate_runner.metrics import (
+    MODEL_TOKENS,
+    RUN_DURATION,
+    RUNS_FINISHED,
+    RUNS_IN_FLIGHT,
+    RUNS_STARTED,
+    TIME_TO_FIRST_TOKEN,
+)
 from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
 from imgate_runner.settings import RunnerSettings
 
@@ -108,6 +119,7 @@ class RunProgress:
     generation: Generation = field(default_factory=Generation)
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    provider: str | None = None
 
     @property
     def common(self) -> dict[str, object]:
@@ -173,23 +185,35 @@ class RunExecutor:
                 return
             agent = await session.get(Agent, request.agent_id) if request.agent_id else None
             history = await load_history(session, request.conversation_id, request.user_message_id)
+        span = trace.get_current_span()
         if agent is None or agent.provider not in self._providers:
             bound.warning("run_without_agent", agent_id=request.agent_id)
             await self._fail(progress, FailureCategory.NOT_CONFIGURED)
             return
+        progress.provider = agent.provider
+        span.set_attributes(
+            {
+                "gen_ai.system": agent.provider,
+                "gen_ai.request.model": agent.model,
+                "imgate.agent_id": agent.id or 0,
+            }
+        )
         if request.run_id in self._cancelled:
             await self._finish_cancelled(progress, bound)
             return
         await self._emit(RunStarted(**progress.common, seq=progress.next_seq()))  # type: ignore[arg-type]
+        RUNS_STARTED.labels(agent.provider).inc()
         prompt = await self._with_attachments(agent, build_prompt(agent, history), request)
         stream = asyncio.create_task(self._stream(agent, prompt, progress))
         self._streams[request.run_id] = stream
+        RUNS_IN_FLIGHT.inc()
         try:
             async with keep_alive(heartbeat, self._settings.in_progress_interval_s):
                 await stream
         except asyncio.CancelledError:
             if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 stream.cancel()
+                span.add_event("run_handed_back")
                 raise  # this process is shutting down: the run goes back to JetStream
             await self._finish_cancelled(progress, bound)
             return
@@ -202,6 +226,7 @@ class RunExecutor:
             await self._fail(progress, exc.category)
             return
         finally:
+            RUNS_IN_FLIGHT.dec()
             self._streams.pop(request.run_id, None)
         await self._flush(progress)
         answer = progress.batcher.text.strip() or "(the model returned an empty answer)"
@@ -215,6 +240,7 @@ class RunExecutor:
             )
         )
         bound.info("run_completed", chars=len(answer), ttft_ms=progress.ttft_ms())
+        self._finished(progress, "completed")
 
     async def _with_attachments(
         self, agent: Agent, prompt: list[ChatMessage], request: RunRequest
@@ -231,6 +257,38 @@ class RunExecutor:
         return [*prompt[:-1], replace(last, content=f"{last.content}\n\n{note}".strip())]
 
     async def _stream(self, agent: Agent, prompt: list[ChatMessage], progress: RunProgress) -> None:
+        attributes = {"gen_ai.system": agent.provider, "gen_ai.request.model": agent.model}
+        with tracer().start_as_current_span(
+            f"model.stream {agent.provider}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+        ) as span:
+            try:
+                await self._stream_chunks(agent, prompt, progress, span)
+            except ProviderError as exc:
+                span.set_attribute("error.type", str(exc.category))
+                fail(span, exc)
+                raise
+            except TimeoutError as exc:
+                fail(span, exc)
+                raise
+            finally:
+                usage = progress.generation.usage
+                for key, value in (
+                    ("gen_ai.usage.input_tokens", usage.prompt_tokens),
+                    ("gen_ai.usage.output_tokens", usage.completion_tokens),
+                    ("imgate.ttft_ms", progress.ttft_ms()),
+                ):
+                    if value is not None:
+                        span.set_attribute(key, value)
+                if usage.finish_reason:
+                    span.set_attribute("gen_ai.response.finish_reasons", [usage.finish_reason])
+                set_content(span, "imgate.answer.text", progress.batcher.text)
+
+    async def _stream_chunks(
+        self, agent: Agent, prompt: list[ChatMessage], progress: RunProgress, span: Span
+    ) -> None:
         async with asyncio.timeout(agent.timeout_s):
             chunks = stream_with_retry(
                 self._providers[agent.provider],
@@ -240,8 +298,12 @@ class RunExecutor:
                 progress.generation,
                 self._settings.provider_attempts,
             )
+            asked = time.monotonic()
             async for chunk in chunks:
-                progress.first_token = progress.first_token or time.monotonic()
+                if progress.first_token is None:
+                    progress.first_token = time.monotonic()
+                    span.add_event("first_token")
+                    TIME_TO_FIRST_TOKEN.labels(agent.provider).observe(progress.first_token - asked)
                 batch = progress.batcher.add(chunk)
                 if batch is not None:
                     await self._delta(progress, batch)
@@ -268,6 +330,7 @@ class RunExecutor:
         await self._emit(RunCancelled(**progress.common, seq=progress.next_seq(), partial_text=partial))  # type: ignore[arg-type]
         self._cancelled.discard(progress.request.run_id)
         bound.info("run_cancelled", chars=len(partial))
+        self._finished(progress, "cancelled")
 
     async def _fail(self, progress: RunProgress, category: FailureCategory) -> None:
         await self._flush(progress)
@@ -279,6 +342,19 @@ class RunExecutor:
             partial_text=progress.batcher.text,
         )
         await self._emit(event)
+        trace.get_current_span().set_attribute("error.type", str(category))
+        self._finished(progress, "failed", category)
+
+    @staticmethod
+    def _finished(progress: RunProgress, outcome: str, category: FailureCategory | None = None) -> None:
+        provider = progress.provider or "none"
+        RUNS_FINISHED.labels(provider, outcome, str(category) if category else "").inc()
+        RUN_DURATION.labels(provider, outcome).observe(time.monotonic() - progress.started)
+        usage = progress.generation.usage
+        for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
+            if count:
+                MODEL_TOKENS.labels(provider, kind).inc(count)
+        trace.get_current_span().set_attribute("imgate.run.outcome", outcome)
 
     async def _stored_answer(self, session: AsyncSession, run_id: str) -> Message | None:
         query = select(Message).where(Message.run_id == run_id, Message.role == "assistant")

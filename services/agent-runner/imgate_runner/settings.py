@@ -8,6 +8,8 @@ from imgate_common.settings import CommonSettings
 class RunnerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore", validate_by_name=True)
 
+    metrics_port: int = 9103  # Prometheus /metrics (0: any free port, -1: none)
+
     # Deltas go out when this much time passed or this many characters piled up, whichever first:
     # the card renderer coalesces further, so this only bounds bus traffic.
     delta_interval_s: float = 0.1

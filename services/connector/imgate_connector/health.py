@@ -1,10 +1,12 @@
 """Per-channel health counters, kept by the running channel and published as `ChannelStatus`."""
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from imgate_common.messages import ChannelState, ChannelStatus, utcnow
+from imgate_connector.metrics import CHANNEL_UP, RECONNECTS
 
 
 @dataclass
@@ -27,6 +29,7 @@ class ChannelHealth:
     on_change: Callable[[], None] | None = field(default=None, repr=False)
 
     def connected(self) -> None:
+        CHANNEL_UP.labels(str(self.channel_id)).set(1)
         if self.state != ChannelState.CONNECTED:
             self.state = ChannelState.CONNECTED
             self.connected_at = utcnow()
@@ -35,6 +38,7 @@ class ChannelHealth:
     def disconnected(self, error: str | None = None) -> None:
         if error:
             self.error(error)
+        CHANNEL_UP.labels(str(self.channel_id)).set(0)
         if self.state != ChannelState.DISCONNECTED:
             self.state = ChannelState.DISCONNECTED
             self.connected_at = None
@@ -43,6 +47,15 @@ class ChannelHealth:
     def error(self, error: str) -> None:
         self.last_error = error[:500]
         self.last_error_at = utcnow()
+
+    def reconnecting(self) -> None:
+        self.reconnects += 1
+        RECONNECTS.labels(str(self.channel_id)).inc()
+
+    def retire(self) -> None:
+        """The channel stopped running here: its connection gauge goes (another replica's now)."""
+        with contextlib.suppress(KeyError):
+            CHANNEL_UP.remove(str(self.channel_id))
 
     def inbound(self) -> None:
         self.messages_in += 1

@@ -16,6 +16,8 @@ import time
 
 from redis.asyncio import Redis
 
+from imgate_connector.metrics import CHANNELS_OWNED, LEASE_CHANGES
+
 # Renew or release only while the lease still carries our token.
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -73,6 +75,8 @@ class ChannelLease:
         if await self._redis.set(self._key(channel_id), value, nx=True, px=self._ttl_ms):
             self._tokens[channel_id] = value
             self._valid_until[channel_id] = started + self.ttl_s * SELF_FENCE_SHARE
+            LEASE_CHANGES.labels("acquired").inc()
+            CHANNELS_OWNED.set(len(self._tokens))
             return int(fence)
         return None
 
@@ -104,17 +108,20 @@ class ChannelLease:
             else:
                 self.forget(channel_id)
                 lost.append(channel_id)
+                LEASE_CHANGES.labels("lost").inc()
         return lost
 
     def forget(self, channel_id: int) -> None:
         """Stop believing we hold it (Redis said no, or we could not ask in time)."""
         self._tokens.pop(channel_id, None)
         self._valid_until.pop(channel_id, None)
+        CHANNELS_OWNED.set(len(self._tokens))
 
     async def release(self, channel_id: int) -> None:
         value = self._tokens.get(channel_id)
         self.forget(channel_id)
         if value is not None:
+            LEASE_CHANGES.labels("released").inc()
             await self._redis.eval(_RELEASE, 1, self._key(channel_id), value)  # type: ignore[misc]
 
     async def holder(self, channel_id: int) -> str | None:

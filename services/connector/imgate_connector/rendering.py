@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
+from imgate_common import telemetry
 from imgate_common.messages import (
     InboundMessage,
     MessageKind,
@@ -34,6 +36,7 @@ from imgate_common.messages import (
 )
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import ReplyLedger, ReplyState
+from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS
 from imgate_connector.platforms.base import CardExists, ReplySurface
 from imgate_connector.wording import WORDINGS, Wording, split_long
 
@@ -73,6 +76,7 @@ class RunCard:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # the final update is next
     touched: float = field(default_factory=time.monotonic)
+    arrived: float | None = None  # when the message arrived (epoch seconds), if this replica saw it
 
     async def has_card(self) -> bool:
         """Whether the card exists, once its opening is over. Shielded: whoever waits for it
@@ -115,7 +119,7 @@ class CardRenderer:
         run_id = run_id_for(message.platform, message.channel_id, message.message_id)
         if run_id in self._finished or run_id in self._runs:
             return  # a redelivery of a message we already show
-        self._track(run_id, message.target)
+        self._track(run_id, message.target).arrived = message.received_at.timestamp()
 
     async def handle(self, event: ReplyEvent) -> None:
         """Apply one event; returns once it is safe to acknowledge (finals: once delivered)."""
@@ -308,9 +312,17 @@ class CardRenderer:
                 shown = False
             last = time.monotonic()
             if shown:
+                if kind == "text" and run.shown[0] != "text":
+                    self._first_text_shown(run)
                 run.shown = display
             else:
                 run.dirty.set()
+
+    @staticmethod
+    def _first_text_shown(run: RunCard) -> None:
+        trace.get_current_span().add_event("first_text_shown", {telemetry.RUN_ID: run.run_id})
+        if run.arrived is not None:
+            FIRST_TEXT_SECONDS.labels(run.target.platform).observe(max(0.0, time.time() - run.arrived))
 
     # -- final answers --------------------------------------------------------------------
 
@@ -330,12 +342,16 @@ class CardRenderer:
         if sent < len(parts):
             # The card could not show (all of) the answer: plain text, once, for what is missing.
             self._health.fallback_replies += 1
+            FALLBACKS.labels(run.target.platform).inc()
+            trace.get_current_span().add_event("fallback_to_plain_reply", {"parts": len(parts) - sent})
             for part in self._marked(parts)[sent:]:
                 await self._surface.send_text(run.target, part, markdown=True)
         await self._mark(run_id, ReplyState.DONE)
         self._runs.pop(run_id, None)
         self._remember(run_id)
         self._health.replies_out += 1
+        if run.arrived is not None:
+            FINAL_SECONDS.labels(run.target.platform).observe(max(0.0, time.time() - run.arrived))
 
     def _marked(self, parts: list[str]) -> list[str]:
         """Every part but the last says the answer goes on."""

@@ -15,8 +15,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
+from imgate_common import telemetry
 from imgate_common.bus import REPLIES_STREAM, channel_replies, reply_consumer, reply_subject
-from imgate_common.messages import REPLY_EVENT, ReplyEvent
+from imgate_common.messages import REPLY_EVENT, ReplyEvent, RunDelta
 from imgate_connector.rendering import CardRenderer
 
 log = structlog.get_logger()
@@ -130,7 +131,8 @@ class ReplyConsumer:
             if before is not None:
                 await asyncio.wait([before])  # the run's earlier events first
             keep_alive = asyncio.create_task(self._keep_alive(msg))
-            await self._renderer.handle(event)
+            with self._span(msg, event), structlog.contextvars.bound_contextvars(run_id=event.run_id):
+                await self._renderer.handle(event)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -155,6 +157,18 @@ class ReplyConsumer:
             await msg.ack()
         except Exception as exc:  # redelivered later; the renderer knows it answered
             self._log.warning("reply_ack_failed", run_id=event.run_id, error=str(exc))
+
+    def _span(self, msg: Msg, event: ReplyEvent) -> contextlib.AbstractContextManager[object]:
+        """The event's span in its message's trace. Deltas get none: the card updates they cause
+        are spans of their own, and a span per delta would bury the trace."""
+        if isinstance(event, RunDelta):
+            return contextlib.nullcontext()
+        attributes = {
+            telemetry.RUN_ID: event.run_id,
+            telemetry.CHANNEL_ID: event.channel_id,
+            telemetry.ATTEMPT: event.attempt,
+        }
+        return telemetry.consumer_span(f"reply.{event.kind}", msg.headers, attributes)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """A final that waits for the card budget must not be redelivered meanwhile."""

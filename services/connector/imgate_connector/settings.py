@@ -9,6 +9,8 @@ from imgate_common.settings import CommonSettings
 class ConnectorSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="CONNECTOR_", extra="ignore", validate_by_name=True)
 
+    metrics_port: int = 9101  # Prometheus /metrics (0: any free port, -1: none)
+
     # The dingtalk-stream SDK's own variable, so one setting points both at a private gateway or imsim.
     dingtalk_openapi_endpoint: str = Field(
         "https://api.dingtalk.com",

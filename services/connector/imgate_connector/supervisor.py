@@ -361,6 +361,7 @@ class ChannelSupervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await channel.replies
         await channel.renderer.close()
+        channel.health.retire()
         if forget_status or release:
             with contextlib.suppress(Exception):
                 await self._status.delete(channel_id)

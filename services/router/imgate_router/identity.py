@@ -2,11 +2,13 @@
 
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from typing import TypeAlias
 
 import httpx
 import structlog
+from opentelemetry import trace
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +26,7 @@ from imgate_common.platform_config import (
     parse_user_mapping,
 )
 from imgate_common.secrets import SecretBox
+from imgate_common.telemetry import fail, tracer
 from imgate_router.mappers import (
     HttpMapper,
     LdapMapper,
@@ -32,6 +35,7 @@ from imgate_router.mappers import (
     StaticMapper,
     UserMapper,
 )
+from imgate_router.metrics import IDENTITY_LOOKUPS, IDENTITY_SECONDS
 
 log = structlog.get_logger()
 
@@ -151,8 +155,34 @@ class IdentityResolver:
 
     async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> User:
         """The user behind the message; raises NotRegistered or MapperUnavailable."""
-        config = self.mapping(channel)
-        mapper = self._mapper(config)
+        started = time.perf_counter()
+        mapper_name = "invalid"
+        with tracer().start_as_current_span("identity.resolve", record_exception=False) as span:
+            try:
+                config = self.mapping(channel)
+                mapper = self._mapper(config)
+                mapper_name = mapper.name if mapper else "auto"
+                span.set_attribute("imgate.identity.mapper", mapper_name)
+                user = await self._resolve(session, channel, config, mapper, message)
+            except NotRegistered:
+                IDENTITY_LOOKUPS.labels(mapper_name, "not_registered").inc()
+                raise
+            except Exception as exc:
+                IDENTITY_LOOKUPS.labels(mapper_name, "failed").inc()
+                fail(span, exc)
+                raise
+            IDENTITY_LOOKUPS.labels(mapper_name, "resolved").inc()
+            IDENTITY_SECONDS.labels(mapper_name).observe(time.perf_counter() - started)
+            return user
+
+    async def _resolve(
+        self,
+        session: AsyncSession,
+        channel: Channel,
+        config: AnyMapping,
+        mapper: UserMapper | None,
+        message: InboundMessage,
+    ) -> User:
         if mapper is None:
             return await self._auto.resolve(session, message)
         person = await self._cached_lookup(channel, mapper, message)
@@ -170,6 +200,7 @@ class IdentityResolver:
              message.sender.id)
         )  # fmt: skip
         cached = await self._redis.get(key)
+        trace.get_current_span().set_attribute("imgate.identity.cache_hit", cached is not None)
         if cached is not None:
             data = json.loads(cached)
             return Person(**data) if data else None

@@ -7,6 +7,9 @@ import structlog
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from imgate_common.bus import (
@@ -49,7 +52,18 @@ def subscribe(broker: NatsBroker, router: InboundRouter) -> None:
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     nc, _js = await connect_nats(settings, "router")  # provisions streams before consumers bind
     await nc.close()
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1)
+    # FastStream's middlewares continue each message's trace from its headers (and pass it on
+    # in what the router publishes) and count and time the bus traffic.
+    broker = NatsBroker(
+        settings.nats_url,
+        max_reconnect_attempts=-1,
+        middlewares=(
+            NatsTelemetryMiddleware(),
+            NatsPrometheusMiddleware(
+                registry=REGISTRY, app_name="imgate-router", metrics_prefix="imgate_bus"
+            ),
+        ),
+    )
     redis = Redis.from_url(settings.redis_url)
     engine = create_engine(settings.database_url)
 

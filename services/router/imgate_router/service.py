@@ -1,15 +1,18 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 
 import httpx
 import structlog
+from opentelemetry import trace
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_common import telemetry
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
 from imgate_common.conversation_queue import Admission, ConversationQueue
 from imgate_common.db.models import Agent, Channel, Message, utcnow
@@ -23,6 +26,7 @@ from imgate_router.commands import Command, parse_command, reply
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper, IdentityResolver, NotRegistered
 from imgate_router.mappers import MapperUnavailable
+from imgate_router.metrics import DEDUP_HITS, MESSAGES, QUEUE_ADMISSIONS, QUEUE_POSITION, ROUTE_SECONDS
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
@@ -71,25 +75,47 @@ class InboundRouter:
         )
 
     async def handle(self, message: InboundMessage) -> None:
-        bound = log.bind(channel_id=message.channel_id, msg_id=message.message_id)
-        if await self._redis.exists(self._seen_key(message)):
-            bound.info("inbound_duplicate_dropped")
-            return
-        await self._route(message, bound)
-        # Marked only once everything above is durable: a crash before this line is redelivered.
-        await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
+        run_id = run_id_for(message)
+        span = trace.get_current_span()  # the bus consumer's span, continuing the message's trace
+        span.set_attributes(
+            {
+                telemetry.CHANNEL_ID: message.channel_id,
+                telemetry.PLATFORM: message.platform,
+                telemetry.CONVERSATION_ID: message.target.conversation_id,
+                telemetry.MESSAGE_ID: message.message_id,
+                telemetry.MESSAGE_TYPE: message.platform_type,
+                telemetry.RUN_ID: run_id,
+            }
+        )
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(
+            channel_id=message.channel_id, msg_id=message.message_id, run_id=run_id
+        ):
+            bound = log.bind()
+            if await self._redis.exists(self._seen_key(message)):
+                bound.info("inbound_duplicate_dropped")
+                span.add_event("dedup_hit")
+                DEDUP_HITS.labels(message.platform).inc()
+                return
+            result = await self._route(message, bound)
+            # Marked only once everything above is durable: a crash before this is redelivered.
+            await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
+        span.set_attribute("imgate.route.result", result)
+        MESSAGES.labels(message.platform, message.platform_type, result).inc()
+        ROUTE_SECONDS.observe(time.perf_counter() - started)
 
-    async def _route(self, message: InboundMessage, bound: structlog.BoundLogger) -> None:
+    async def _route(self, message: InboundMessage, bound: structlog.BoundLogger) -> str:
+        """Routes one message; returns what became of it (a metric label)."""
         run_id = run_id_for(message)
         async with self._sessions() as session:
             channel = await session.get(Channel, message.channel_id)
             if channel is None:
                 bound.warning("inbound_for_unknown_channel")
-                return
+                return "unknown_channel"
             if message.kind == MessageKind.UNSUPPORTED or not (message.text or message.attachments):
                 bound.info("inbound_unsupported", platform_type=message.platform_type)
                 await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
-                return
+                return "unsupported"
             assert channel.id is not None
             language = channel_language(channel)
             try:
@@ -97,13 +123,13 @@ class InboundRouter:
             except NotRegistered:
                 bound.info("sender_not_registered", sender=message.sender.id)
                 await self._notice(message, run_id, reply("not_registered", language))
-                return
+                return "not_registered"
             except MapperUnavailable as exc:
                 # Answered and visible to operators; the user can send again when it is back.
                 bound.warning("identity_lookup_failed", error=str(exc))
                 await self._channel_status.record_error(channel.id, "identity", str(exc))
                 await self._notice(message, run_id, reply("identity_down", language))
-                return
+                return "identity_failed"
             key = scope_key(message, channel.session_scope)
             command = parse_command(message.text)
             if command == Command.NEW:
@@ -111,7 +137,7 @@ class InboundRouter:
                 await session.commit()
                 bound.info("conversation_reset", user_id=user.id)
                 await self._notice(message, run_id, reply("new", language))
-                return
+                return "command_new"
             if command == Command.STOP:
                 current = await self._conversations.current(session, channel.id, key)
                 await session.commit()
@@ -121,16 +147,16 @@ class InboundRouter:
                 else:
                     bound.info("run_stop_requested", run_id=running)
                     await self._cancel(running)
-                return
+                return "command_stop"
             if command == Command.STATUS:
                 text = await self._status(session, channel, key, language)
                 await session.commit()
                 await self._notice(message, run_id, text)
-                return
+                return "command_status"
             if command == Command.HELP:
                 await session.commit()
                 await self._notice(message, run_id, reply("help", language))
-                return
+                return "command_help"
             existing = (
                 await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
             ).first()
@@ -163,8 +189,11 @@ class InboundRouter:
                 text=message.text,
                 target=message.target,
                 attachments=message.attachments,
+                # A queued run starts later, from another process: it keeps this message's trace.
+                trace_context=telemetry.carrier(),
             )
-        await self._admit(message, request, user_message.id, bound, language)
+        trace.get_current_span().set_attribute(telemetry.CONVERSATION_ID, conversation_id)
+        return await self._admit(message, request, user_message.id, bound, language)
 
     async def _admit(
         self,
@@ -173,12 +202,19 @@ class InboundRouter:
         message_id: int,
         bound: structlog.BoundLogger,
         language: str,
-    ) -> None:
+    ) -> str:
         admitted = await self._queue.admit(request, self._settings.queue_max_depth)
+        span = trace.get_current_span()
+        span.add_event(
+            "queue_admission", {"outcome": admitted.admission.value, "position": admitted.position or 0}
+        )
+        QUEUE_ADMISSIONS.labels(admitted.admission.value).inc()
         if admitted.admission == Admission.START:
             await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
             bound.info("run_requested", run_id=request.run_id, conversation_id=request.conversation_id)
-        elif admitted.admission == Admission.QUEUED:
+            return "run_requested"
+        if admitted.admission == Admission.QUEUED:
+            QUEUE_POSITION.observe(admitted.position or 0)
             queued = RunQueued(
                 run_id=request.run_id,
                 channel_id=request.channel_id,
@@ -188,15 +224,16 @@ class InboundRouter:
             subject = reply_subject(request.channel_id, request.run_id)
             await self._publish(subject, REPLIES_STREAM, queued, f"{request.run_id}:queued")
             bound.info("run_queued", run_id=request.run_id, position=admitted.position)
-        else:
-            # Not kept: the user is asked to send it again once the answers caught up.
-            async with self._sessions() as session:
-                stored = await session.get(Message, message_id)
-                if stored is not None:
-                    await session.delete(stored)
-                    await session.commit()
-            bound.warning("run_refused_queue_full", conversation_id=request.conversation_id)
-            await self._notice(message, request.run_id, reply("queue_full", language))
+            return "run_queued"
+        # Not kept: the user is asked to send it again once the answers caught up.
+        async with self._sessions() as session:
+            stored = await session.get(Message, message_id)
+            if stored is not None:
+                await session.delete(stored)
+                await session.commit()
+        bound.warning("run_refused_queue_full", conversation_id=request.conversation_id)
+        await self._notice(message, request.run_id, reply("queue_full", language))
+        return "queue_full"
 
     async def _status(self, session: AsyncSession, channel: Channel, key: str, language: str) -> str:
         agent = await session.get(Agent, channel.default_agent_id) if channel.default_agent_id else None

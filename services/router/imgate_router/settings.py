@@ -8,6 +8,8 @@ from imgate_common.settings import CommonSettings
 class RouterSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", validate_by_name=True)
 
+    metrics_port: int = 9102  # Prometheus /metrics (0: any free port, -1: none)
+
     # Domain of the e-mail address given to users created on first contact.
     auto_email_domain: str = "im-platform.com"
     # A handled message id is remembered this long; DingTalk redelivers within minutes.

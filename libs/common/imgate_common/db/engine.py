@@ -8,6 +8,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_common.telemetry import instrument_engine
+
 
 def normalize_url(url: str) -> str:
     """Accept plain `sqlite:///` and `postgresql://` URLs and pick the async drivers."""
@@ -37,8 +39,10 @@ def create_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    else:
+        engine = create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    instrument_engine(engine)
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -5,6 +5,7 @@ from typing import Any, ClassVar, cast
 
 import anthropic
 
+from imgate_common import telemetry
 from imgate_common.db.models import Agent
 from imgate_common.errors import FailureCategory, ProviderError
 from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
@@ -81,6 +82,8 @@ class AnthropicProvider(ModelProvider):
             "max_tokens": agent.max_output_tokens,
             "messages": turns,
             "stream": True,
+            # The SDK's own HTTP client is not instrumented: pass the trace on by hand.
+            "extra_headers": telemetry.carrier(),
         }
         if system:
             request["system"] = system

@@ -5,6 +5,7 @@ from typing import Any, ClassVar, cast
 
 import openai
 
+from imgate_common import telemetry
 from imgate_common.db.models import Agent
 from imgate_common.errors import FailureCategory, ProviderError
 from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
@@ -74,6 +75,8 @@ class OpenAIProvider(ModelProvider):
                 temperature=agent.temperature,
                 max_tokens=agent.max_output_tokens,
                 stream=True,
+                # The SDK's own HTTP client is not instrumented: pass the trace on by hand.
+                extra_headers=telemetry.carrier(),
             )
             async for chunk in response:
                 if chunk.usage:

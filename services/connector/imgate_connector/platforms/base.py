@@ -17,9 +17,15 @@ from imgate_connector.settings import ConnectorSettings
 log = structlog.get_logger()
 
 # Publishes a normalized message durably; returns only once the bus confirmed it, raises otherwise.
-InboundSink = Callable[[InboundMessage], Awaitable[None]]
+# Publishes a message durably; True when the bus already had it (a redelivery).
+InboundSink = Callable[[InboundMessage], Awaitable[bool]]
 # Told about every message the platform got its ACK for (the renderer opens its card then).
 AcceptedHook = Callable[[InboundMessage], None]
+
+
+class InboundRejected(Exception):
+    """Raised by an `InboundSink` for a message the bus can never carry (too large, not
+    encodable): unlike a failed publish, retrying it would fail the same way."""
 
 
 class CardExists(PlatformError):

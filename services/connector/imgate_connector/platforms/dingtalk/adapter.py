@@ -25,9 +25,12 @@ import structlog
 import websockets
 from dingtalk_stream.frames import AckMessage, CallbackMessage, Headers, SystemMessage
 from dingtalk_stream.version import VERSION_STRING
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 
+from imgate_common import telemetry
 from imgate_common.errors import PlatformError
 from imgate_common.messages import (
     Attachment,
@@ -39,7 +42,8 @@ from imgate_common.messages import (
 )
 from imgate_connector.budget import CardBudget
 from imgate_connector.media import MediaTooLarge, describe_file
-from imgate_connector.platforms.base import PlatformAdapter
+from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
+from imgate_connector.platforms.base import InboundRejected, PlatformAdapter
 from imgate_connector.platforms.dingtalk.cards import DingTalkReplySurface
 from imgate_connector.platforms.dingtalk.config import (
     BOT_MESSAGE_TOPIC,
@@ -47,7 +51,7 @@ from imgate_connector.platforms.dingtalk.config import (
     openapi_endpoint,
 )
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
-from imgate_connector.platforms.dingtalk.translate import PLATFORM, translate
+from imgate_connector.platforms.dingtalk.translate import PLATFORM, TRANSLATORS, translate
 from imgate_connector.wording import wording_for
 
 log = structlog.get_logger()
@@ -89,7 +93,25 @@ def _local_ip() -> str:
 def _frame_data(frame: dict[str, Any]) -> Any:
     """A frame's `data`: a JSON string in DingTalk's frames (parsed), or already an object."""
     data = frame.get("data")
-    return json.loads(data) if isinstance(data, str | bytes) and data else data
+    try:
+        return json.loads(data) if isinstance(data, str | bytes) and data else data
+    except RecursionError as exc:  # nested deeper than the parser recurses: no real payload is
+        raise ValueError("frame data nested too deep") from exc
+
+
+@dataclass
+class _Taken:
+    """What became of one bot message frame (metric labels)."""
+
+    msgtype: str = "unknown"
+    result: str = "failed"
+    acked: bool = False
+
+
+def _msgtype(data: dict[str, Any]) -> str:
+    """The payload's message type as a label: known types only, so a sender can't grow the set."""
+    value = data.get("msgtype")
+    return value if isinstance(value, str) and value in TRANSLATORS else "other"
 
 
 class HalfDead(PlatformError):
@@ -189,7 +211,7 @@ class DingTalkAdapter(PlatformAdapter):
             if replaced in done:
                 # Server-initiated rebalancing: the next connection now, the old one drains.
                 failures = 0
-                self.health.reconnects += 1
+                self.health.reconnecting()
                 drain = asyncio.create_task(self._drain(connection))
                 self._draining.add(drain)
                 drain.add_done_callback(self._draining.discard)
@@ -207,7 +229,7 @@ class DingTalkAdapter(PlatformAdapter):
             delay = self._backoff(failures)
             self._log.info("stream_reconnecting", in_s=round(delay, 2), failures=failures)
             await asyncio.sleep(delay)
-            self.health.reconnects += 1
+            self.health.reconnecting()
 
     async def _drain(self, connection: asyncio.Task[None]) -> None:
         """Let a replaced connection finish what it has; the server closes it, or we do."""
@@ -299,7 +321,7 @@ class DingTalkAdapter(PlatformAdapter):
             frame_type = frame.get("type")
             message_id = str(headers.get("messageId", ""))
             topic = headers.get("topic")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             self._log.warning("frame_unparseable", size=len(raw))
             return
         try:
@@ -333,53 +355,121 @@ class DingTalkAdapter(PlatformAdapter):
         except ValueError:
             data = None
         # A ping's ACK echoes its data (the opaque) as it came.
-        await ws.send(ack_frame(message_id, data=data if isinstance(data, dict) else {}))
+        try:
+            ack = ack_frame(message_id, data=data if isinstance(data, dict) else {})
+        except RecursionError:  # parsed, but nested too deep to encode again: no real opaque is
+            ack = ack_frame(message_id)
+        await ws.send(ack)
         if topic == SYSTEM_DISCONNECT:
-            self._log.info("stream_disconnect_requested", reason=(data or {}).get("reason"))
+            reason = data.get("reason") if isinstance(data, dict) else None
+            self._log.info("stream_disconnect_requested", reason=reason)
             replace.set()
 
     async def _on_bot_message(self, ws: ClientConnection, frame: dict[str, Any], frame_id: str) -> None:
+        """One bot message: the root span of its trace, which every later step continues."""
+        arrived = time.perf_counter()
+        attributes: dict[str, str | int] = {
+            telemetry.CHANNEL_ID: self.spec.id,
+            telemetry.PLATFORM: PLATFORM,
+            "imgate.frame_id": frame_id,
+        }
+        with (
+            telemetry.tracer().start_as_current_span(
+                "dingtalk.receive",
+                context=Context(),  # a new trace, whatever task this runs in
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                record_exception=False,
+            ) as span,
+            structlog.contextvars.bound_contextvars(channel_id=self.spec.id, frame_id=frame_id),
+        ):
+            outcome = _Taken()
+            try:
+                await self._take_bot_message(ws, frame, frame_id, span, outcome)
+            finally:
+                span.set_attribute("imgate.inbound.result", outcome.result)
+                INBOUND.labels(PLATFORM, outcome.msgtype, outcome.result).inc()
+                if outcome.acked:
+                    ACK_SECONDS.labels(PLATFORM).observe(time.perf_counter() - arrived)
+
+    async def _take_bot_message(
+        self, ws: ClientConnection, frame: dict[str, Any], frame_id: str, span: Span, outcome: "_Taken"
+    ) -> None:
         data: Any = None
         try:
             data = _frame_data(frame)
             if not isinstance(data, dict):
                 raise ValueError("bot message data is not an object")
+            outcome.msgtype = _msgtype(data)
             inbound = translate(data, self.spec.id, self.config.robot_code, (self.spec.name,))
         except (KeyError, ValueError, TypeError, ValidationError) as exc:
-            await self._malformed(ws, frame_id, data, exc)
+            outcome.result = "malformed"
+            telemetry.fail(span, exc)
+            outcome.acked = await self._malformed(ws, frame_id, data, exc)
             return
+        span.set_attributes(
+            {
+                telemetry.MESSAGE_ID: inbound.message_id,
+                telemetry.MESSAGE_TYPE: inbound.platform_type,
+                telemetry.CONVERSATION_ID: inbound.target.conversation_id,
+                telemetry.RUN_ID: run_id_for(inbound.platform, inbound.channel_id, inbound.message_id),
+            }
+        )
+        telemetry.set_content(span, "imgate.message.text", inbound.text)
+        structlog.contextvars.bind_contextvars(msg_id=inbound.message_id)
         inbound = await self._fetch_media(inbound)
         try:
-            await self.sink(inbound)
+            duplicate = await self.sink(inbound)
+        except InboundRejected as exc:
+            # The bus can never take it: ACK (a redelivery fails the same way) and tell the sender.
+            outcome.result = "malformed"
+            telemetry.fail(span, exc)
+            outcome.acked = await self._malformed(ws, frame_id, data, exc)
+            return
         except Exception as exc:
             # No ACK: DingTalk redelivers the message later, when the bus is back.
+            outcome.result = "publish_failed"
+            telemetry.fail(span, exc)
             self.health.publish_failures += 1
             self.health.error(f"bus publish failed: {type(exc).__name__}: {exc}")
             self._log.error("inbound_publish_failed", msg_id=inbound.message_id, error=str(exc))
             return
+        if duplicate:
+            outcome.result = "duplicate"
+            span.add_event("dedup_hit")
+            DEDUP_HITS.labels(PLATFORM).inc()
+        else:
+            outcome.result = "published"
         self.health.inbound()
         # Before the ACK goes out (it never waits for this): the card must be known before any
         # reply event for the message can arrive.
         self.accepted(inbound)
         try:
             await ws.send(ack_frame(frame_id))
+            outcome.acked = True
         except websockets.ConnectionClosed:
             # Stored already: the redelivery is dropped as a duplicate by the bus.
             self._log.warning("ack_not_sent_connection_closed", frame_id=frame_id)
 
-    async def _malformed(self, ws: ClientConnection, frame_id: str, data: Any, exc: Exception) -> None:
+    async def _malformed(self, ws: ClientConnection, frame_id: str, data: Any, exc: Exception) -> bool:
         """ACK what can never be read (a redelivery would fail the same way), count it, and tell
-        the person who sent it, when we know where they are."""
+        the person who sent it, when we know where they are. Whether the ACK went out."""
         self.health.messages_malformed += 1
         self.health.error(f"malformed bot message: {type(exc).__name__}: {exc}")
         self._log.warning("bot_message_malformed", frame_id=frame_id, error=str(exc)[:300])
-        await ws.send(ack_frame(frame_id, message="malformed payload dropped"))
+        try:
+            await ws.send(ack_frame(frame_id, message="malformed payload dropped"))
+        except websockets.ConnectionClosed:
+            # Not ACKed: DingTalk redelivers it, and that delivery tells the sender (not this one).
+            self._log.warning("ack_not_sent_connection_closed", frame_id=frame_id)
+            return False
         target = self._sender_of(data)
         if target is not None:
             try:
                 await self._surface.send_text(target, self._wording.unreadable)
             except Exception as send_exc:
                 self._log.warning("malformed_reply_failed", error=str(send_exc))
+        return True
 
     def _sender_of(self, data: Any) -> ReplyTarget | None:
         """Where to answer a payload we could not translate, if a person (not a system) sent it."""

@@ -22,9 +22,11 @@ from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_connector.budget import CardBudget
 from imgate_connector.health import ChannelHealth
+from imgate_connector.metrics import RATE_LIMITED
 from imgate_connector.platforms.base import CardExists, CardsUnavailable, ReplySurface
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check, transient
+from imgate_connector.platforms.dingtalk.translate import PLATFORM
 from imgate_connector.settings import ConnectorSettings
 
 log = structlog.get_logger()
@@ -119,6 +121,7 @@ class DingTalkReplySurface(ReplySurface):
 
     def _throttled(self, exc: RateLimited, path: str) -> None:
         self._health.rate_limit_hits += 1
+        RATE_LIMITED.labels(PLATFORM).inc()
         self._health.error(f"card API throttled: {exc}")
         log.warning("card_api_throttled", path=path, status=exc.status, code=exc.code)
 

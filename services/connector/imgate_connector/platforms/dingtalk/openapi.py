@@ -7,9 +7,13 @@ from typing import Any
 
 import httpx
 import structlog
+from opentelemetry.trace import SpanKind
 
 from imgate_common.errors import PlatformError, RateLimited
+from imgate_common.telemetry import fail, tracer
+from imgate_connector.metrics import PLATFORM_API_CALLS
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig
+from imgate_connector.platforms.dingtalk.translate import PLATFORM
 
 log = structlog.get_logger()
 
@@ -101,11 +105,26 @@ class DingTalkOpenApi:
     ) -> dict[str, Any]:
         headers = {"x-acs-dingtalk-access-token": token} if token else None
         self.calls += 1
-        try:
-            response = await self._http.request(method, f"{self.endpoint}{path}", json=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise PlatformError(f"DingTalk {path} unreachable: {type(exc).__name__}: {exc}") from exc
-        return check(response)
+        api = f"{method} {path}"
+        with tracer().start_as_current_span(
+            f"dingtalk {api}",
+            kind=SpanKind.CLIENT,
+            attributes={"imgate.platform_api": api},
+            record_exception=False,
+        ) as span:
+            try:
+                response = await self._http.request(
+                    method, f"{self.endpoint}{path}", json=body, headers=headers
+                )
+            except httpx.TransportError as exc:
+                PLATFORM_API_CALLS.labels(PLATFORM, api, "unreachable").inc()
+                fail(span, exc)
+                raise PlatformError(f"DingTalk {path} unreachable: {type(exc).__name__}: {exc}") from exc
+            PLATFORM_API_CALLS.labels(PLATFORM, api, str(response.status_code)).inc()
+            span.set_attribute("http.response.status_code", response.status_code)
+            if not response.is_success:
+                fail(span, f"HTTP {response.status_code}")
+            return check(response)
 
 
 def check(response: httpx.Response) -> dict[str, Any]:

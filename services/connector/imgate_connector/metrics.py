@@ -1,0 +1,60 @@
+"""The connector's Prometheus metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from imgate_common.metrics import LATENCY_BUCKETS
+
+INBOUND = Counter(
+    "imgate_inbound_messages",
+    "Bot messages taken from the platform, by platform, message type and result "
+    "(published, duplicate, malformed, publish_failed, deferred)",
+    ["platform", "type", "result"],
+)
+ACK_SECONDS = Histogram(
+    "imgate_inbound_ack_seconds",
+    "From a bot message frame arriving to its ACK going out (the bus confirmed it in between)",
+    ["platform"],
+    buckets=LATENCY_BUCKETS,
+)
+DEDUP_HITS = Counter(
+    "imgate_inbound_dedup_hits", "Redelivered messages the bus dropped as already stored", ["platform"]
+)
+PLATFORM_API_CALLS = Counter(
+    "imgate_platform_api_calls",
+    "Calls to the platform's OpenAPI (cards, robot messages, tokens, media), by API and HTTP status",
+    ["platform", "api", "status"],
+)
+RATE_LIMITED = Counter(
+    "imgate_card_rate_limited", "Card API calls refused by the platform's QPS limit (403/429)", ["platform"]
+)
+FALLBACKS = Counter(
+    "imgate_fallback_replies",
+    "Answers sent as plain messages because the card could not show them",
+    ["platform"],
+)
+FIRST_TEXT_SECONDS = Histogram(
+    "imgate_first_visible_text_seconds",
+    "From the message arriving to the first answer text shown on its card",
+    ["platform"],
+    buckets=LATENCY_BUCKETS,
+)
+FINAL_SECONDS = Histogram(
+    "imgate_final_answer_seconds",
+    "From the message arriving to its final answer being shown",
+    ["platform"],
+    buckets=LATENCY_BUCKETS,
+)
+CHANNEL_UP = Gauge(
+    "imgate_channel_connected",
+    "1 while this replica holds the channel's platform connection open, 0 while it tries to",
+    ["channel_id"],
+)
+RECONNECTS = Counter(
+    "imgate_channel_reconnects", "Platform connections lost and opened again", ["channel_id"]
+)
+LEASE_CHANGES = Counter(
+    "imgate_channel_lease_changes",
+    "Channel ownership changes on this replica: acquired, released, lost, taken_over",
+    ["change"],
+)
+CHANNELS_OWNED = Gauge("imgate_channels_owned", "Channels this replica runs now")

@@ -1,0 +1,38 @@
+"""The router's Prometheus metrics (FastStream's middleware adds the bus-level ones)."""
+
+from prometheus_client import Counter, Histogram
+
+from imgate_common.metrics import LATENCY_BUCKETS
+
+MESSAGES = Counter(
+    "imgate_router_messages",
+    "Inbound messages routed, by platform, message type and what became of them",
+    ["platform", "type", "result"],
+)
+DEDUP_HITS = Counter("imgate_router_dedup_hits", "Inbound messages dropped as already routed", ["platform"])
+IDENTITY_LOOKUPS = Counter(
+    "imgate_router_identity_lookups",
+    "Sender → company user resolutions, by mapper and outcome",
+    ["mapper", "result"],
+)
+IDENTITY_SECONDS = Histogram(
+    "imgate_router_identity_lookup_seconds",
+    "Time to resolve the sender to a company user (cache, directory, database)",
+    ["mapper"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_ADMISSIONS = Counter(
+    "imgate_router_queue_admissions",
+    "Run requests offered to their conversation's queue: started at once, queued, or refused (full)",
+    ["outcome"],
+)
+QUEUE_POSITION = Histogram(
+    "imgate_router_queue_position",
+    "Position of a run that had to wait behind its conversation's running answer",
+    buckets=(1, 2, 3, 4, 5, 10, 20),
+)
+ROUTE_SECONDS = Histogram(
+    "imgate_router_route_seconds",
+    "Time from taking an inbound message to its run request (or reply) being on the bus",
+    buckets=LATENCY_BUCKETS,
+)
