@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,14 +45,19 @@ def kustomize_version() -> tuple[int, int]:
 
 
 @cache
-def render(path: str) -> tuple[dict[str, Any], ...]:
-    """The objects `kubectl kustomize deploy/k8s/<path>` prints."""
+def render_dir(directory: Path) -> tuple[dict[str, Any], ...]:
+    """The objects `kubectl kustomize <directory>` prints."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     if result.returncode != 0:
-        pytest.fail(f"kustomize could not render deploy/k8s/{path}:\n{result.stderr}")
+        pytest.fail(f"kustomize could not render {directory.relative_to(ROOT)}:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def render(path: str) -> tuple[dict[str, Any], ...]:
+    """The objects `kubectl kustomize deploy/k8s/<path>` prints."""
+    return render_dir(K8S / path)
 
 
 def overlay(name: str) -> tuple[dict[str, Any], ...]:

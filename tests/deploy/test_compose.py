@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema_rs
 import pytest
@@ -18,6 +19,7 @@ SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"
 COMPOSE_SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 ENV_EXAMPLE = ROOT / "deploy" / "compose" / "env.example"
 IMGATE_SERVICES = ("connector", "router", "agent-runner", "admin-api")
+OBSERVABILITY = ("jaeger", "prometheus", "grafana")
 REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "IMGATE_SECRET_KEYS", "ADMIN_TOKEN"}
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -58,6 +60,16 @@ def test_the_schema_check_rejects_a_misspelt_key(compose: dict[str, Any]) -> Non
 
 def test_the_whole_product_is_there(services: dict[str, Any]) -> None:
     assert {*IMGATE_SERVICES, "nats", "redis", "postgres", "migrate", "imsim"} <= services.keys()
+    assert set(OBSERVABILITY) <= services.keys()
+
+
+def test_every_pulled_image_is_pinned_to_a_version(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository and "/" not in tag, f"{name}: {service['image']} has no tag"
+        assert tag != "latest" and re.match(r"v?\d", tag), f"{name}: {service['image']} is not pinned"
 
 
 def test_nats_runs_jetstream_on_a_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
@@ -206,14 +218,36 @@ def test_the_runner_gets_longer_than_its_drain_to_stop(services: dict[str, Any])
     assert seconds(runner["stop_grace_period"]) >= drain + 10
 
 
-def test_the_admin_api_is_published_on_loopback_by_default(services: dict[str, Any]) -> None:
-    for mapping in services["admin-api"]["ports"]:
-        assert with_defaults(mapping).startswith("127.0.0.1:")
-    for mapping in services["imsim"]["ports"]:
-        assert with_defaults(mapping).startswith("127.0.0.1:")
+def test_every_published_port_is_on_loopback_by_default(services: dict[str, Any]) -> None:
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"admin-api", "imsim", *OBSERVABILITY}
+    for name in published:
+        for mapping in services[name]["ports"]:
+            assert with_defaults(mapping).startswith("127.0.0.1:"), f"{name}: {mapping}"
 
 
 def test_imsim_is_only_in_the_demo_profile(services: dict[str, Any]) -> None:
     assert services["imsim"]["profiles"] == ["demo"]
     assert services["demo-seed"]["profiles"] == ["demo"]
     assert all("profiles" not in services[name] for name in IMGATE_SERVICES)
+
+
+def test_the_observability_stack_is_always_on(services: dict[str, Any]) -> None:
+    # The services send traces to jaeger by default: were it in a profile, every default
+    # `docker compose up` would log failed exports.
+    assert all("profiles" not in services[name] for name in OBSERVABILITY)
+
+
+def test_the_services_send_traces_to_jaeger_over_otlp(services: dict[str, Any]) -> None:
+    for name in IMGATE_SERVICES:
+        env = {k: with_defaults(str(v)) for k, v in services[name]["environment"].items()}
+        assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        # Jaeger's OTLP receivers: gRPC on 4317, HTTP on 4318; the endpoint is the bare base.
+        assert (endpoint.hostname, endpoint.port) == ("jaeger", {"grpc": 4317}.get(protocol, 4318))
+        assert endpoint.scheme == "http" and endpoint.path in ("", "/")
+        assert env["IMGATE_TRACE_CONTENT"] == "false", "message text stays off spans by default"
+        # The scraper reaches the metrics port over the compose network.
+        assert env.get("IMGATE_METRICS_HOST", "0.0.0.0") == "0.0.0.0"
+    assert "jaeger" in services

@@ -37,6 +37,7 @@ def test_both_overlays_and_their_parts_are_kustomizations() -> None:
         "nats/cluster",
         "overlays/dev",
         "overlays/prod",
+        "components/prometheus-operator",
     }
 
 

@@ -1,6 +1,7 @@
 """Each workload reaches exactly what it needs, evaluated on the rendered NetworkPolicies."""
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,12 +20,17 @@ PROD_REDIS = Endpoint.external("10.20.0.6")
 KUBE_DNS = Endpoint.pod("kube-system", {"k8s-app": "kube-dns"})
 # What each workload needs (DESIGN.md: who talks to whom); everything else must be shut.
 NEEDS = {
-    "connector": {"dns", "nats", "redis", "postgres", "https"},
-    "router": {"dns", "nats", "redis", "postgres"},
-    "agent-runner": {"dns", "nats", "redis", "postgres", "https"},
-    "admin-api": {"dns", "nats", "redis", "postgres", "https"},
+    "connector": {"dns", "nats", "redis", "postgres", "https", "otlp"},
+    "router": {"dns", "nats", "redis", "postgres", "otlp"},
+    "agent-runner": {"dns", "nats", "redis", "postgres", "https", "otlp"},
+    "admin-api": {"dns", "nats", "redis", "postgres", "https", "otlp"},
     "migrate": {"dns", "postgres"},
 }
+# Prometheus lives in the namespace the base names `monitoring`; so does prod's collector.
+MONITORING = "monitoring"
+PROMETHEUS = Endpoint.pod(MONITORING, {"app.kubernetes.io/name": "prometheus"})
+# Where each service serves /metrics (the admin API on its HTTP port).
+METRICS = {"connector": 9101, "router": 9102, "agent-runner": 9103, "admin-api": 8780}
 
 
 def pods(objects: tuple[dict[str, Any], ...], namespace: str) -> dict[str, Endpoint]:
@@ -48,9 +54,29 @@ def network(env: str) -> tuple[Policies, dict[str, Endpoint], dict[str, tuple[En
         "dns": (KUBE_DNS, 53, "UDP"),
         "nats": (found["nats"], 4222, "TCP"),
         "https": (DINGTALK, 443, "TCP"),
+        "otlp": otlp_receiver(objects, namespace, found),
         **{k: (endpoint, port, "TCP") for k, (endpoint, port) in stores.items()},
     }
     return policies, found, targets
+
+
+def otlp_receiver(
+    objects: tuple[dict[str, Any], ...], namespace: str, found: dict[str, Endpoint]
+) -> tuple[Endpoint, int, str]:
+    """The pod behind imgate-config's OTEL_EXPORTER_OTLP_ENDPOINT: a Service of the namespace
+    (`jaeger`), or a pod in another one (`otel-collector.monitoring`)."""
+    config = next(c for c in find(objects, "ConfigMap") if c["metadata"]["name"].startswith("imgate-config"))
+    url = urlsplit(config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    name, _, elsewhere = str(url.hostname).partition(".")
+    if elsewhere:
+        target = Endpoint.pod(elsewhere.split(".")[0], {"app.kubernetes.io/name": name})
+    else:
+        service = next(s for s in find(objects, "Service") if s["metadata"]["name"] == name)
+        target = next(
+            pod for pod in found.values() if dict(pod.labels).items() >= service["spec"]["selector"].items()
+        )
+        assert namespace == target.namespace
+    return target, int(url.port or 4318), "TCP"
 
 
 @pytest.mark.parametrize("env", NAMESPACE)
@@ -86,9 +112,56 @@ def test_only_the_admin_api_accepts_connections(env: str) -> None:
     outsider = Endpoint.pod("ingress-nginx", {"app": "controller"})
     assert policies.can_connect(outsider, found["admin-api"], 8780)
     for workload in ("connector", "router", "agent-runner", "migrate"):
-        for port in (80, 8080, 8780):
+        for port in (80, 8080, 8780, *METRICS.values()):
             assert not policies.can_connect(outsider, found[workload], port)
             assert not policies.can_connect(found["admin-api"], found[workload], port)
+
+
+@pytest.mark.parametrize("env", NAMESPACE)
+def test_prometheus_in_the_monitoring_namespace_scrapes_each_metrics_port_only(env: str) -> None:
+    policies, found, _ = network(env)
+    for workload, port in METRICS.items():
+        assert policies.can_connect(PROMETHEUS, found[workload], port), f"{workload}:{port}"
+        for other in set(METRICS.values()) - {port, 8780}:
+            assert not policies.can_connect(PROMETHEUS, found[workload], other), f"{workload}:{other}"
+    for workload in ("migrate", "nats", "redis", "postgres"):
+        for port in (*METRICS.values(), 4222, 5432, 6379, 8222):
+            if workload in found:
+                assert not policies.can_connect(PROMETHEUS, found[workload], port), f"{workload}:{port}"
+    # The same pod in any other namespace, or a stranger in this one, is refused.
+    for stranger in (
+        Endpoint.pod("default", dict(PROMETHEUS.labels)),
+        Endpoint.pod(NAMESPACE[env], {"app.kubernetes.io/name": "debug"}),
+    ):
+        for workload, port in METRICS.items():
+            if workload != "admin-api":
+                assert not policies.can_connect(stranger, found[workload], port), f"{workload}:{port}"
+
+
+@pytest.mark.parametrize("env", NAMESPACE)
+def test_traces_leave_on_the_otlp_ports_only(env: str) -> None:
+    policies, found, targets = network(env)
+    receiver, _, _ = targets["otlp"]
+    for workload in METRICS:
+        for port in (4317, 4318):  # gRPC or HTTP, whichever OTEL_EXPORTER_OTLP_PROTOCOL picks
+            assert policies.can_connect(found[workload], receiver, port), f"{workload} → {port}"
+        assert not policies.can_connect(found[workload], receiver, 16686)
+    assert not policies.can_send(found["migrate"], receiver, 4318)
+    assert not policies.can_send(found["nats"], receiver, 4318)
+
+
+def test_dev_jaeger_takes_traces_from_the_services_and_queries_from_monitoring() -> None:
+    policies, found, _ = network("dev")
+    jaeger = found["jaeger"]
+    stranger = Endpoint.pod("imgate-dev", {"app.kubernetes.io/name": "debug"})
+    assert not policies.can_connect(stranger, jaeger, 4318)
+    assert not policies.can_connect(found["migrate"], jaeger, 4318)
+    grafana = Endpoint.pod(MONITORING, {"app.kubernetes.io/name": "grafana"})
+    assert policies.can_connect(grafana, jaeger, 16686)
+    assert not policies.can_connect(stranger, jaeger, 16686)
+    # It reaches nothing but DNS.
+    assert not policies.can_send(jaeger, DINGTALK, 443)
+    assert not policies.can_send(jaeger, found["nats"], 4222)
 
 
 @pytest.mark.parametrize("env", NAMESPACE)

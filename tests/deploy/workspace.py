@@ -74,8 +74,28 @@ def importable_from(package: str) -> set[str]:
     return set().union(*(import_packages(name) for name in workspace_closure(package)))
 
 
+# Workloads that set up tracing (imgate_common.telemetry.configure_tracing), and so read
+# OpenTelemetry's own OTEL_* variables through the SDK and its exporters.
+TRACED = frozenset({"connector", "router", "agent-runner", "admin-api"})
+
+
+@cache
+def otel_env_names() -> frozenset[str]:
+    """The OTEL_* variables the OpenTelemetry SDK declares (exporter, endpoint, protocol, ...)."""
+    import opentelemetry.environment_variables as api
+    import opentelemetry.sdk.environment_variables as sdk
+
+    return frozenset(
+        value
+        for module in (api, sdk)
+        for name, value in vars(module).items()
+        if name.startswith("OTEL_") and isinstance(value, str)
+    )
+
+
 def env_names(workload: str) -> set[str]:
-    """Environment variable names a workload's settings read (pydantic-settings ignores case)."""
+    """Environment variable names a workload reads: its settings' (pydantic-settings ignores
+    case), plus OpenTelemetry's where the workload traces."""
     settings = settings_class(workload)
     prefix = settings.model_config.get("env_prefix", "")
     names = set()
@@ -87,7 +107,19 @@ def env_names(workload: str) -> set[str]:
             names.add(alias.upper())
         elif isinstance(alias, AliasChoices):
             names |= {choice.upper() for choice in alias.choices if isinstance(choice, str)}
+    if workload in TRACED:
+        names |= otel_env_names()
     return names
+
+
+def metrics_port(workload: str, env: dict[str, object]) -> int:
+    """The port a service serves Prometheus /metrics on, given the variables it is started with:
+    the admin API on its HTTP port, the others on a port of their own (`<PREFIX>METRICS_PORT`)."""
+    settings = settings_class(workload)
+    if workload == "admin-api":
+        return int(str(env.get("ADMIN_PORT", settings.model_fields["port"].default)))
+    name = f"{settings.model_config.get('env_prefix', '')}METRICS_PORT"
+    return int(str(env.get(name, settings.model_fields["metrics_port"].default)))
 
 
 def module_of(argv: list[str]) -> str | None:
