@@ -94,13 +94,16 @@ TRANSLATORS: dict[str, Callable[[dict[str, Any]], Translated]] = {
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity (Python's json reads it)
         return None
 
 
 def _ms(value: Any) -> datetime | None:
     ms = _int(value)
-    return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
+    except (OverflowError, OSError, ValueError):  # a time outside any calendar: as if it were absent
+        return None
 
 
 def mentions_of(data: dict[str, Any]) -> tuple[bool, list[Mention]]:
@@ -146,7 +149,10 @@ def translate(
     group = str(data.get("conversationType")) == "2"
     mentions_bot, mentions = mentions_of(data)
     text = strip_bot_mention(text, len(mentions), bot_names) if group and mentions_bot else text.strip()
-    message_id = str(data["msgId"])
+    msg_id = data["msgId"]
+    if not isinstance(msg_id, str | int) or isinstance(msg_id, bool):  # null must not become "None"
+        raise TypeError(f"msgId is a {type(msg_id).__name__}")
+    message_id = str(msg_id)
     if not message_id:
         raise ValueError("empty msgId")
     nick = data.get("senderNick") or None
