@@ -11,6 +11,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from imgate_common.bus import provision_streams
 from imgate_common.logs import configure_logging
@@ -49,6 +50,17 @@ async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetSt
     js = nc.jetstream()
     await provision_streams(js, settings.stream_replicas)
     return nc, js
+
+
+def connect_redis(settings: CommonSettings) -> Redis:
+    """The process's Redis client over a bounded pool that waits for a free connection (the
+    default pool raises "Too many connections" at once under a burst)."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -44,6 +44,10 @@ class CommonSettings(BaseSettings):
     # not happen) cannot block its conversation forever. Longer than any agent's timeout.
     conversation_active_ttl_s: float = Field(900.0, validation_alias=_shared("CONVERSATION_ACTIVE_TTL_S"))
     instance_id: str = Field("", validation_alias=_shared("INSTANCE_ID"))  # default hostname:pid
+    # Redis connections per process; a call finding all in use waits for one (up to the timeout)
+    # instead of failing at once, so a burst slows down rather than dropping work.
+    redis_max_connections: int = Field(200, validation_alias=_shared("REDIS_MAX_CONNECTIONS"))
+    redis_pool_timeout_s: float = Field(5.0, validation_alias=_shared("REDIS_POOL_TIMEOUT_S"))
     # Message text on trace spans: off, since traces often go to shared backends. For debugging.
     trace_content: bool = Field(False, validation_alias=_shared("TRACE_CONTENT"))
     # Prometheus `/metrics` of a service without an HTTP API of its own (each sets its default

@@ -7,7 +7,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
-from redis.asyncio import Redis
 
 from imgate_admin.agents.endpoints import router as agents_router
 from imgate_admin.audit.endpoints import router as audit_router
@@ -28,7 +27,7 @@ from imgate_admin.tokens.endpoints import router as tokens_router
 from imgate_admin.users.endpoints import router as users_router
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.db.migrate import upgrade_async
-from imgate_common.runtime import connect_nats
+from imgate_common.runtime import connect_nats, connect_redis
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 
@@ -47,7 +46,7 @@ async def open_resources(
         await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect_redis(settings)
         stack.push_async_callback(redis.aclose)
         await redis.ping()  # fail at start, not at the first status read
         nc, _js = await connect_nats(settings, name=f"imgate-{SERVICE}")

@@ -4,10 +4,9 @@ import asyncio
 
 import httpx
 import structlog
-from redis.asyncio import Redis
 
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.runtime import connect_nats, instance_id, service_main
+from imgate_common.runtime import connect_nats, connect_redis, instance_id, service_main
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease, ReplicaSet
@@ -28,7 +27,7 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
     and has read the channels."""
     owner = instance_id(settings)
     nc, js = await connect_nats(settings, f"connector {owner}")
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(timeout=settings.http_timeout_s, limits=HTTP_LIMITS)
     try:

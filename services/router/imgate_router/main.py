@@ -10,7 +10,6 @@ from faststream.nats.message import NatsMessage
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from imgate_common.bus import (
     INBOUND_PARTITIONS,
@@ -23,7 +22,7 @@ from imgate_common.consume import jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import durable_publisher
-from imgate_common.runtime import connect_nats, service_main
+from imgate_common.runtime import connect_nats, connect_redis, service_main
 from imgate_common.secrets import SecretBox
 from imgate_router.service import InboundRouter
 from imgate_router.settings import RouterSettings
@@ -64,7 +63,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
             ),
         ),
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     engine = create_engine(settings.database_url)
 
     async def cancel(run_id: str) -> None:
