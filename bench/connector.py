@@ -63,6 +63,10 @@ from imgate_connector.platforms.dingtalk.translate import translate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from measure import percentile, rss_mb  # noqa: E402
+from report import Row, rows_table  # noqa: E402
+
 from tools.devstack import LocalStack, free_port  # noqa: E402
 
 PAYLOAD = json.loads((ROOT / "tests/fixtures/dingtalk/text_group_at.json").read_text())
@@ -70,8 +74,6 @@ CHANNELS = 100
 MEMORY_GOAL_MB = 200
 TOKENS, TOKENS_PER_S = 120, 100.0
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-Row = tuple[str, str, str, str]
 
 
 class InstantModel:
@@ -133,18 +135,6 @@ class InstantModel:
                 self.first_token_at[message.message_id] = time.time() * 1000
             await asyncio.sleep(1 / self._rate)
         await self._emit(RunCompleted(**common, seq=self._tokens + 2, text=text), "completed")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
 
 
 async def _wait(check: Callable[[], Any], within: float, what: str) -> None:
@@ -211,7 +201,7 @@ async def _live(data: Path, quick: bool) -> list[Row]:
         await _wait(all_connected, 60, f"{CHANNELS} channels connected")
         connect_s = time.monotonic() - started
         await asyncio.sleep(3)  # settled: leases, status, reply consumers
-        idle_mb = rss_mb(process.popen.pid)
+        idle_mb = rss_mb([process.popen.pid])
 
         await provision_streams(js)
         model = InstantModel(js, TOKENS, TOKENS_PER_S)
@@ -239,7 +229,7 @@ async def _live(data: Path, quick: bool) -> list[Row]:
             return len(views) == len(sent)
 
         await _wait(all_final, 120, "every answer finalized")
-        busy_mb = rss_mb(process.popen.pid)
+        busy_mb = rss_mb([process.popen.pid])
 
         visible, floor = [], []
         for _, msg_id in sent:
@@ -332,7 +322,4 @@ def rows(quick: bool = False) -> list[Row]:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        result = rows(quick="--quick" in sys.argv)
-        width = max(len(r[0]) for r in result)
-        for name, a, b, ratio in result:
-            print(f"{name:<{width}}  {a:>10}  {b:>10}  {ratio}")
+        print(rows_table(rows(quick="--quick" in sys.argv)))

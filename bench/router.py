@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import structlog
+from measure import percentile
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -93,8 +94,7 @@ async def _measure(data: Path, count: int, baseline: bool) -> tuple[float, float
         await redis.delete(*keys)
     await redis.aclose()
     await engine.dispose()
-    latencies.sort()
-    return rate, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+    return rate, percentile(latencies, 0.5), percentile(latencies, 0.99)
 
 
 def rows(quick: bool = False) -> list[tuple[str, str, str, str]]:

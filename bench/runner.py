@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import structlog
+from measure import percentile
 from pydantic import BaseModel
 
 from imgate_common.db.engine import create_engine, session_factory
@@ -111,8 +112,7 @@ async def _runs(data: Path, interval: float, max_chars: int, runs: int) -> tuple
         rates.append(CHUNKS / (end - start))
         per_answer.append(recorder.messages)
     await engine.dispose()
-    firsts.sort()
-    return firsts[len(firsts) // 2], sum(rates) / len(rates), sum(per_answer) / len(per_answer)
+    return percentile(firsts, 0.5), sum(rates) / len(rates), sum(per_answer) / len(per_answer)
 
 
 async def _local_tokens_per_second() -> tuple[float, float]:
