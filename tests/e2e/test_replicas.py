@@ -11,10 +11,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def doubled(running: Running) -> Running:
-    running.stack.start_service("router")
-    running.stack.start_service("agent-runner")
-    running.stack.wait_logged("router", "router_started", times=2)
-    running.stack.wait_logged("agent-runner", "runner_started", times=2)
+    running.fleet.start_replica("router")
+    running.fleet.start_replica("agent-runner")
     return running
 
 

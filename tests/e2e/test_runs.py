@@ -55,8 +55,7 @@ def test_runner_killed_mid_stream_still_gives_exactly_one_answer(
         cid = sent["conversation_id"]
         wait(lambda: streaming_started(running, cid))
         requests_before = len(running.model.requests)
-        running.stack.kill("agent-runner")
-        running.stack.start_service("agent-runner")
+        running.crash_and_restart("agent-runner")
         [card] = wait_for_items(running, CLIENT_ID, cid, 1, timeout=60)
     finally:
         running.model.word_delay_s = 0.03
@@ -95,8 +94,7 @@ def test_the_same_message_three_times_with_a_router_crash_gives_one_answer(
     running: Running, channel: dict[str, Any]
 ) -> None:
     sent = send(running, CLIENT_ID, text="Only once, please.", sender_staff_id="ivan")
-    running.stack.kill("router")  # mid-routing or just after: either way nothing may double
-    running.stack.start_service("router")
+    running.crash_and_restart("router")  # mid-routing or just after: either way nothing may double
     for _ in range(2):
         response = httpx.post(f"{running.imsim}/sim/apps/{CLIENT_ID}/messages/{sent['msg_id']}/redeliver")
         assert response.status_code == 200, response.text

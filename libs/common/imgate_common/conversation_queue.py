@@ -48,6 +48,28 @@ return 2
 """
 
 
+# next(finished_run_id, ttl_ms) → the request waiting first, when finished_run_id is (still) the
+# active run or none is; nil otherwise. One script: a finish repeated by a redelivered run must
+# never see the old active run and the new head (it would publish a run while another one runs).
+# A finished run that is still the head of the queue was published by the run before it, whose
+# advance never landed (Redis went away in between): it takes that step itself, or the queue
+# would wait behind a run that is over.
+_NEXT = """
+local active = redis.call('get', KEYS[1])
+local head = redis.call('lindex', KEYS[2], 0)
+if head == ARGV[1] then
+  redis.call('lpop', KEYS[2])
+  redis.call('hdel', KEYS[3], head)
+  redis.call('set', KEYS[1], head, 'PX', ARGV[2])
+  active = head
+  head = redis.call('lindex', KEYS[2], 0)
+end
+if active and active ~= ARGV[1] then return false end
+if not head then return false end
+return redis.call('hget', KEYS[3], head)
+"""
+
+
 PublishRun = Callable[[RunRequest], Awaitable[None]]
 
 
@@ -94,14 +116,8 @@ class ConversationQueue:
 
     async def next_after(self, conversation_id: str, run_id: str) -> RunRequest | None:
         """The run waiting behind `run_id`, if `run_id` is (still) the active one."""
-        active_key, queue_key, requests_key = self._keys(conversation_id)
-        active = await self._redis.get(active_key)
-        if active is not None and _text(active) != run_id:
-            return None
-        head = await self._redis.lindex(queue_key, 0)  # type: ignore[misc]
-        if head is None:
-            return None
-        raw = await self._redis.hget(requests_key, _text(head))  # type: ignore[misc]
+        keys = self._keys(conversation_id)
+        raw = await self._redis.eval(_NEXT, 3, *keys, run_id, self._ttl_ms)  # type: ignore[misc]
         return RunRequest.model_validate_json(raw) if raw else None
 
     async def advance(self, conversation_id: str, run_id: str, next_run_id: str | None) -> bool:

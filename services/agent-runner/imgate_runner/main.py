@@ -14,7 +14,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
-from redis.asyncio import Redis
 
 from imgate_common import telemetry
 from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM, run_subject
@@ -23,12 +22,12 @@ from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
-from imgate_common.runtime import connect_nats, service_main
+from imgate_common.runtime import connect_nats, connect_redis, service_main
 from imgate_common.secrets import SecretBox
 from imgate_runner.media import MediaReader
 from imgate_runner.metrics import REDELIVERED_RUNS, RUN_WAIT
 from imgate_runner.providers.registry import build_providers
-from imgate_runner.service import RunExecutor
+from imgate_runner.service import RunExecutor, keep_alive
 from imgate_runner.settings import RunnerSettings
 
 log = structlog.get_logger()
@@ -96,6 +95,15 @@ class RunConsumer:
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # Stopping, and the fetch returned a run instead of raising (asyncio.wait_for in
+                # nats-py drops a cancellation that meets a result on Python 3.11): hand it back.
+                self._slots.release()
+                for msg in batch:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                raise asyncio.CancelledError
             for msg in batch:
                 task = asyncio.create_task(self._one(msg))
                 self._running.add(task)
@@ -133,11 +141,16 @@ class RunConsumer:
                     RUN_WAIT.observe(waited)
                 else:
                     REDELIVERED_RUNS.inc()
-                await self._executor.execute(request, msg.in_progress, attempt)
-                if self._queue is not None:
-                    # The conversation's next message may run now; a failure here retries the
-                    # whole step, and the stored answer keeps the model from running twice.
-                    await self._queue.hand_over(request.run_id, request.conversation_id, self._publish_run)
+                # Alive for JetStream from start to hand-over, not only while the model streams:
+                # a slow database must not get the run redelivered to a second runner meanwhile.
+                async with keep_alive(msg.in_progress, self._settings.in_progress_interval_s):
+                    await self._executor.execute(request, msg.in_progress, attempt)
+                    if self._queue is not None:
+                        # The conversation's next message may run now; a failure here retries
+                        # the whole step, and the stored answer keeps the model from running twice.
+                        await self._queue.hand_over(
+                            request.run_id, request.conversation_id, self._publish_run
+                        )
 
         try:
             await settle(RunRequest, msg, handle)
@@ -160,7 +173,7 @@ class RunConsumer:
 async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
     nc, js = await connect_nats(settings, "agent-runner")
     engine = create_engine(settings.database_url)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
     providers = build_providers(settings)
     async with contextlib.AsyncExitStack() as stack:

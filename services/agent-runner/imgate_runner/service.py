@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+import nats.errors
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
@@ -217,6 +218,10 @@ class RunExecutor:
                 raise  # this process is shutting down: the run goes back to JetStream
             await self._finish_cancelled(progress, bound)
             return
+        except nats.errors.Error:
+            # The bus, not the model, failed (its TimeoutError is also a TimeoutError): the run
+            # goes back to JetStream and is done again, rather than told to the user as a timeout.
+            raise
         except TimeoutError:
             bound.warning("run_timed_out", timeout_s=agent.timeout_s)
             await self._fail(progress, FailureCategory.TIMED_OUT)

@@ -157,6 +157,10 @@ class CardRenderer:
         """Stop every background task (the channel moves or stops); cards stay as they are."""
         tasks: list[asyncio.Task[Any]] = []
         for run in self._runs.values():
+            # Told to end as well as cancelled: a cancellation lost in a wait_for (Python 3.11)
+            # must not leave a flusher waiting for text that never comes.
+            run.closing.set()
+            run.dirty.set()
             tasks += [t for t in (run.flusher, run.card) if t is not None]
         for task in tasks:
             task.cancel()

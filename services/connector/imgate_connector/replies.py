@@ -91,6 +91,12 @@ class ReplyConsumer:
                     self._log.warning("reply_fetch_failed", error=str(exc) or type(exc).__name__)
                     await asyncio.sleep(1)
                     continue
+                if _cancel_swallowed():
+                    # The channel is stopping: this event goes back for its next owner.
+                    self._slots.release()
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    raise asyncio.CancelledError
                 await self._dispatch(msg)
                 now = asyncio.get_running_loop().time()
                 if now - swept > SWEEP_EVERY_S:
@@ -176,6 +182,13 @@ class ReplyConsumer:
             await asyncio.sleep(self._ack_wait / 2)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+
+def _cancel_swallowed() -> bool:
+    """A fetch that got a message just as its task was cancelled returns the message and drops
+    the cancellation (asyncio.wait_for inside nats-py, on Python 3.11); the task still counts it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def run_history(js: JetStreamContext, channel_id: int, run_id: str) -> list[ReplyEvent]:

@@ -158,12 +158,15 @@ class ChannelSupervisor:
             await self.shutdown()
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
-        while True:
+        # The stop flag ends the loop too: on Python 3.11 a wait_for inside a library (asyncpg,
+        # nats-py) can swallow the cancellation, and this loop must not outlive the shutdown.
+        while not self._stopping:
             try:
                 await action()
             except Exception as exc:
                 log.exception("periodic_task_failed", task=action.__name__, error=str(exc))
-            await asyncio.sleep(interval)
+            if not self._stopping:
+                await asyncio.sleep(interval)
 
     # -- the database ---------------------------------------------------------------------
 
@@ -265,7 +268,9 @@ class ChannelSupervisor:
             for r, seen in self._replicas.first_seen.items()
             if r != self.owner and now - seen >= 2 * self._lease.ttl_s
         }
-        movable = [c for c in self.running if self._placement.get(c) in stable][:excess]
+        # One per pass (`rebalance_interval_s` apart): each stop holds up this loop, which also
+        # renews the leases of every other channel here.
+        movable = [c for c in self.running if self._placement.get(c) in stable][:1]
         for channel_id in movable:
             log.info("channel_handoff", channel_id=channel_id, to=self._placement.get(channel_id))
             await self._stop(channel_id, reason="rebalance", drain_s=self.settings.stop_drain_s)
@@ -445,7 +450,7 @@ class ChannelSupervisor:
 
     async def _publish_status(self) -> None:
         """Each held channel's health, every few seconds and at once when a state changes."""
-        while True:
+        while not self._stopping:  # not only cancellation (see `_every`)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_due.wait(), self.settings.status_interval_s)
             self._status_due.clear()

@@ -174,9 +174,11 @@ class DingTalkAdapter(PlatformAdapter):
             self._supervisor = asyncio.create_task(self._supervise(), name=f"dingtalk-{self.spec.id}")
 
     async def stop(self, drain_s: float = 0.0) -> None:
-        if drain_s > 0 and self._frames:
-            # Messages being published now are ACKed if the bus confirms them in time.
-            await asyncio.wait(set(self._frames), timeout=drain_s)
+        deadline = time.monotonic() + drain_s
+        while self._frames and time.monotonic() < deadline:
+            # Messages being published now are ACKed if the bus confirms them in time, and so
+            # are those read meanwhile: a frame taken in is not left to the platform's redelivery.
+            await asyncio.wait(set(self._frames), timeout=deadline - time.monotonic())
         tasks = [
             t for t in (self._supervisor, *self._connections, *self._frames, *self._draining) if t is not None
         ]

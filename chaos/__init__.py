@@ -1,0 +1,1 @@
+"""Chaos scenarios: faults pulled on the product running as processes (`python chaos/run.py`)."""

@@ -1,0 +1,397 @@
+"""Chaos scenarios: the product as processes (`tools.fleet`), 100 messages at 5 a second, and one
+fault per scenario. Prints lost / doubled / recovered-in per scenario and exits non-zero on any
+loss or doubling.
+
+    python chaos/run.py                  # every scenario, each on a fleet of its own
+    python chaos/run.py --list
+    python chaos/run.py --scenario kill-runner --scenario restart-nats
+    python chaos/run.py --short          # the CI subset, side by side on one fleet
+
+What counts is what the users see in imsim: every message ends in exactly one final answer (a
+clear failure message counts, for the model-error scenario). "Recovered in" is the time from the
+fault to the first good answer to a message sent after it.
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.fleet import Driver, Fleet, FleetConfig, Report, Sent
+
+MESSAGES = 100
+RATE_PER_S = 5.0
+CHANNELS_PER_SCENARIO = 2
+# Each conversation gets a message every 4 s: answers wait their turn now and then, and the
+# product's queue limit (5 waiting per conversation) is far away unless the fleet stalls.
+CONVERSATIONS_PER_CHANNEL = 10
+# The fault comes this far into the traffic, so answers are flowing when it hits.
+FAULT_AFTER_S = 6.0
+# Faults that last (card APIs down, model errors) last this long.
+FAULT_FOR_S = 20.0
+# Long enough for DingTalk's own redelivery (about a minute after a lost ACK) to land.
+COLLECT_TIMEOUT_S = 150.0
+# A fault that outlasts the traffic is followed by probe messages (same pace) for at most this
+# long, until one gets a good answer: that is when the scenario recovered.
+PROBE_FOR_S = 60.0
+# The model is waited on, not computed: runners hold many runs at once.
+FLEET_ENV = {"RUNNER_MAX_CONCURRENT_RUNS": "32"}
+
+
+@dataclass
+class Lane:
+    """One scenario's share of a fleet: its channels, its traffic, when its fault hit."""
+
+    fleet: Fleet
+    client_ids: list[str]
+    driver: Driver | None = None
+    fault_at: float | None = None  # epoch seconds
+
+    def sent_so_far(self) -> list[Sent]:
+        return self.driver.so_far() if self.driver else []
+
+    def hit(self) -> None:
+        self.fault_at = time.time()
+
+    def sim_apps(self, method: str, suffix: str, body: object) -> None:
+        for client_id in self.client_ids:
+            self.fleet.sim(method, f"/apps/{client_id}{suffix}", body)
+
+
+Fault = Callable[[Lane], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    # Pulled FAULT_AFTER_S into the traffic, in a thread of its own (it may last a while).
+    fault: Fault | None = None
+    # Set before the traffic starts: a condition that holds for the whole run.
+    condition: Fault | None = None
+    connectors: int = 1
+    routers: int = 1
+    runners: int = 1
+    private_redis: bool = False
+    short: bool = False  # part of the CI subset
+    failures_expected: bool = False  # the users get a clear failure message, not an answer
+
+    def fleet_config(self) -> FleetConfig:
+        return FleetConfig(
+            connectors=self.connectors,
+            routers=self.routers,
+            runners=self.runners,
+            channels=CHANNELS_PER_SCENARIO,
+            database="postgres",  # what production runs; SQLite serializes writers across replicas
+            private_redis=self.private_redis,
+            extra_env=dict(FLEET_ENV),
+        )
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    report: Report
+    fault_at: float | None
+    took_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return len(self.report.lost)
+
+    @property
+    def doubled(self) -> int:
+        return len(self.report.doubled)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.doubled
+
+    @property
+    def recovered_in(self) -> float | None:
+        """From the fault to the first good answer to a message sent after it."""
+        if self.fault_at is None:
+            return None
+        at = self.fault_at
+        good = [
+            o.final_at for o in self.report.outcomes if o.sent.sent_at >= at and o.final_at and not o.failed
+        ]
+        return round(min(good) - at, 1) if good else None
+
+    def problems(self) -> str:
+        report = self.report
+        return report.describe(report.lost + report.doubled + report.out_of_order)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+def kill_connector(lane: Lane) -> None:
+    """kill -9 the connector that holds this scenario's first channel."""
+    owner = lane.fleet.owners()[lane.client_ids[0]]
+    victim = owner if owner in lane.fleet.replicas("connector") else lane.fleet.replicas("connector")[0]
+    lane.hit()
+    lane.fleet.kill(victim)
+
+
+def kill_router(lane: Lane) -> None:
+    lane.hit()
+    lane.fleet.kill(lane.fleet.replicas("router")[0])
+
+
+def kill_runner_mid_stream(lane: Lane) -> None:
+    """kill -9 a runner while an answer is being written."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        outcomes = lane.fleet.read(lane.sent_so_far()).outcomes
+        if any(o.first_text_at and not o.final_at for o in outcomes):
+            break
+        time.sleep(0.1)
+    lane.hit()
+    lane.fleet.kill(lane.fleet.replicas("agent-runner")[0])
+
+
+def restart_nats(lane: Lane) -> None:
+    lane.hit()
+    lane.fleet.restart_nats(down_s=3.0)
+
+
+def restart_redis(lane: Lane) -> None:
+    lane.hit()
+    lane.fleet.restart_redis(down_s=3.0)
+
+
+def disconnect_every_5_s(lane: Lane) -> None:
+    lane.hit()
+    lane.sim_apps("PATCH", "/faults/config", {"disconnect_every": 5})
+
+
+def redeliver_everything_twice(lane: Lane) -> None:
+    """Every message the scenario sends is pushed twice more (new frame id, same msgId): at
+    once, and again a few seconds later, after its answer may have gone out."""
+    lane.hit()
+
+    def redeliver() -> None:
+        done: dict[str, int] = {}
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 10:
+            now = time.time()
+            for sent in lane.sent_so_far():
+                due = [sent.sent_at + 0.3, sent.sent_at + 4.0]
+                count = done.get(sent.msg_id, 0)
+                if count < len(due) and now >= due[count]:
+                    done[sent.msg_id] = count + 1
+                    quiet_since = time.monotonic()
+                    path = f"/apps/{sent.client_id}/messages/{sent.msg_id}/redeliver"
+                    try:
+                        lane.fleet.sim("POST", path)
+                    except Exception as exc:  # 409: no connection at that moment; noted, not fatal
+                        print(f"  redeliver {sent.msg_id}: {exc}", file=sys.stderr)
+            time.sleep(0.1)
+
+    threading.Thread(target=redeliver, daemon=True, name="redeliverer").start()
+
+
+def card_apis_down(lane: Lane) -> None:
+    lane.hit()
+    lane.sim_apps("PATCH", "/faults/config", {"card_down": True})
+    time.sleep(FAULT_FOR_S)
+    lane.sim_apps("PATCH", "/faults/config", {"card_down": False})
+
+
+def model_errors(lane: Lane) -> None:
+    lane.hit()
+    lane.fleet.model_sim("POST", "/fail", {"status": 503, "for_s": FAULT_FOR_S})
+
+
+SCENARIOS = [
+    Scenario("kill-connector", "kill -9 the connector holding the channel", kill_connector, connectors=2),
+    Scenario("kill-router", "kill -9 a router", kill_router, routers=2),
+    Scenario("kill-runner", "kill -9 a runner mid-stream", kill_runner_mid_stream, runners=2, short=True),
+    Scenario("restart-nats", "restart nats-server (JetStream store kept)", restart_nats),
+    Scenario(
+        "restart-redis", "restart redis-server (append-only file kept)", restart_redis, private_redis=True
+    ),
+    Scenario("imsim-disconnects", "imsim disconnects every 5 s", condition=disconnect_every_5_s, short=True),
+    Scenario(
+        "redelivered-twice",
+        "imsim redelivers every message twice",
+        condition=redeliver_everything_twice,
+        short=True,
+    ),
+    Scenario("card-apis-down", f"imsim card APIs fail for {FAULT_FOR_S:.0f} s", card_apis_down),
+    Scenario(
+        "model-errors", f"model answers 503 for {FAULT_FOR_S:.0f} s", model_errors, failures_expected=True
+    ),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+def good_answer_since(lane: Lane, sent: list[Sent], at: float) -> bool:
+    outcomes = lane.fleet.read(sent).outcomes
+    return any(o.sent.sent_at >= at and o.final_at and not o.failed for o in outcomes)
+
+
+def probe(lane: Lane, sent: list[Sent]) -> list[Sent]:
+    """Probe messages after the traffic, while no message sent after the fault got a good
+    answer yet (the fault outlasted the traffic): they show when answers flow again."""
+    probes: list[Sent] = []
+    if lane.fault_at is None:
+        return probes
+    deadline = time.monotonic() + PROBE_FOR_S
+    while time.monotonic() < deadline and not good_answer_since(lane, sent + probes, lane.fault_at):
+        n = len(probes)
+        client_id = lane.client_ids[n % len(lane.client_ids)]
+        # A conversation each, so the probes never wait behind one another.
+        probes.append(lane.fleet.send(client_id, f"probe{n}", f"probe-{client_id}-{n:03d}"))
+        time.sleep(1 / RATE_PER_S)
+    return probes
+
+
+class FaultThread(threading.Thread):
+    """A fault pulled in the background; `result()` re-raises what went wrong pulling it."""
+
+    def __init__(self, fault: Fault, lane: Lane) -> None:
+        super().__init__(daemon=True, name="fault")
+        self._fault = fault
+        self._lane = lane
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._fault(self._lane)
+        except BaseException as exc:  # handed to whoever joins
+            self.error = exc
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
+    """Run scenarios side by side on one fleet, each on channels of its own (a fault that hits
+    a shared service, like a killed runner, hits the others too)."""
+    first = scenarios[0]
+    config = replace(
+        first.fleet_config(),
+        connectors=max(s.connectors for s in scenarios),
+        routers=max(s.routers for s in scenarios),
+        runners=max(s.runners for s in scenarios),
+        channels=CHANNELS_PER_SCENARIO * len(scenarios),
+        private_redis=any(s.private_redis for s in scenarios),
+    )
+    started = time.monotonic()
+    with Fleet(config, data_dir) as fleet:
+        lanes = [
+            Lane(fleet, fleet.client_ids[i * CHANNELS_PER_SCENARIO : (i + 1) * CHANNELS_PER_SCENARIO])
+            for i in range(len(scenarios))
+        ]
+        for scenario, lane in zip(scenarios, lanes, strict=True):
+            if scenario.condition is not None:
+                scenario.condition(lane)
+        for lane in lanes:
+            lane.driver = fleet.drive_in_background(
+                MESSAGES, RATE_PER_S, CONVERSATIONS_PER_CHANNEL, client_ids=lane.client_ids
+            )
+        time.sleep(FAULT_AFTER_S)
+        faults = [FaultThread(s.fault, lane) for s, lane in zip(scenarios, lanes, strict=True) if s.fault]
+        for thread in faults:
+            thread.start()
+        sent = {s.name: lane.driver.result() for s, lane in zip(scenarios, lanes, strict=True) if lane.driver}
+        for thread in faults:
+            thread.result()
+        probes = {s.name: probe(lane, sent[s.name]) for s, lane in zip(scenarios, lanes, strict=True)}
+        for name, extra in probes.items():
+            sent[name] += extra
+        everything = [m for messages in sent.values() for m in messages]
+        report = fleet.collect(everything, timeout_s=COLLECT_TIMEOUT_S, settle_s=3.0)
+        took = time.monotonic() - started
+        by_id = {o.sent.msg_id: o for o in report.outcomes}
+        results = []
+        for scenario, lane in zip(scenarios, lanes, strict=True):
+            mine = Report([by_id[m.msg_id] for m in sent[scenario.name]])
+            result = Result(scenario, mine, lane.fault_at, took)
+            if probes[scenario.name]:
+                result.notes.append(f"+{len(probes[scenario.name])} probe messages after the fault")
+            if mine.failed and not scenario.failures_expected:
+                result.notes.append(f"{len(mine.failed)} answered with a failure message")
+            if mine.out_of_order:
+                result.notes.append(f"{len(mine.out_of_order)} answered out of order")
+            if not result.ok:
+                result.notes.append(f"logs kept in {fleet.log_dir}")
+            results.append(result)
+        return results
+
+
+def run_scenario(scenario: Scenario, data_dir: Path) -> Result:
+    """One scenario on a fleet of its own."""
+    [result] = run_together([scenario], data_dir)
+    return result
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        f"{'scenario':<20} {'sent':>5} {'lost':>5} {'doubled':>8} {'failed':>7} {'recovered-in':>13}  notes"
+    )
+    rows = [header, "-" * len(header)]
+    for r in results:
+        recovered = f"{r.recovered_in:.1f} s" if r.recovered_in is not None else "-"
+        rows.append(
+            f"{r.scenario.name:<20} {len(r.report.outcomes):>5} {r.lost:>5} {r.doubled:>8} "
+            f"{len(r.report.failed):>7} {recovered:>13}  {'; '.join(r.notes)}"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--scenario", action="append", choices=sorted(BY_NAME), help="run this one (repeatable)"
+    )
+    parser.add_argument("--short", action="store_true", help="the CI subset, side by side on one fleet")
+    parser.add_argument("--keep", action="store_true", help="keep the fleets' data and logs")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:<20} {'short' if s.short else '     '}  {s.about}")
+        return 0
+    base = Path(tempfile.mkdtemp(prefix="imgate-chaos-"))
+    results: list[Result] = []
+    if args.short:
+        results = run_together([s for s in SCENARIOS if s.short], base / "short")
+        for result in results:
+            if result.problems():
+                print(f"{result.scenario.name}:\n{result.problems()}", flush=True)
+    else:
+        for scenario in [BY_NAME[n] for n in args.scenario] if args.scenario else SCENARIOS:
+            print(f"== {scenario.name}: {scenario.about}", flush=True)
+            result = run_scenario(scenario, base / scenario.name)
+            print(table([result]).splitlines()[-1], flush=True)
+            if result.problems():
+                print(result.problems(), flush=True)
+            results.append(result)
+    print()
+    print(table(results))
+    failed = [r for r in results if not r.ok]
+    if not args.keep and not failed:
+        shutil.rmtree(base, ignore_errors=True)
+    elif failed:
+        print(f"\nlogs: {base}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

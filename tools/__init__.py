@@ -1,0 +1,1 @@
+"""Local tooling: the dev stack, the model and DingTalk simulators, the fleet for multi-replica runs."""
