@@ -329,6 +329,8 @@ def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
                 result.notes.append(f"{len(mine.failed)} answered with a failure message")
             if mine.out_of_order:
                 result.notes.append(f"{len(mine.out_of_order)} answered out of order")
+            if open_cards := sum(o.open_cards for o in mine.outcomes):
+                result.notes.append(f"{open_cards} cards left unfinished beside their answer")
             if not result.ok:
                 result.notes.append(f"logs kept in {fleet.log_dir}")
             results.append(result)

@@ -339,6 +339,8 @@ def main() -> int:
         "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{data_dir}/imgate.db"),
         "ADMIN_TOKEN": token,
         "ADMIN_PORT": str(args.admin_port),
+        # A laptop's /metrics stay on loopback unless asked otherwise.
+        "IMGATE_METRICS_HOST": os.environ.get("IMGATE_METRICS_HOST", "127.0.0.1"),
         "DINGTALK_OPENAPI_ENDPOINT": os.environ.get("DINGTALK_OPENAPI_ENDPOINT", imsim_url),
         "PYTHONUNBUFFERED": "1",
     }

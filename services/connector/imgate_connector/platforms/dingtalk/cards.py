@@ -237,7 +237,12 @@ class DingTalkReplySurface(ReplySurface):
         await self._must(*self._stream_call(card_id, text, final=True, error=failed))
         self._streaming.discard(card_id)
         status = FlowStatus.FAILED if failed else FlowStatus.FINISHED
-        await self._must(*self._status_call(card_id, text, status))
+        try:
+            await self._must(*self._status_call(card_id, text, status))
+        except Exception as exc:
+            # The card shows the final text already; failing here would send it again as a
+            # plain reply, and the user would see the answer twice.
+            log.warning("card_state_not_updated", card_id=card_id, error=str(exc))
 
     async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
         try:
