@@ -81,6 +81,10 @@ class RunConsumer:
 
     async def _take(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # A cancellation swallowed by a fetch that then timed out: stop all the same.
+                raise asyncio.CancelledError
             await self._slots.acquire()
             try:
                 batch = await sub.fetch(1, timeout=1)
