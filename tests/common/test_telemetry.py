@@ -1,6 +1,7 @@
 """Tracing set-up, trace context across the bus, trace ids in log lines, the /metrics listener."""
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -151,3 +152,15 @@ def test_metrics_can_be_turned_off() -> None:
     off = MetricsServer(-1, "127.0.0.1")
     assert off.port is None
     off.close()
+
+
+def test_client_spans_keep_urls_without_their_query(spans: InMemorySpanExporter) -> None:
+    webhook = "https://oapi.dingtalk.com/robot/sendBySession?session=c0ffee-secret"
+    with telemetry.tracer().start_as_current_span("POST") as span:
+        span.set_attribute("http.url", webhook)  # as the httpx instrumentation records it
+        telemetry._url_without_query(span, SimpleNamespace(url=webhook))
+    [finished] = spans.get_finished_spans()
+    attributes = dict(finished.attributes or {})
+    assert attributes["http.url"] == attributes["url.full"] == "https://oapi.dingtalk.com/robot/sendBySession"
+    assert "c0ffee-secret" not in repr(attributes)
+    assert telemetry.without_query("http://user:pw@host:8080/a?b=c") == "http://host:8080/a"

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
@@ -103,8 +104,34 @@ def _instrument_libraries() -> None:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(
+        request_hook=_url_without_query, async_request_hook=_async_url_without_query
+    )
     _state["instrumented"] = True
+
+
+URL_ATTRIBUTES = ("http.url", "url.full")
+
+
+def without_query(url: str) -> str:
+    """A URL fit for a span: no query string (sessionWebhook URLs carry their session token
+    there, signed media links their signature) and no credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _url_without_query(span: Span, request: Any) -> None:
+    if span.is_recording():
+        url = without_query(str(request.url))
+        for key in URL_ATTRIBUTES:
+            span.set_attribute(key, url)
+
+
+async def _async_url_without_query(span: Span, request: Any) -> None:
+    _url_without_query(span, request)
 
 
 def instrument_engine(engine: Any) -> None:
