@@ -8,14 +8,13 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import Counter
 
 from imgate_common import telemetry
 from imgate_common.logs import add_trace_ids
 from imgate_common.metrics import MetricsServer
+from tests.support.tracing import recording_tracer
 
 OTEL_VARS = (
     "OTEL_TRACES_EXPORTER",
@@ -36,15 +35,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """A private provider whose tracer the module functions use for the test's duration."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    original = telemetry.tracer
-    telemetry.tracer = lambda: provider.get_tracer("test")  # type: ignore[assignment]
-    try:
+    with recording_tracer() as exporter:
         yield exporter
-    finally:
-        telemetry.tracer = original  # type: ignore[assignment]
 
 
 def test_no_endpoint_means_no_exporter(clean_env: pytest.MonkeyPatch) -> None:

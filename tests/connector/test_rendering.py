@@ -1,6 +1,7 @@
 """CardRenderer: reply events → card calls, coalesced, finalized once, with plain-text fallback."""
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
@@ -24,6 +25,7 @@ from imgate_connector.ledger import ReplyState
 from imgate_connector.platforms.base import CardExists, ReplySurface
 from imgate_connector.rendering import CardRenderer
 from imgate_connector.wording import WORDINGS
+from tests.connector.sim import until
 from tests.support.factories import reply_target
 
 TARGET = reply_target()
@@ -433,3 +435,75 @@ async def test_no_streaming_update_lands_after_the_final_one() -> None:
     await cards.handle(done("Partial and final"))
     await asyncio.sleep(0.15)
     assert surface.kinds() == ["open", "update", "close"]
+
+
+class HeldCloses(RecordingSurface):
+    """Closing a card waits while its run is held (its final waits for the card budget)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[str, asyncio.Event] = {}
+        self.closing: list[str] = []
+
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
+        self.closing.append(card_id)
+        if card_id in self.held:
+            await self.held[card_id].wait()
+        await super().close_card(card_id, text, failed=failed)
+
+
+async def until_true(check: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return check()
+
+    await until(holds, within=5)
+
+
+async def test_a_later_runs_final_waits_for_the_earlier_runs_final_in_its_conversation() -> None:
+    surface = HeldCloses()
+    cards, _ = renderer(surface)
+    first, second = run_id_for("dingtalk", 1, "m1"), run_id_for("dingtalk", 1, "m2")
+    cards.accepted(inbound("first", message_id="m1"))
+    cards.accepted(inbound("second", message_id="m2"))
+    surface.held[first] = asyncio.Event()
+    earlier = asyncio.create_task(cards.handle(done("one", run=first)))
+    await until_true(lambda: first in surface.closing)
+    later = asyncio.create_task(cards.handle(done("two", run=second)))
+    # Either the later final went out past the held one, or it waits for it.
+    await until_true(lambda: later.done() or getattr(cards, "finals_held", 0) == 1)
+    surface.held[first].set()
+    await asyncio.gather(earlier, later)
+    closes = [(c[1], c[2]) for c in surface.calls if c[0] == "close"]
+    assert closes == [(first, "one"), (second, "two")]
+
+
+async def test_a_final_waits_for_an_earlier_run_that_never_answers_only_so_long() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface, final_order_wait_s=0.05)
+    lost, first, second = (run_id_for("dingtalk", 1, m) for m in ("m0", "m1", "m2"))
+    for message_id in ("m0", "m1", "m2"):
+        cards.accepted(inbound("hello", message_id=message_id))
+    await cards.handle(done("one", run=first))
+    assert cards.finals_held == 0
+    await cards.handle(done("two", run=second))  # the lost run holds nobody up any more
+    closes = [c[1] for c in surface.calls if c[0] == "close"]
+    assert closes == [first, second] and lost not in closes
+
+
+async def test_finals_of_different_conversations_do_not_wait_for_each_other() -> None:
+    surface = HeldCloses()
+    cards, _ = renderer(surface)
+    first = run_id_for("dingtalk", 1, "m1")
+    cards.accepted(inbound("first", message_id="m1"))
+    other = TARGET.model_copy(update={"conversation_id": "another"})
+    message = inbound("second", message_id="m2").model_copy(update={"target": other})
+    cards.accepted(message)
+    surface.held[first] = asyncio.Event()
+    earlier = asyncio.create_task(cards.handle(done("one", run=first)))
+    await until_true(lambda: first in surface.closing)
+    second = run_id_for("dingtalk", 1, "m2")
+    await cards.handle(RunCompleted(run_id=second, channel_id=1, seq=9, target=other, text="two"))
+    surface.held[first].set()
+    await earlier
+    assert [c[1] for c in surface.calls if c[0] == "close"] == [second, first]
+

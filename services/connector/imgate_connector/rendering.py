@@ -10,6 +10,7 @@ longer than a card holds continue in further cards.
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from imgate_common import telemetry
 from imgate_common.messages import (
+    ConversationType,
     InboundMessage,
     MessageKind,
     Notice,
@@ -47,6 +51,9 @@ FINISHED_MEMORY = 10_000
 # Kinds whose text a model answers (commands excepted): their card opens at once.
 CARD_KINDS = frozenset({MessageKind.TEXT, MessageKind.RICH_TEXT, MessageKind.AUDIO, MessageKind.FILE})
 
+# Session scope in which each member of a group has a conversation of their own (the router's).
+SCOPE_USER = "user"
+
 # Every event of one run so far (from the bus), to rebuild the text when deltas were missed.
 RunHistory = Callable[[str], Awaitable[list[ReplyEvent]]]
 
@@ -61,10 +68,27 @@ def wants_card(message: InboundMessage) -> bool:
     return message.kind in CARD_KINDS and bool(text) and not text.startswith("/")
 
 
-@dataclass
+def _within(span: Span) -> contextvars.Context:
+    """A copy of the current context in which `span` is the current span (one per task)."""
+    ctx = contextvars.copy_context()
+    ctx.run(otel_context.attach, trace.set_span_in_context(span))
+    return ctx
+
+
+def conversation_key(target: ReplyTarget, scope: str) -> str:
+    """The conversation a run answers in, as the router scopes it: its runs go one at a time,
+    and their finals are shown in that order."""
+    key = f"{target.platform}:{target.channel_id}:{target.conversation_id}"
+    if scope == SCOPE_USER and target.conversation_type == ConversationType.GROUP:
+        key = f"{key}:{target.sender_id}"
+    return key
+
+
+@dataclass(eq=False)
 class RunCard:
     run_id: str
     target: ReplyTarget
+    key: str = ""  # its conversation (`conversation_key`)
     attempt: int = 1
     text: str = ""  # the answer so far, of the current attempt
     seq: int = 0  # the last delta applied
@@ -77,6 +101,12 @@ class RunCard:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # the final update is next
     touched: float = field(default_factory=time.monotonic)
     arrived: float | None = None  # when the message arrived (epoch seconds), if this replica saw it
+    # The card's own span, current in its background tasks: the span that made the card (the
+    # message's receipt, a reply event) ends long before the card does.
+    span: Span | None = None
+    # Set once the final answer is shown, or failed, or will not come here: later runs of the
+    # conversation may show theirs.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def has_card(self) -> bool:
         """Whether the card exists, once its opening is over. Shielded: whoever waits for it
@@ -100,6 +130,8 @@ class CardRenderer:
         ledger: ReplyLedger | None = None,
         history: RunHistory | None = None,
         wording: Wording = WORDINGS["zh"],
+        scope: str = "conversation",
+        final_order_wait_s: float = 30.0,
     ) -> None:
         self._surface = surface
         self._health = health
@@ -107,8 +139,14 @@ class CardRenderer:
         self._ledger = ledger
         self._history = history
         self._wording = wording
+        self._scope = scope
+        self._order_wait = final_order_wait_s
         self._runs: dict[str, RunCard] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        # Each conversation's unsettled runs, in the order their messages were accepted (or,
+        # for runs first seen through their events, in the order they were first seen).
+        self._order: dict[str, list[RunCard]] = {}
+        self.finals_held = 0  # finals waiting for an earlier run's final right now
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -165,7 +203,10 @@ class CardRenderer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        runs = list(self._runs.values())
         self._runs.clear()
+        for run in runs:
+            self._settle(run)
 
     def sweep(self, idle_s: float) -> int:
         """Forget runs no event touched for `idle_s` (their card stays as it is)."""
@@ -176,6 +217,7 @@ class CardRenderer:
                 if task is not None:
                     task.cancel()
             self._runs.pop(run.run_id, None)
+            self._settle(run)
         return len(stale)
 
     @property
@@ -185,9 +227,15 @@ class CardRenderer:
     # -- runs and their cards -------------------------------------------------------------
 
     def _track(self, run_id: str, target: ReplyTarget, *, adopt: bool = False) -> RunCard:
-        run = self._runs[run_id] = RunCard(run_id, target)
-        run.card = asyncio.create_task(self._adopt() if adopt else self._open(run), name=f"card-{run_id}")
-        run.flusher = asyncio.create_task(self._flush_loop(run), name=f"flush-{run_id}")
+        run = self._runs[run_id] = RunCard(run_id, target, conversation_key(target, self._scope))
+        self._order.setdefault(run.key, []).append(run)
+        # The card's tasks outlive whatever span is current here: they get a span of their own.
+        run.span = telemetry.tracer().start_span("card", attributes={telemetry.RUN_ID: run_id})
+        opening = self._adopt() if adopt else self._open(run)
+        run.card = asyncio.create_task(opening, name=f"card-{run_id}", context=_within(run.span))
+        run.flusher = asyncio.create_task(
+            self._flush_loop(run), name=f"flush-{run_id}", context=_within(run.span)
+        )
         return run
 
     async def _known(self, run_id: str, target: ReplyTarget) -> RunCard | None:
@@ -324,7 +372,8 @@ class CardRenderer:
 
     @staticmethod
     def _first_text_shown(run: RunCard) -> None:
-        trace.get_current_span().add_event("first_text_shown", {telemetry.RUN_ID: run.run_id})
+        if run.span is not None:
+            run.span.add_event("first_text_shown")
         if run.arrived is not None:
             FIRST_TEXT_SECONDS.labels(run.target.platform).observe(max(0.0, time.time() - run.arrived))
 
@@ -334,6 +383,56 @@ class CardRenderer:
         run = await self._known(run_id, target)
         if run is None:
             return
+        await self._wait_turn(run)
+        try:
+            await self._deliver_final(run, text, failed=failed)
+        finally:
+            # Shown, or failed this time (the event comes again): later runs need not wait.
+            self._settle(run)
+
+    async def _wait_turn(self, run: RunCard) -> None:
+        """Finals of one conversation are shown in the order of their messages: wait until
+        every earlier run here has shown its final (or failed to). An earlier run whose final
+        does not come within the bound stops holding anyone up."""
+        queue = self._order.get(run.key, [])
+        if run not in queue:
+            return  # its turn came before (this is the final again, after a failure)
+        earlier = [other for other in queue[: queue.index(run)] if not other.settled.is_set()]
+        if not earlier:
+            return
+        self.finals_held += 1
+        try:
+            waits = [asyncio.create_task(other.settled.wait()) for other in earlier]
+            try:
+                await asyncio.wait(waits, timeout=self._order_wait)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        finally:
+            self.finals_held -= 1
+        for other in earlier:
+            if not other.settled.is_set():
+                log.warning("final_order_wait_expired", run_id=run.run_id, earlier_run_id=other.run_id)
+                self._unorder(other)
+
+    def _unorder(self, run: RunCard) -> None:
+        """Later runs of the conversation no longer wait for this one."""
+        run.settled.set()
+        queue = self._order.get(run.key)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(run)
+            if not queue:
+                del self._order[run.key]
+
+    def _settle(self, run: RunCard) -> None:
+        self._unorder(run)
+        if run.span is not None and run.run_id not in self._runs:
+            run.span.end()
+            run.span = None
+
+    async def _deliver_final(self, run: RunCard, text: str, *, failed: bool) -> None:
+        run_id = run.run_id
         run.closing.set()
         run.dirty.set()
         if run.flusher is not None:

@@ -75,5 +75,9 @@ class ConnectorSettings(CommonSettings):
     card_rate_limit_patience_s: float = 60.0
     # Reply events JetStream redelivers when unacknowledged this long; a long final keeps it alive.
     reply_ack_wait_s: float = 10.0
+    # A conversation's finals are shown in the order of its messages: a final waits for the
+    # previous run's at most this long (longer than a final held back by the card budget takes,
+    # short enough that a lost earlier answer does not hold the next one up for long).
+    final_order_wait_s: float = 30.0
     # A run whose events stopped this long ago is forgotten (its card stays as it is).
     run_idle_forget_s: float = 3600.0

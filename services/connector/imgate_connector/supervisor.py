@@ -308,6 +308,8 @@ class ChannelSupervisor:
             ledger=self._ledger,
             history=history,
             wording=wording_for(settings.language),
+            scope=spec.session_scope,
+            final_order_wait_s=settings.final_order_wait_s,
         )
         adapter.on_accepted = renderer.accepted
         consumer = ReplyConsumer(
