@@ -507,3 +507,12 @@ async def test_finals_of_different_conversations_do_not_wait_for_each_other() ->
     await earlier
     assert [c[1] for c in surface.calls if c[0] == "close"] == [second, first]
 
+
+async def test_a_command_after_a_mention_gets_no_card_and_unknown_slash_words_do() -> None:
+    surface = RecordingSurface()
+    cards, _ = renderer(surface)
+    cards.accepted(inbound("@Alice /stop", message_id="a"))  # the router stops the run, no answer
+    cards.accepted(inbound("@bot  /NEW", message_id="b"))
+    assert cards.active_runs == 0
+    cards.accepted(inbound("/etc/hosts is what file?", message_id="c"))  # the agent answers it
+    assert cards.active_runs == 1

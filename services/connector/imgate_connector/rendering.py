@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from imgate_common import telemetry
+from imgate_common.commands import parse_command
 from imgate_common.messages import (
     ConversationType,
     InboundMessage,
@@ -65,7 +66,7 @@ THINKING: Display = ("status", "")
 def wants_card(message: InboundMessage) -> bool:
     """Will a model answer this? Commands and unsupported kinds get a plain notice instead."""
     text = message.text.strip()
-    return message.kind in CARD_KINDS and bool(text) and not text.startswith("/")
+    return message.kind in CARD_KINDS and bool(text) and parse_command(text) is None
 
 
 def _within(span: Span) -> contextvars.Context:

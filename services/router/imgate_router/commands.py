@@ -1,13 +1,8 @@
 """Slash commands a chat user can send, and the router's own replies in the channel's language."""
 
-from enum import StrEnum
+from imgate_common.commands import Command, parse_command
 
-
-class Command(StrEnum):
-    NEW = "/new"
-    STOP = "/stop"
-    STATUS = "/status"
-    HELP = "/help"
+__all__ = ["REPLIES", "Command", "parse_command", "reply"]
 
 
 # Each reply in every language a channel can speak; the channel's `language` picks one.
@@ -19,6 +14,8 @@ REPLIES: dict[str, dict[str, str]] = {
         "idle": "距上次对话已经很久了，已为您开始新对话。",
         "not_registered": "您还不是本系统的注册用户，请联系管理员开通。",
         "identity_down": "暂时无法确认您的身份（身份服务不可用），请稍后再试。",
+        "gave_up": "抱歉，这条消息多次处理失败，已停止处理。管理员可以在控制台中查看并重新处理。",
+        "misconfigured": "抱歉，本机器人的配置有误，无法处理这条消息。已通知管理员，请稍后再试。",
         "help": (
             "直接发消息即可与我对话。\n"
             "/new — 开始新对话（忘记之前的上下文）\n"
@@ -39,6 +36,10 @@ REPLIES: dict[str, dict[str, str]] = {
         "not_registered": "You are not registered here yet. Please contact your administrator.",
         "identity_down": "We cannot confirm who you are right now (the identity service is down). "
         "Please try again later.",
+        "gave_up": "Sorry, this message failed several times and was set aside. "
+        "An administrator can look at it and process it again.",
+        "misconfigured": "Sorry, this bot is not set up correctly and could not handle your message. "
+        "Your administrator has been told; please try again later.",
         "help": (
             "Just send me a message and I will answer.\n"
             "/new — start a new conversation (forget the context)\n"
@@ -60,14 +61,3 @@ def reply(key: str, language: str, **fields: object) -> str:
     """The reply `key` in the channel's language (`zh-CN`, `en-US`, … fall back to Chinese)."""
     table = REPLIES.get(language.split("-")[0].lower(), REPLIES["zh"])
     return table[key].format(**fields) if fields else table[key]
-
-
-def parse_command(text: str) -> Command | None:
-    """A command, also after leading @mentions (`@bot /new` in a group); case does not matter."""
-    words = [w for w in text.strip().split() if not w.startswith("@")]
-    if not words:
-        return None
-    try:
-        return Command(words[0].lower())
-    except ValueError:
-        return None  # an unknown /word is ordinary text for the agent
