@@ -36,6 +36,7 @@ import httpx
 from cryptography.fernet import Fernet
 
 from imgate_common.messages import run_id_for
+from imgate_connector.wording import WORDINGS
 from tools.devstack import PYTHON, ROOT, LocalStack, http_ok, wait_until
 from tools.modelsim import ModelSim, free_port, serve_model
 
@@ -67,6 +68,9 @@ DEFAULT_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 START_TIMEOUT_S = 90.0
+# What a card says when it ends pointing to its answer, sent as a plain message instead: the
+# card is not a second copy of the answer.
+POINTERS = frozenset(w.sent_below for w in WORDINGS.values())
 # Card states DingTalk shows as done: finished, failed.
 FINAL_FLOW = ("3", "5")
 
@@ -679,6 +683,8 @@ def _attribute(
         text = item.get("content", "") if is_card else item.get("text", "")
         target = _target(item, text or "", mine, cards)
         if target is None or target not in outcomes or (is_card and _continuation(item, cards)):
+            continue
+        if is_card and text in POINTERS:
             continue
         outcome = outcomes[target]
         if is_card:

@@ -55,6 +55,7 @@ class InstantAgent:
     chunks: int = 4
     delay_s: float = 0.01
     first_delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # while set up and not set, answers wait
     received: list[str] = field(default_factory=list)  # message ids, in the order they came
     _task: asyncio.Task[None] | None = None
     _sub: Any = None
@@ -130,6 +131,8 @@ class InstantAgent:
             await self._publish(Notice(**common, text="OK."))
             return
         answer = self.answer(text)
+        if self.gate is not None:
+            await self.gate.wait()
         await self._publish(RunStarted(**common, seq=1))
         await asyncio.sleep(self.first_delay_s)
         size = max(1, -(-len(answer) // self.chunks))

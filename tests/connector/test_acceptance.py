@@ -24,6 +24,7 @@ from imgate_common.bus import provision_streams
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease
+from imgate_connector.wording import WORDINGS
 from tests.connector.sim import Sim, final, until
 from tests.connector.stack import (
     InstantAgent,
@@ -438,3 +439,50 @@ async def test_a_replica_stopped_with_sigterm_hands_its_channels_over_at_once(tw
     took = time.monotonic() - stopped_at
     assert took < 5, f"handed over after {took:.1f} s (a dead replica's channels wait for the lease TTL)"
     assert process.popen.wait(10) == 0
+
+
+async def test_a_card_whose_close_failed_ends_pointing_to_its_plain_answer_once_cards_are_back(
+    world: dict[str, Any],
+    bus: tuple[NATS, JetStreamContext],
+    db: async_sessionmaker[AsyncSession],
+    box: SecretBox,
+    imsim: str,
+    http: httpx.AsyncClient,
+) -> None:
+    _, js = bus
+    sim = await Sim.create(imsim, http, redeliver_after=30)
+    [channel] = new_channel_ids(1)
+    agent = InstantAgent(js, {channel}, gate=asyncio.Event())
+    await agent.start()
+    try:
+        async with connector(**world, card_mend_first_s=0.2):
+            await add_channel(db, box, channel, sim.app, sim.secret)
+            await connected([sim])
+            sent = [(await sim.send(f"stranded {i}", sender_staff_id=f"s{i}"))["msg_id"] for i in range(4)]
+
+            async def thinking() -> bool:
+                found = await answers_of(sim, sent)
+                return all([a["kind"] for a in found[m]] == ["card"] for m in sent)
+
+            await until(thinking)
+            await sim.faults(card_down=True)
+            assert agent.gate is not None
+            agent.gate.set()
+
+            async def answered_in_plain() -> bool:
+                found = await answers_of(sim, sent)
+                return all(any(a["kind"] == "markdown" for a in found[m]) for m in sent)
+
+            await until(answered_in_plain, within=30)
+            await sim.faults(card_down=False)
+            answers = await all_answered(sim, sent, within=30)
+    finally:
+        await agent.stop()
+    pointer = WORDINGS["zh"].sent_below
+    for i, msg_id in enumerate(sent):
+        kinds = sorted(a["kind"] for a in answers[msg_id])
+        assert kinds == ["card", "markdown"], answers[msg_id]
+        [card] = [a for a in answers[msg_id] if a["kind"] == "card"]
+        [plain] = [a for a in answers[msg_id] if a["kind"] == "markdown"]
+        assert plain["text"] == f"Echo: stranded {i}", "the answer, once"
+        assert card["content"] == pointer and card["flow_status"] == "3", "the card ends, pointing to it"

@@ -22,7 +22,8 @@ from imgate_common.messages import (
 )
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import ReplyState
-from imgate_connector.platforms.base import CardExists, ReplySurface
+from imgate_connector.mending import MendPolicy
+from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
 from imgate_connector.rendering import CardRenderer
 from imgate_connector.wording import WORDINGS
 from tests.connector.sim import until
@@ -516,3 +517,69 @@ async def test_a_command_after_a_mention_gets_no_card_and_unknown_slash_words_do
     assert cards.active_runs == 0
     cards.accepted(inbound("/etc/hosts is what file?", message_id="c"))  # the agent answers it
     assert cards.active_runs == 1
+
+
+class FlakyCloses(RecordingSurface):
+    """Card closes fail while `down` is set (the card APIs are out)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.down = True
+        self.up = asyncio.Event()
+
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
+        if self.down:
+            raise PlatformError("card service unavailable", 503)
+        await super().close_card(card_id, text, failed=failed)
+        self.up.set()
+
+
+async def test_a_card_whose_close_failed_is_closed_later_pointing_to_the_plain_answer() -> None:
+    surface = FlakyCloses()
+    cards, _ = renderer(surface, mend=MendPolicy(first_retry_s=0.01, max_retry_s=0.05))
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await cards.handle(done("the answer"))
+    assert surface.kinds() == ["open", "markdown"] and cards.mender.pending == 1
+    surface.down = False
+    await surface.up.wait()
+    assert surface.calls[-1] == ("close", "r1", WORDINGS["zh"].sent_below)
+    assert [c[2] for c in surface.calls].count("the answer") == 1, "one copy of the answer"
+    await cards.close()
+
+
+async def test_a_card_left_open_is_reported_after_the_retry_window() -> None:
+    surface = FlakyCloses()
+    cards, health = renderer(surface, mend=MendPolicy(first_retry_s=0.01, max_retry_s=0.01, retry_for_s=0.05))
+    await cards.handle(done("the answer"))
+
+    async def given_up() -> bool:
+        return cards.mender.pending == 0
+
+    await until(given_up)
+    assert health.last_error is not None and health.last_error.startswith("card left open")
+    assert surface.kinds() == ["open", "markdown"]
+
+
+async def test_a_continuation_shown_but_not_finalized_is_closed_later_and_never_sent_again() -> None:
+    class UnfinishedPosts(FlakyCloses):
+        async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
+            if card_id.endswith("-2") and self.down:
+                raise PlatformError("card service unavailable", 503)
+            await RecordingSurface.close_card(self, card_id, text, failed=failed)
+            if card_id.endswith("-2"):
+                self.up.set()
+
+        async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
+            self.calls.append(("post", card_id, text))
+            if self.down:
+                raise CardNotFinalized("shown, not finalized", 503)
+
+    surface = UnfinishedPosts(max_card_chars=50)
+    cards, _ = renderer(surface, mend=MendPolicy(first_retry_s=0.01, max_retry_s=0.05))
+    text = "First part of a long answer.\n\nSecond part of a long answer."
+    await cards.handle(done(text))
+    assert "markdown" not in surface.kinds(), "the continuation shows already: no second copy"
+    surface.down = False
+    await surface.up.wait()
+    assert surface.calls[-1] == ("close", "r1-2", "Second part of a long answer.")
+    await cards.close()

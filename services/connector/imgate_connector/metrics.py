@@ -58,3 +58,9 @@ LEASE_CHANGES = Counter(
     ["change"],
 )
 CHANNELS_OWNED = Gauge("imgate_channels_owned", "Channels this replica runs now")
+CARDS_MENDED = Counter(
+    "imgate_cards_mended",
+    "Cards a failed call left open, closed later once the platform took card calls again "
+    "(closed), or given up on after the retry window (left_open)",
+    ["platform", "result"],
+)

@@ -41,8 +41,9 @@ from imgate_common.messages import (
 )
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import ReplyLedger, ReplyState
+from imgate_connector.mending import CardMender, MendPolicy
 from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS
-from imgate_connector.platforms.base import CardExists, ReplySurface
+from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
 from imgate_connector.wording import WORDINGS, Wording, split_long
 
 log = structlog.get_logger()
@@ -133,6 +134,7 @@ class CardRenderer:
         wording: Wording = WORDINGS["zh"],
         scope: str = "conversation",
         final_order_wait_s: float = 30.0,
+        mend: MendPolicy | None = None,
     ) -> None:
         self._surface = surface
         self._health = health
@@ -142,6 +144,7 @@ class CardRenderer:
         self._wording = wording
         self._scope = scope
         self._order_wait = final_order_wait_s
+        self.mender = CardMender(surface, health, mend or MendPolicy())
         self._runs: dict[str, RunCard] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         # Each conversation's unsettled runs, in the order their messages were accepted (or,
@@ -208,6 +211,7 @@ class CardRenderer:
         self._runs.clear()
         for run in runs:
             self._settle(run)
+        await self.mender.close()
 
     def sweep(self, idle_s: float) -> int:
         """Forget runs no event touched for `idle_s` (their card stays as it is)."""
@@ -450,6 +454,10 @@ class CardRenderer:
             trace.get_current_span().add_event("fallback_to_plain_reply", {"parts": len(parts) - sent})
             for part in self._marked(parts)[sent:]:
                 await self._surface.send_text(run.target, part, markdown=True)
+            if card and sent == 0:
+                # The card still says "thinking…" or shows half the answer beside the plain one:
+                # it ends, once the platform lets us, pointing to the answer.
+                self.mender.close_later(run_id, run.target.platform, self._wording.sent_below)
         await self._mark(run_id, ReplyState.DONE)
         self._runs.pop(run_id, None)
         self._remember(run_id)
@@ -471,8 +479,12 @@ class CardRenderer:
             self._platform_error(exc, "card_close_failed", run.run_id)
             return 0
         for index, part in enumerate(marked[1:], start=2):
+            card_id = f"{run.run_id}-{index}"
             try:
-                await self._surface.post_card(f"{run.run_id}-{index}", run.target, part)
+                await self._surface.post_card(card_id, run.target, part)
+            except CardNotFinalized as exc:
+                self._platform_error(exc, "card_post_not_finalized", run.run_id)
+                self.mender.close_later(card_id, run.target.platform, part)
             except Exception as exc:
                 self._platform_error(exc, "card_post_failed", run.run_id)
                 return index - 1

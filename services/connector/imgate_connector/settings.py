@@ -73,6 +73,11 @@ class ConnectorSettings(CommonSettings):
     card_cooldown_s: float = 15.0
     # How long an essential card call (create, final) keeps retrying 403 QpsLimit / 429.
     card_rate_limit_patience_s: float = 60.0
+    # A card left open by a failed close (its answer went out as plain text) is closed later:
+    # first retry after this long, backing off to a minute, given up after `card_mend_for_s`
+    # (longer than a platform outage is expected to last; reported when it happens).
+    card_mend_first_s: float = 2.0
+    card_mend_for_s: float = 1800.0
     # Reply events JetStream redelivers when unacknowledged this long; a long final keeps it alive.
     reply_ack_wait_s: float = 10.0
     # A conversation's finals are shown in the order of its messages: a final waits for the

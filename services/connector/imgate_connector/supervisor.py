@@ -33,6 +33,7 @@ from imgate_connector.health import ChannelHealth
 from imgate_connector.inbound import InboundPublisher
 from imgate_connector.lease import ChannelLease, ReplicaSet
 from imgate_connector.ledger import ReplyLedger
+from imgate_connector.mending import MendPolicy
 from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.platforms.registry import ADAPTERS
 from imgate_connector.rendering import CardRenderer
@@ -310,6 +311,7 @@ class ChannelSupervisor:
             wording=wording_for(settings.language),
             scope=spec.session_scope,
             final_order_wait_s=settings.final_order_wait_s,
+            mend=MendPolicy(first_retry_s=settings.card_mend_first_s, retry_for_s=settings.card_mend_for_s),
         )
         adapter.on_accepted = renderer.accepted
         consumer = ReplyConsumer(

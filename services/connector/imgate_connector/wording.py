@@ -10,6 +10,7 @@ class Wording:
     continued: str  # ends a part of an answer that goes on in the next message
     stopped: str  # ends an answer the user stopped
     unreadable: str  # a message the connector could not read at all
+    sent_below: str  # closes a card whose answer had to go out as a plain message instead
 
 
 WORDINGS = {
@@ -18,12 +19,14 @@ WORDINGS = {
         continued="（未完，见下一条）",
         stopped="(stopped)",
         unreadable="抱歉，这条消息无法读取，请换一种方式重新发送。",
+        sent_below="回答已作为单独的消息发送。",
     ),
     "en": Wording(
         queued="Queued: {position} message(s) ahead of this one…",
         continued="(continued in the next message)",
         stopped="(stopped)",
         unreadable="Sorry, I could not read that message. Please send it again another way.",
+        sent_below="The answer was sent as a separate message.",
     ),
 }
 

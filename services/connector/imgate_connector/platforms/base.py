@@ -32,6 +32,11 @@ class CardExists(PlatformError):
     """A card with this id is already there (opened earlier, maybe by another replica)."""
 
 
+class CardNotFinalized(PlatformError):
+    """The card shows its text, but the call that ends its streaming state failed: close it
+    again later; sending the text once more would show it twice."""
+
+
 class CardsUnavailable(PlatformError):
     """Card calls are off for now (they kept failing); answer in plain text instead."""
 
@@ -63,7 +68,8 @@ class ReplySurface(ABC):
 
     @abstractmethod
     async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
-        """A card that is final from the start (the continuation of a long answer)."""
+        """A card that is final from the start (the continuation of a long answer);
+        `CardNotFinalized` when it shows the text but could not be closed."""
 
     @abstractmethod
     async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:

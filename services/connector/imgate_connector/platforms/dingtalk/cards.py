@@ -23,7 +23,7 @@ from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_connector.budget import CardBudget
 from imgate_connector.health import ChannelHealth
 from imgate_connector.metrics import RATE_LIMITED
-from imgate_connector.platforms.base import CardExists, CardsUnavailable, ReplySurface
+from imgate_connector.platforms.base import CardExists, CardNotFinalized, CardsUnavailable, ReplySurface
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check, transient
 from imgate_connector.platforms.dingtalk.translate import PLATFORM
@@ -249,7 +249,11 @@ class DingTalkReplySurface(ReplySurface):
             await self._create(card_id, target, text, FlowStatus.FINISHED)
         except CardExists:
             pass  # posted before (a redelivered final): finalize it again, harmlessly
-        await self._must(*self._stream_call(card_id, text, final=True))
+        try:
+            await self._must(*self._stream_call(card_id, text, final=True))
+        except Exception as exc:
+            # Created with its text: the user sees it already.
+            raise CardNotFinalized(f"continuation shown but not finalized: {exc}") from exc
 
     # -- plain messages -------------------------------------------------------------------
 
