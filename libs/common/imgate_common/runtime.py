@@ -10,6 +10,7 @@ from typing import TypeVar
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -50,6 +51,16 @@ async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetSt
     js = nc.jetstream()
     await provision_streams(js, settings.stream_replicas)
     return nc, js
+
+
+async def close_nats(nc: NATS) -> None:
+    """Drain the connection at shutdown, or just close it when the server is already gone
+    (`make run` stops nats-server beside the services): a stop never ends in a traceback."""
+    try:
+        await nc.drain()
+    except (NatsError, OSError) as exc:
+        log.info("nats_closed_without_drain", reason=str(exc) or type(exc).__name__)
+        await nc.close()
 
 
 def connect_redis(settings: CommonSettings) -> Redis:

@@ -22,7 +22,7 @@ from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
-from imgate_common.runtime import connect_nats, connect_redis, service_main
+from imgate_common.runtime import close_nats, connect_nats, connect_redis, service_main
 from imgate_common.secrets import SecretBox
 from imgate_runner.media import MediaReader
 from imgate_runner.metrics import REDELIVERED_RUNS, RUN_WAIT
@@ -207,7 +207,7 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
             await RunConsumer(js, executor, settings, queue).run(stop)
         finally:
             await cancels.unsubscribe()
-            await nc.drain()
+            await close_nats(nc)
             await redis.aclose()
             await engine.dispose()
             log.info("runner_stopped")

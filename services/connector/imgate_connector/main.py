@@ -6,7 +6,7 @@ import httpx
 import structlog
 
 from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.runtime import connect_nats, connect_redis, instance_id, service_main
+from imgate_common.runtime import close_nats, connect_nats, connect_redis, instance_id, service_main
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease, ReplicaSet
@@ -52,7 +52,7 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
         await supervisor.run(stop, ready)
     finally:
         await http.aclose()
-        await nc.drain()
+        await close_nats(nc)
         await redis.aclose()
         await engine.dispose()
         log.info("connector_stopped", owner=owner)
