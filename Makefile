@@ -2,11 +2,10 @@
 SHELL := /bin/bash
 TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+export UV
 export UV_LINK_MODE := copy
-# llama.cpp compiles from source on first install; use both cores.
-export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test lint bench chaos sync uv
+.PHONY: run test lint bench chaos sync sync-run uv test-services
 
 uv:
 	@if ! command -v $(UV) >/dev/null 2>&1; then \
@@ -14,23 +13,31 @@ uv:
 		python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet uv; \
 	fi
 
+# The product alone, for `make run`.
+sync-run: uv
+	@bash tools/install.sh run
+
+# The product with the test, lint and benchmark tools.
 sync: uv
-	@echo "==> installing dependencies from uv.lock (first run builds llama.cpp: 3-5 minutes)"
-	@$(UV) sync --frozen --all-packages --group dev
+	@bash tools/install.sh dev
 
-run: sync
-	@$(UV) run --frozen python tools/devstack.py
+run: sync-run
+	@$(UV) run --frozen --no-sync python tools/devstack.py
 
-test: sync
-	@$(UV) run --frozen pytest
+# Chromium and slapd installed, PostgreSQL, Redis and NATS running: what the suite talks to.
+test-services: sync
+	@bash tools/test-services.sh
+
+test: test-services
+	@$(UV) run --frozen --no-sync pytest
 
 lint: sync
-	@$(UV) run --frozen ruff check .
-	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy libs/common services tools
+	@$(UV) run --frozen --no-sync ruff check .
+	@$(UV) run --frozen --no-sync ruff format --check .
+	@$(UV) run --frozen --no-sync mypy libs/common services tools
 
 bench: sync
-	@$(UV) run --frozen python bench/run.py
+	@$(UV) run --frozen --no-sync python bench/run.py
 
 chaos: sync
-	@$(UV) run --frozen python chaos/run.py
+	@$(UV) run --frozen --no-sync python chaos/run.py

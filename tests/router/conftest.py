@@ -74,7 +74,7 @@ class Slapd:
 def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     binary = shutil.which("slapd") or "/usr/sbin/slapd"
     if not Path(binary).exists():
-        pytest.fail("slapd is not installed: `apt-get install slapd` (.ci/run does it)")
+        pytest.fail("slapd is not installed: `apt-get install slapd` (make test does it)")
     root = Path(tmp_path_factory.mktemp("slapd"))
     (root / "db").mkdir()
     config = root / "slapd.conf"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the workspace from uv.lock into .venv.
+#
+#   tools/install.sh run   the product only (what `make run` needs)
+#   tools/install.sh dev   the product plus the test, lint and benchmark tools
+#
+# The first install compiles llama.cpp (the local model's runtime) from source; it says so up
+# front and shows the compiler's progress. Later installs reuse uv's cached build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+uv=${UV:-uv}
+case "${1:-}" in
+  # --inexact: a `make run` after `make test` keeps the test tools instead of removing them.
+  run) args=(--no-dev --inexact) ;;
+  dev) args=(--group dev) ;;
+  *) echo "usage: $0 run|dev" >&2; exit 2 ;;
+esac
+
+# The local model needs only llama.cpp itself, not its multimodal tools: skipping them saves
+# about a third of the compile.
+export CMAKE_ARGS=${CMAKE_ARGS:--DLLAVA_BUILD=OFF}
+# llama.cpp compiles on every core.
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
+
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  exec "$uv" sync --frozen --all-packages "${args[@]}"
+fi
+
+echo "==> installing dependencies from uv.lock"
+echo "    The first install compiles llama.cpp from source for the local model: about 3 minutes"
+echo "    on 2 cores, longer on a busy machine. Later installs take seconds."
+# uv shows a build's own output only when verbose, as DEBUG lines: keep uv's normal lines and
+# the build's percentages, drop the rest of the debug chatter.
+"$uv" sync --frozen --all-packages "${args[@]}" -v 2>&1 | awk '
+  /^DEBUG \[ *[0-9]+%\]/ {
+    match($0, /[0-9]+%/); pct = substr($0, RSTART, RLENGTH)
+    if (pct != last) { print "    compiling llama.cpp: " pct; fflush(); last = pct }
+    next
+  }
+  /^DEBUG / { next }
+  { print; fflush() }
+'
