@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,9 +259,9 @@ class LocalStack:
             if code is not None:
                 raise RuntimeError(f"{process.name} exited with code {code}")
 
-    def stop(self, timeout: float = 10.0, only: Callable[[str], bool] | None = None) -> None:
+    def stop(self, timeout: float = 10.0, only: Callable[[str], bool] | None = None) -> list[str]:
         """SIGTERM every child (or those whose name `only` accepts) at once, SIGKILL what is
-        left after `timeout`."""
+        left after `timeout`; returns the names of the children it stopped."""
         stopping = [p for p in reversed(self.processes) if only is None or only(p.name)]
         for process in stopping:
             if process.popen.poll() is None:
@@ -275,6 +275,45 @@ class LocalStack:
                 process.popen.kill()
                 process.popen.wait()
             self.processes.remove(process)
+        return [p.name for p in stopping]
+
+
+@contextlib.contextmanager
+def sole_receiver_of_ctrl_c() -> Iterator[None]:
+    """Make this launcher the terminal's foreground process group while it runs.
+
+    Ctrl-C reaches the whole foreground group: make and uv above this process would die of the
+    SIGINT (make then reports "Error 130" however cleanly everything stopped). In a group of its
+    own only this process hears it, stops its children, and `make run` exits with its status.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        yield  # no terminal (a test, CI, a service manager): nothing to take over
+        return
+    try:
+        previous = os.tcgetpgrp(tty)
+        if previous != os.getpgrp():
+            yield  # started in the background: Ctrl-C is not ours to take
+            return
+        os.setpgid(0, 0)
+        _set_foreground(tty, os.getpgrp())
+        try:
+            yield
+        finally:
+            _set_foreground(tty, previous)
+    finally:
+        os.close(tty)
+
+
+def _set_foreground(tty: int, group: int) -> None:
+    # A process outside the foreground group that changes it gets SIGTTOU unless it ignores it.
+    before = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        with contextlib.suppress(OSError):  # the old group may be gone; the shell takes over
+            os.tcsetpgrp(tty, group)
+    finally:
+        signal.signal(signal.SIGTTOU, before)
 
 
 def admin_token(data_dir: Path) -> str:
@@ -344,6 +383,12 @@ def main() -> int:
         "DINGTALK_OPENAPI_ENDPOINT": os.environ.get("DINGTALK_OPENAPI_ENDPOINT", imsim_url),
         "PYTHONUNBUFFERED": "1",
     }
+    with sole_receiver_of_ctrl_c():
+        return run(stack, args.admin_port, args.imsim_port, token)
+
+
+def run(stack: LocalStack, admin_port: int, imsim_port: int, token: str) -> int:
+    """Start everything, wait for Ctrl-C or SIGTERM, stop everything; the exit status."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
@@ -352,10 +397,10 @@ def main() -> int:
         subprocess.run(
             [PYTHON, "-m", "imgate_common.db.migrate"], cwd=ROOT, env={**os.environ, **stack.env}, check=True
         )
-        imsim = stack.start_imsim(args.imsim_port, [f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"])
+        imsim = stack.start_imsim(imsim_port, [f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"])
         for name in SERVICES:
             stack.start_service(name)
-        admin = f"http://127.0.0.1:{args.admin_port}"
+        admin = f"http://127.0.0.1:{admin_port}"
         wait_until(lambda: http_ok(f"{admin}/healthz"), 60, "admin-api")
         agent, channel = seed_demo(admin, token, imsim)
         print(
@@ -375,9 +420,13 @@ def main() -> int:
         _say(f"imgate: {exc}")
         return 1
     finally:
+        # A second Ctrl-C while the children drain changes nothing: they get SIGKILL after the
+        # stop's timeout anyway, and an interrupt here would leave them running.
+        signal.signal(signal.SIGINT, lambda *_: _say("still stopping…"))
         _say("stopping…")
-        stack.stop()
-        _say("stopped")
+        # The services first, while the bus and Redis are still there for their drain.
+        stopped = stack.stop(only=lambda name: name in SERVICES) + stack.stop()
+        _say(f"stopped {', '.join(stopped)}" if stopped else "stopped")
     return 0
 
 
