@@ -136,6 +136,7 @@ class IdentityService:
     headers: list[dict[str, str]] = field(default_factory=list)
     delay_s: float = 0.0
     status: int | None = None
+    answers: list[Any] = field(default_factory=list)  # JSON bodies to answer with instead, in turn
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +154,8 @@ def identity_service() -> Iterator[IdentityService]:
         await asyncio.sleep(service.delay_s)
         if service.status is not None:
             return JSONResponse({"error": "broken"}, status_code=service.status)
+        if service.answers:
+            return JSONResponse(service.answers.pop(0))
         person = service.people.get(body.get("staff_id") or "")
         if person is None:
             return JSONResponse({"found": False}, status_code=404)
@@ -193,17 +196,22 @@ class Published(list[tuple[str, str, BaseModel, str]]):
         return [m for _, _, m, _ in self if isinstance(m, kind)]
 
 
-@pytest.fixture
-async def channel_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+async def make_channel(sessions: async_sessionmaker[AsyncSession], **fields: Any) -> int:
+    """An agent and a channel answered by it; returns the channel's id."""
     async with sessions() as session:
         agent = Agent(name="a", provider="local")
         session.add(agent)
         await session.flush()
-        channel = Channel(name="c", platform="dingtalk", default_agent_id=agent.id)
+        channel = Channel(name="c", platform="dingtalk", default_agent_id=agent.id, **fields)
         session.add(channel)
         await session.commit()
         assert channel.id is not None
         return channel.id
+
+
+@pytest.fixture
+async def channel_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+    return await make_channel(sessions)
 
 
 @pytest.fixture

@@ -1,41 +1,15 @@
 """RunConsumer against a private nats-server: work beyond the limit waits in JetStream."""
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import nats
-import pytest
 from nats.js import JetStreamContext
 
-from imgate_common.bus import RUNNER_CONSUMER, RUNS_STREAM, provision_streams, run_subject
+from imgate_common.bus import RUNNER_CONSUMER, RUNS_STREAM, run_subject
 from imgate_common.messages import RunRequest
 from imgate_runner.main import RunConsumer
 from imgate_runner.settings import RunnerSettings
-from tests.support.factories import reply_target
-from tests.support.openai_stub import free_port
-from tools.devstack import LocalStack
-
-
-@pytest.fixture(scope="module")
-def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = LocalStack(Path(tmp_path_factory.mktemp("nats")), log_dir=Path(tmp_path_factory.mktemp("logs")))
-    try:
-        yield stack.start_nats(f"nats://127.0.0.1:{free_port()}")
-    finally:
-        stack.stop()
-
-
-@pytest.fixture
-async def js(private_nats: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(private_nats)
-    js = nc.jetstream()
-    await provision_streams(js)
-    yield js
-    await js.delete_stream(RUNS_STREAM)
-    await nc.close()
+from tests.support.factories import run_request
 
 
 class GatedExecutor:
@@ -57,17 +31,7 @@ class GatedExecutor:
 
 async def publish_runs(js: JetStreamContext, count: int) -> None:
     for _ in range(count):
-        run_id = str(uuid.uuid4())
-        request = RunRequest(
-            run_id=run_id,
-            channel_id=1,
-            conversation_id="c",
-            agent_id=1,
-            user_id=1,
-            user_message_id=1,
-            text="hi",
-            target=reply_target(),
-        )
+        request = run_request()
         await js.publish(run_subject(1), request.model_dump_json().encode(), stream=RUNS_STREAM)
 
 

@@ -7,13 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_common.consume import classify
 from imgate_common.db.models import Agent, Message
-from imgate_common.errors import USER_MESSAGES, FailureCategory
+from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory
 from imgate_common.messages import (
     RunCancelled,
     RunCompleted,
@@ -300,3 +302,18 @@ async def test_pictures_go_to_a_vision_model_as_images_and_other_models_are_told
     text = model.requests[-1]["messages"][-1]["content"]
     assert isinstance(text, str) and text.startswith("And this one?") and "picture" in text
     await bucket.delete(name)
+
+
+async def test_an_agent_key_the_secret_keys_cannot_read_is_a_configuration_error(
+    sessions: async_sessionmaker[AsyncSession],
+    make_executor: Callable[[Events], RunExecutor],
+    scripted: tuple[ScriptedModel, str],
+) -> None:
+    """Encrypted with a key that is no longer configured: ended at once, before any event."""
+    _, url = scripted
+    foreign = Fernet(Fernet.generate_key()).encrypt(b"sk-old").decode()
+    request = await setup_run(sessions, openai_agent(url, api_key_enc=foreign), "hi")
+    events = Events()
+    with pytest.raises(ConfigurationError, match="cannot be decrypted") as raised:
+        await make_executor(events).execute(request, noop)
+    assert classify(raised.value).permanent and events == []

@@ -4,12 +4,13 @@ import zlib
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 INBOUND_STREAM = "IM_INBOUND"
 RUNS_STREAM = "AGENT_RUNS"
 REPLIES_STREAM = "AGENT_REPLIES"
+DEAD_LETTERS_STREAM = "DEAD_LETTERS"
 
 RUNNER_CONSUMER = "agent-runner"
 
@@ -82,6 +83,95 @@ def control_subject(channel_id: int) -> str:
 CONTROL_ALL = "channel.control.*"
 
 
+def dead_letter_subject(consumer: str) -> str:
+    """Where a consumer files the messages it gave up on (`DeadLetter` records)."""
+    return f"deadletter.{consumer}"
+
+
+DEAD_LETTERS_ALL = "deadletter.>"
+
+# Deliveries a consumer keeps back beyond its tries, to file the dead letter: when the last
+# try killed the process (the next delivery only files it) or the dead-letter publish failed.
+DEAD_LETTER_SPARE_DELIVERIES = 2
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable consumer and its delivery policy: how many tries a message gets, how long
+    to wait before each retry, and (the consume policy's part) a dead letter after the last."""
+
+    durable: str
+    stream: str
+    filter_subject: str
+    ack_wait_s: float
+    max_tries: int
+    # Delay before the next try after a transient failure of try n (1-based): backoff_s[n - 1],
+    # the last value repeating. Applied by the nak (JetStream's own back-off list would replace
+    # ack_wait for messages that are still being worked on, and cut a long run short).
+    backoff_s: tuple[float, ...]
+    max_ack_pending: int | None = None
+
+    @property
+    def max_deliver(self) -> int:
+        return self.max_tries + DEAD_LETTER_SPARE_DELIVERIES
+
+    def retry_delay(self, delivered: int) -> float:
+        return self.backoff_s[min(max(delivered, 1), len(self.backoff_s)) - 1]
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+# A partition lets one message out at a time, so retries there hold up 1/16 of all
+# conversations: about four minutes of back-off covers a database or Redis restart, and a
+# message that still fails after that is dead-lettered rather than blocking its partition.
+ROUTER_TRIES = 8
+ROUTER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def router_consumer_spec(partition: int) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=router_consumer(partition),
+        stream=INBOUND_STREAM,
+        filter_subject=inbound_partition_filter(partition),
+        ack_wait_s=30.0,
+        max_tries=ROUTER_TRIES,
+        backoff_s=ROUTER_BACKOFF_S,
+        max_ack_pending=1,
+    )
+
+
+# A run is also redelivered when its runner dies mid-stream; six tries survive a few such
+# deaths and a couple of minutes of a dependency being down.
+RUNNER_TRIES = 6
+RUNNER_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+def runner_consumer_spec(ack_wait_s: float) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=RUNNER_CONSUMER,
+        stream=RUNS_STREAM,
+        filter_subject=RUNS_ALL,
+        ack_wait_s=ack_wait_s,
+        max_tries=RUNNER_TRIES,
+        backoff_s=RUNNER_BACKOFF_S,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create the durable consumer, or bring an existing one to the declared policy (the
+    server's consumer create, named, updates a consumer whose changes are allowed)."""
+    await js.add_consumer(spec.stream, spec.config())
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
@@ -89,6 +179,8 @@ class StreamSpec:
     max_age_s: float
     duplicate_window_s: float
     retention: RetentionPolicy = RetentionPolicy.LIMITS
+    max_msgs: int = -1
+    max_bytes: int = -1
 
 
 # Inbound keeps a 2-minute dedup window: DingTalk redelivers an un-ACKed message about a minute
@@ -104,6 +196,17 @@ STREAMS = (
     ),
     # Replies matter only while a card is on screen; an hour covers any slow model.
     StreamSpec(REPLIES_STREAM, [REPLIES_ALL], max_age_s=3600, duplicate_window_s=120),
+    # What the consumers gave up on, for an operator to read and replay: two weeks covers a
+    # holiday; the count and size limits keep a flood of poison from filling the store (the
+    # oldest go first).
+    StreamSpec(
+        DEAD_LETTERS_STREAM,
+        [DEAD_LETTERS_ALL],
+        max_age_s=14 * 24 * 3600,
+        duplicate_window_s=120,
+        max_msgs=10_000,
+        max_bytes=256 * 1024 * 1024,
+    ),
 )
 
 
@@ -117,6 +220,8 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         duplicate_window=spec.duplicate_window_s,
         discard=DiscardPolicy.OLD,
         num_replicas=replicas,
+        max_msgs=spec.max_msgs,
+        max_bytes=spec.max_bytes,
     )
 
 

@@ -13,6 +13,9 @@ class FailureCategory(StrEnum):
     CONTEXT_TOO_LONG = "context_too_long"
     PROVIDER_ERROR = "provider_error"
     UNSUPPORTED_MESSAGE = "unsupported_message"
+    # A setting the administrator must fix (a user-mapping filter, an ERP answer shape, an
+    # agent key the current secret keys cannot read): retrying cannot help.
+    MISCONFIGURED = "misconfigured"
     INTERNAL = "internal"
 
 
@@ -27,6 +30,8 @@ USER_MESSAGES: dict[FailureCategory, str] = {
     "Send /new to start a fresh one.",
     FailureCategory.PROVIDER_ERROR: "The AI service returned an error. Please try again later.",
     FailureCategory.UNSUPPORTED_MESSAGE: "Sorry, I can't handle this kind of message yet. Please send text.",
+    FailureCategory.MISCONFIGURED: "This bot is not set up correctly, so your message could not be "
+    "answered. Your administrator has been told; please try again later.",
     FailureCategory.INTERNAL: "Something went wrong on our side. Please try again.",
 }
 
@@ -40,6 +45,13 @@ class GatewayError(Exception):
     @property
     def user_message(self) -> str:
         return USER_MESSAGES[self.category]
+
+
+class ConfigurationError(GatewayError):
+    """A setting is wrong (not the data, not a dependency being down): reported to the operator
+    and the user at once, never retried."""
+
+    category = FailureCategory.MISCONFIGURED
 
 
 class NotFound(GatewayError):

@@ -259,3 +259,23 @@ class ChannelStatus(Contract):
         if self.state != ChannelState.CONNECTED or self.connected_at is None:
             return None
         return ((now or utcnow()) - self.connected_at).total_seconds()
+
+
+class DeadLetter(Contract):
+    """A message a consumer gave up on, kept whole (subject, headers, body) for an operator to
+    read and replay; carried by the DEAD_LETTERS stream."""
+
+    consumer: str  # the durable consumer that gave up, e.g. router-p3
+    stream: str  # where the message came from and where a replay goes back to
+    subject: str
+    stream_seq: int | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    data_b64: str  # the body exactly as it was, base64
+    reason: str  # the last error, one line
+    error_type: str = ""
+    category: FailureCategory = FailureCategory.INTERNAL
+    permanent: bool  # False: a dependency stayed down through every try
+    deliveries: int = 0
+    channel_id: int | None = None
+    run_id: str | None = None
+    failed_at: datetime = Field(default_factory=utcnow)

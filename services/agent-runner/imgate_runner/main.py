@@ -12,20 +12,27 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 
 from imgate_common import telemetry
-from imgate_common.bus import CANCEL_ALL, RUNNER_CONSUMER, RUNS_ALL, RUNS_STREAM, run_subject
-from imgate_common.consume import settle
-from imgate_common.conversation_queue import ConversationQueue
+from imgate_common.bus import (
+    CANCEL_ALL,
+    RUNS_STREAM,
+    ConsumerSpec,
+    ensure_consumer,
+    run_subject,
+    runner_consumer_spec,
+)
+from imgate_common.consume import DeliveryPolicy, Failure, settle
+from imgate_common.conversation_queue import Claim, ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
 from imgate_common.runtime import close_nats, connect_nats, connect_redis, service_main
 from imgate_common.secrets import SecretBox
+from imgate_common.status import ChannelStatusStore
 from imgate_runner.media import MediaReader
-from imgate_runner.metrics import REDELIVERED_RUNS, RUN_WAIT
+from imgate_runner.metrics import LOCKS_LOST, REDELIVERED_RUNS, RUN_WAIT
 from imgate_runner.providers.registry import build_providers
 from imgate_runner.service import RunExecutor, keep_alive
 from imgate_runner.settings import RunnerSettings
@@ -44,6 +51,10 @@ def run_parent(request: RunRequest, msg: Msg) -> dict[str, str]:
     return headers
 
 
+def identify(request: RunRequest) -> tuple[int | None, str | None]:
+    return request.channel_id, request.run_id
+
+
 class RunConsumer:
     """Takes runs from JetStream one free slot at a time and executes them."""
 
@@ -53,22 +64,24 @@ class RunConsumer:
         executor: RunExecutor,
         settings: RunnerSettings,
         queue: ConversationQueue | None = None,
+        status: ChannelStatusStore | None = None,
+        spec: ConsumerSpec | None = None,
     ) -> None:
         self._js = js
         self._executor = executor
         self._queue = queue
+        self._status = status
         self._publish = jetstream_publisher(js)
         self._settings = settings
+        self._spec = spec or runner_consumer_spec(settings.ack_wait_s)
+        self._policy = DeliveryPolicy[RunRequest](self._spec, self._publish, self._give_up, identify)
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self._js.pull_subscribe(
-            RUNS_ALL,
-            durable=RUNNER_CONSUMER,
-            stream=RUNS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self._settings.ack_wait_s),
-        )
+        # Declared (or brought to the current policy) first: binding alone keeps an old config.
+        await ensure_consumer(self._js, self._spec)
+        sub = await self._js.pull_subscribe_bind(durable=self._spec.durable, stream=self._spec.stream)
         taking = asyncio.create_task(self._take(sub))
         try:
             await stop.wait()
@@ -120,10 +133,37 @@ class RunConsumer:
         self._running.discard(task)
         self._slots.release()
 
+    async def _give_up(self, request: RunRequest | None, failure: Failure) -> None:
+        """The run was dead-lettered: tell the user, show it on the channel, and pass the
+        conversation's turn on (the next message must not wait behind a run that ended)."""
+        if request is None:
+            return
+        await self._executor.give_up(request, failure)
+        if self._status is not None:
+            await self._status.record_error(request.channel_id, "agent-runner", failure.describe())
+        if self._queue is not None:
+            await self._queue.hand_over(request.run_id, request.conversation_id, self._publish_run)
+
     async def _one(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1
 
         async def handle(request: RunRequest) -> None:
+            queue = self._queue
+            claim = await queue.claim(request.conversation_id, request.run_id) if queue else None
+            if claim == Claim.OVERTAKEN:
+                # Its lock expired while it waited and a later run started: it runs all the
+                # same (the user's message is answered), and the operator sees it.
+                LOCKS_LOST.inc()
+                log.warning("run_lock_overtaken", run_id=request.run_id)
+
+            async def heartbeat() -> None:
+                """Alive for JetStream, and the conversation's lock renewed."""
+                await msg.in_progress()
+                if queue is not None and claim == Claim.HELD:
+                    if not await queue.refresh(request.conversation_id, request.run_id):
+                        LOCKS_LOST.inc()
+                        log.warning("run_lock_lost", run_id=request.run_id)
+
             attributes = {
                 telemetry.RUN_ID: request.run_id,
                 telemetry.CHANNEL_ID: request.channel_id,
@@ -147,8 +187,8 @@ class RunConsumer:
                     REDELIVERED_RUNS.inc()
                 # Alive for JetStream from start to hand-over, not only while the model streams:
                 # a slow database must not get the run redelivered to a second runner meanwhile.
-                async with keep_alive(msg.in_progress, self._settings.in_progress_interval_s):
-                    await self._executor.execute(request, msg.in_progress, attempt)
+                async with keep_alive(heartbeat, self._settings.in_progress_interval_s):
+                    await self._executor.execute(request, heartbeat, attempt)
                     if self._queue is not None:
                         # The conversation's next message may run now; a failure here retries
                         # the whole step, and the stored answer keeps the model from running twice.
@@ -157,7 +197,7 @@ class RunConsumer:
                         )
 
         try:
-            await settle(RunRequest, msg, handle)
+            await settle(RunRequest, msg, handle, self._policy)
         except asyncio.CancelledError:
             # Shutting down before the run finished: hand it back now rather than after ack_wait.
             with contextlib.suppress(Exception):
@@ -178,7 +218,12 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
     nc, js = await connect_nats(settings, "agent-runner")
     engine = create_engine(settings.database_url)
     redis = connect_redis(settings)
-    queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
+    queue = ConversationQueue(
+        redis,
+        settings.redis_prefix,
+        settings.conversation_active_ttl_s,
+        lease_ttl_s=settings.conversation_lease_ttl_s,
+    )
     providers = build_providers(settings)
     async with contextlib.AsyncExitStack() as stack:
         for provider in providers.values():
@@ -204,7 +249,8 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
         cancels = await nc.subscribe(CANCEL_ALL, cb=on_cancel)
         try:
             log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
-            await RunConsumer(js, executor, settings, queue).run(stop)
+            status = ChannelStatusStore(redis, settings.redis_prefix)
+            await RunConsumer(js, executor, settings, queue, status).run(stop)
         finally:
             await cancels.unsubscribe()
             await close_nats(nc)

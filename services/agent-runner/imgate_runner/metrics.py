@@ -35,3 +35,8 @@ MODEL_TOKENS = Counter(
 REDELIVERED_RUNS = Counter(
     "imgate_runs_redone", "Runs taken again after a runner stopped or died mid-run (attempt > 1)"
 )
+LOCKS_LOST = Counter(
+    "imgate_run_locks_lost",
+    "Runs that found their conversation's lock held by another run (it expired while they waited "
+    "or streamed): one conversation had two answers in the making at once",
+)

@@ -18,8 +18,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from imgate_common.bus import REPLIES_STREAM, reply_subject
 from imgate_common.channels import agent_api_key
+from imgate_common.consume import Failure
 from imgate_common.db.models import Agent, Conversation, Message, utcnow
-from imgate_common.errors import USER_MESSAGES, FailureCategory, ProviderError
+from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory, ProviderError
 from imgate_common.messages import (
     AnyReplyEvent,
     MessageKind,
@@ -48,6 +49,9 @@ from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
 from imgate_runner.settings import RunnerSettings
 
 log = structlog.get_logger()
+
+# The failed event of a run the runner gave up on comes after anything an attempt of it sent.
+GAVE_UP_SEQ = 2_000_000
 
 Heartbeat = Callable[[], Awaitable[None]]
 
@@ -202,10 +206,11 @@ class RunExecutor:
         if request.run_id in self._cancelled:
             await self._finish_cancelled(progress, bound)
             return
+        api_key = self._api_key(agent)
         await self._emit(RunStarted(**progress.common, seq=progress.next_seq()))  # type: ignore[arg-type]
         RUNS_STARTED.labels(agent.provider).inc()
         prompt = await self._with_attachments(agent, build_prompt(agent, history), request)
-        stream = asyncio.create_task(self._stream(agent, prompt, progress))
+        stream = asyncio.create_task(self._stream(agent, api_key, prompt, progress))
         self._streams[request.run_id] = stream
         RUNS_IN_FLIGHT.inc()
         try:
@@ -261,7 +266,38 @@ class RunExecutor:
         note = f"(The user attached {len(pictures)} picture(s) that you cannot see.)"
         return [*prompt[:-1], replace(last, content=f"{last.content}\n\n{note}".strip())]
 
-    async def _stream(self, agent: Agent, prompt: list[ChatMessage], progress: RunProgress) -> None:
+    def _api_key(self, agent: Agent) -> str | None:
+        try:
+            return agent_api_key(agent, self._box)
+        except ValueError as exc:
+            # The secret keys changed without re-encrypting this agent's key: only an
+            # administrator can fix that, so the run ends now instead of being retried.
+            raise ConfigurationError(
+                f"agent {agent.id} ({agent.name}): its API key cannot be decrypted with the configured "
+                "secret keys (IMGATE_SECRET_KEYS); enter the key again"
+            ) from exc
+
+    async def give_up(self, request: RunRequest, failure: Failure) -> None:
+        """The run was dead-lettered: end the user's card with the failure's sentence."""
+        event = RunFailed(
+            run_id=request.run_id,
+            channel_id=request.channel_id,
+            target=request.target,
+            seq=GAVE_UP_SEQ,
+            category=failure.category,
+            text=USER_MESSAGES[failure.category],
+        )
+        await self._publish(
+            reply_subject(request.channel_id, request.run_id),
+            REPLIES_STREAM,
+            event,
+            f"{request.run_id}:gave-up",
+        )
+        RUNS_FINISHED.labels("none", "dead_lettered", failure.category.value).inc()
+
+    async def _stream(
+        self, agent: Agent, api_key: str | None, prompt: list[ChatMessage], progress: RunProgress
+    ) -> None:
         attributes = {"gen_ai.system": agent.provider, "gen_ai.request.model": agent.model}
         with tracer().start_as_current_span(
             f"model.stream {agent.provider}",
@@ -270,7 +306,7 @@ class RunExecutor:
             record_exception=False,
         ) as span:
             try:
-                await self._stream_chunks(agent, prompt, progress, span)
+                await self._stream_chunks(agent, api_key, prompt, progress, span)
             except ProviderError as exc:
                 span.set_attribute("error.type", str(exc.category))
                 fail(span, exc)
@@ -292,13 +328,13 @@ class RunExecutor:
                 set_content(span, "imgate.answer.text", progress.batcher.text)
 
     async def _stream_chunks(
-        self, agent: Agent, prompt: list[ChatMessage], progress: RunProgress, span: Span
+        self, agent: Agent, api_key: str | None, prompt: list[ChatMessage], progress: RunProgress, span: Span
     ) -> None:
         async with asyncio.timeout(agent.timeout_s):
             chunks = stream_with_retry(
                 self._providers[agent.provider],
                 agent,
-                agent_api_key(agent, self._box),
+                api_key,
                 prompt,
                 progress.generation,
                 self._settings.provider_attempts,

@@ -20,6 +20,9 @@ class RunnerSettings(CommonSettings):
     in_progress_interval_s: float = 10.0
     # How long JetStream waits for an ack (or in-progress) before giving the run to another runner.
     ack_wait_s: float = 30.0
+    # A run holds its conversation's lock this long past its last heartbeat: well over the ack
+    # wait, so a run whose runner died is taken by another runner before its lock expires.
+    conversation_lease_ttl_s: float = 90.0
     # Tries of a provider call that failed transiently, before its first token.
     provider_attempts: int = 3
     # On SIGTERM, runs in flight get this long to finish before going back to JetStream.

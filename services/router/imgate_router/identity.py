@@ -3,7 +3,7 @@
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TypeAlias
 
 import httpx
@@ -25,12 +25,13 @@ from imgate_common.platform_config import (
     StaticUserMapping,
     parse_user_mapping,
 )
+from imgate_common.sanitise import clean_text
 from imgate_common.secrets import SecretBox
 from imgate_common.telemetry import fail, tracer
 from imgate_router.mappers import (
     HttpMapper,
     LdapMapper,
-    MapperUnavailable,
+    MapperMisconfigured,
     Person,
     StaticMapper,
     UserMapper,
@@ -38,6 +39,8 @@ from imgate_router.mappers import (
 from imgate_router.metrics import IDENTITY_LOOKUPS, IDENTITY_SECONDS
 
 log = structlog.get_logger()
+
+USERNAME_LENGTH = 200  # users.username
 
 
 class AutoUserMapper:
@@ -141,7 +144,7 @@ class IdentityResolver:
                 channel.user_mapping or {}, self._box.decrypt_json(channel.user_mapping_secrets_enc)
             )
         except (ValueError, ValidationError) as exc:
-            raise MapperUnavailable(f"the channel's user mapping is invalid: {exc}") from exc
+            raise MapperMisconfigured(f"the channel's user mapping is invalid: {exc}") from exc
 
     def _mapper(self, config: AnyMapping) -> UserMapper | None:
         match config:
@@ -154,7 +157,8 @@ class IdentityResolver:
         return None
 
     async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> User:
-        """The user behind the message; raises NotRegistered or MapperUnavailable."""
+        """The user behind the message; raises NotRegistered, MapperUnavailable (try again
+        later) or MapperMisconfigured (an administrator must fix the mapping)."""
         started = time.perf_counter()
         mapper_name = "invalid"
         with tracer().start_as_current_span("identity.resolve", record_exception=False) as span:
@@ -212,6 +216,8 @@ class IdentityResolver:
         self, session: AsyncSession, source: str, person: Person, message: InboundMessage
     ) -> User:
         """The directory is the authority: its username names the account, created if new."""
+        # Looked up by it as well as stored: cleaned here, not only at the flush.
+        person = replace(person, username=clean_text(person.username, USERNAME_LENGTH))
         user = (await session.exec(select(User).where(User.username == person.username))).first()
         if user is None:
             user = User(

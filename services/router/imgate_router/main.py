@@ -1,6 +1,7 @@
 """Router process: consumes inbound messages, publishes run requests."""
 
 import asyncio
+import contextlib
 
 import httpx
 import structlog
@@ -11,26 +12,24 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
 
-from imgate_common.bus import (
-    INBOUND_PARTITIONS,
-    INBOUND_STREAM,
-    cancel_subject,
-    inbound_partition_filter,
-    router_consumer,
-)
-from imgate_common.consume import jetstream_handler
+from imgate_common.bus import INBOUND_PARTITIONS, cancel_subject, ensure_consumer, router_consumer_spec
+from imgate_common.consume import DeliveryPolicy, jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, InboundMessage
-from imgate_common.publish import durable_publisher
+from imgate_common.publish import Publish, durable_publisher
 from imgate_common.runtime import connect_nats, connect_redis, service_main
 from imgate_common.secrets import SecretBox
-from imgate_router.service import InboundRouter
+from imgate_router.service import InboundRouter, run_id_for
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
 
 
-def subscribe(broker: NatsBroker, router: InboundRouter) -> None:
+def identify(message: InboundMessage) -> tuple[int | None, str | None]:
+    return message.channel_id, run_id_for(message)
+
+
+def subscribe(broker: NatsBroker, router: InboundRouter, publish: Publish) -> None:
     """One consumer per inbound partition, each letting one message out at a time across every
     router replica: a conversation's messages are routed in arrival order."""
 
@@ -38,18 +37,36 @@ def subscribe(broker: NatsBroker, router: InboundRouter) -> None:
         await router.handle(message)
 
     for partition in range(INBOUND_PARTITIONS):
+        spec = router_consumer_spec(partition)
+        policy = DeliveryPolicy[InboundMessage](spec, publish, router.give_up, identify)
         broker.subscriber(
-            inbound_partition_filter(partition),
-            stream=JStream(INBOUND_STREAM, declare=False),
-            durable=router_consumer(partition),
-            config=ConsumerConfig(max_ack_pending=1, ack_wait=30),
+            spec.filter_subject,
+            stream=JStream(spec.stream, declare=False),
+            durable=spec.durable,
+            config=ConsumerConfig(
+                max_ack_pending=spec.max_ack_pending,
+                ack_wait=spec.ack_wait_s,
+                max_deliver=spec.max_deliver,
+            ),
             pull_sub=PullSub(batch_size=1, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
-        )(jetstream_handler(InboundMessage)(on_inbound))
+        )(jetstream_handler(InboundMessage, policy)(on_inbound))
+
+
+async def sweep_queues(router: InboundRouter, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await router.sweep()
+        except Exception as exc:
+            log.warning("queue_sweep_failed", error=str(exc))
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    nc, _js = await connect_nats(settings, "router")  # provisions streams before consumers bind
+    nc, js = await connect_nats(settings, "router")  # provisions streams before consumers bind
+    # Declared (or brought to the current policy: tries, ack wait) before FastStream binds them.
+    for partition in range(INBOUND_PARTITIONS):
+        await ensure_consumer(js, router_consumer_spec(partition))
     await nc.close()
     # FastStream's middlewares continue each message's trace from its headers (and pass it on
     # in what the router publishes) and count and time the bus traffic.
@@ -70,21 +87,28 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await broker.publish(CancelRequest(run_id=run_id).model_dump_json().encode(), cancel_subject(run_id))
 
     http = httpx.AsyncClient()
+    publish = durable_publisher(broker)
     router = InboundRouter(
         settings,
         session_factory(engine),
         redis,
-        durable_publisher(broker),
+        publish,
         cancel,
         http,
         SecretBox.from_settings(settings),
     )
-    subscribe(broker, router)
+    subscribe(broker, router, publish)
+    sweeper: asyncio.Task[None] | None = None
     try:
         await broker.start()
+        sweeper = asyncio.create_task(sweep_queues(router, settings.queue_sweep_interval_s))
         log.info("router_started")
         await stop.wait()
     finally:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         await broker.stop()
         await http.aclose()
         await redis.aclose()

@@ -15,7 +15,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
-from imgate_common.errors import GatewayError
+from imgate_common.errors import ConfigurationError, GatewayError
 from imgate_common.messages import InboundMessage
 from imgate_common.platform_config import HttpUserMapping, LdapUserMapping, StaticUserMapping
 
@@ -29,6 +29,11 @@ class Person:
 
 class MapperUnavailable(GatewayError):
     """The mapper could not answer; the user is told to try again and the channel shows why."""
+
+
+class MapperMisconfigured(ConfigurationError):
+    """The mapping's settings are wrong (a filter placeholder, the shape the ERP answers in):
+    retrying cannot help; the channel's status and the user say so at once."""
 
 
 class UserMapper(ABC):
@@ -79,12 +84,24 @@ class HttpMapper(UserMapper):
         if not response.is_success:
             raise MapperUnavailable(f"identity service answered {response.status_code}")
         try:
-            data: dict[str, Any] = response.json()
+            data: Any = response.json()
         except ValueError as exc:
             raise MapperUnavailable("identity service answered something that is not JSON") from exc
+        if not isinstance(data, dict):
+            raise MapperMisconfigured(
+                f"identity service {self._config.url} answered {type(data).__name__} "
+                f"({str(data)[:40]}), not a JSON object with `username`: check the ERP lookup's URL "
+                "and answer format"
+            )
         if data.get("found") is False or not data.get("username"):
             return None
-        return Person(str(data["username"]), data.get("email"), data.get("display_name"))
+        return Person(
+            str(data["username"]), _optional(data.get("email")), _optional(data.get("display_name"))
+        )
+
+
+def _optional(value: Any) -> str | None:
+    return str(value) if value is not None else None
 
 
 class LdapMapper(UserMapper):
@@ -100,7 +117,13 @@ class LdapMapper(UserMapper):
             "staff_id": escape_filter_chars(message.sender.staff_id or message.sender.id),
             "nick": escape_filter_chars(message.sender.nick or ""),
         }
-        search_filter = self._config.user_filter.format(**fields)
+        try:
+            search_filter = self._config.user_filter.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise MapperMisconfigured(
+                f"LDAP user_filter {self._config.user_filter!r} cannot be filled ({type(exc).__name__}: "
+                f"{exc}); it may use {{user_id}}, {{staff_id}} and {{nick}}"
+            ) from exc
         return await asyncio.to_thread(self._search, search_filter)
 
     def _search(self, search_filter: str) -> Person | None:

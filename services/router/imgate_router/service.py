@@ -1,5 +1,6 @@
 """What happens to one inbound message: dedup, identity, commands, conversation, run request."""
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -14,10 +15,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common import telemetry
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
+from imgate_common.consume import Failure
 from imgate_common.conversation_queue import Admission, ConversationQueue
 from imgate_common.db.models import Agent, Channel, Message, utcnow
 from imgate_common.errors import USER_MESSAGES, FailureCategory
-from imgate_common.messages import InboundMessage, MessageKind, Notice, RunQueued, RunRequest
+from imgate_common.messages import InboundMessage, MessageKind, Notice, RunFailed, RunQueued, RunRequest
 from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
@@ -30,6 +32,10 @@ from imgate_router.metrics import DEDUP_HITS, MESSAGES, QUEUE_ADMISSIONS, QUEUE_
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
+
+# The failed event of a message the router gave up on comes after anything a runner may have
+# sent for the same run.
+GAVE_UP_SEQ = 2_000_000
 
 
 def channel_language(channel: Channel) -> str:
@@ -68,6 +74,7 @@ class InboundRouter:
         self._channel_status = ChannelStatusStore(redis, settings.redis_prefix)
         self._conversations = ConversationStore(settings.idle_timeout_s)
         self._queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
+        self._runs_requested = 0
 
     def _seen_key(self, message: InboundMessage) -> str:
         return (
@@ -98,11 +105,71 @@ class InboundRouter:
                 DEDUP_HITS.labels(message.platform).inc()
                 return
             result = await self._route(message, bound)
+            self._chaos_exit(result)
             # Marked only once everything above is durable: a crash before this is redelivered.
             await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
         span.set_attribute("imgate.route.result", result)
         MESSAGES.labels(message.platform, message.platform_type, result).inc()
         ROUTE_SECONDS.observe(time.perf_counter() - started)
+
+    def _chaos_exit(self, result: str) -> None:
+        """The chaos scenario's crash between publishing a run and marking its message seen."""
+        every = self._settings.chaos_exit_every_n_runs
+        if every <= 0 or result != "run_requested":
+            return
+        self._runs_requested += 1
+        if self._runs_requested % every == 0:
+            log.warning("router_chaos_exit")
+            os._exit(3)
+
+    async def give_up(self, message: InboundMessage | None, failure: Failure) -> None:
+        """The consumer gave up on `message` (already dead-lettered): end the user's card with
+        a failure sentence, show the error on the channel, and free its conversation's turn."""
+        if message is None:
+            return  # unreadable: no one to tell (the dead letter and the metric say it)
+        run_id = run_id_for(message)
+        bound = log.bind(channel_id=message.channel_id, run_id=run_id)
+        key = "misconfigured" if failure.category == FailureCategory.MISCONFIGURED else "gave_up"
+        event = RunFailed(
+            run_id=run_id,
+            channel_id=message.channel_id,
+            target=message.target,
+            seq=GAVE_UP_SEQ,
+            category=failure.category,
+            text=reply(key, await self._language(message.channel_id)),
+        )
+        await self._publish(
+            reply_subject(message.channel_id, run_id), REPLIES_STREAM, event, f"{run_id}:gave-up"
+        )
+        try:
+            await self._channel_status.record_error(message.channel_id, "router", failure.describe())
+            await self._release(run_id)
+        except Exception as exc:  # the dead letter and the user's answer are out already
+            bound.warning("give_up_cleanup_failed", error=str(exc))
+
+    async def _language(self, channel_id: int) -> str:
+        try:
+            async with self._sessions() as session:
+                channel = await session.get(Channel, channel_id)
+        except Exception:  # the database may be why we gave up
+            return "zh-CN"
+        return channel_language(channel) if channel else "zh-CN"
+
+    async def _release(self, run_id: str) -> None:
+        """A run the router admitted but gave up on must not keep its conversation's turn."""
+        async with self._sessions() as session:
+            stored = (
+                await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
+            ).first()
+        if stored is not None:
+            await self._queue.release(run_id, stored.conversation_id, self._publish_run)
+
+    async def sweep(self) -> None:
+        """Start the first waiting run of every conversation whose lock expired."""
+        await self._queue.sweep(self._publish_run)
+
+    async def _publish_run(self, request: RunRequest) -> None:
+        await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
 
     async def _route(self, message: InboundMessage, bound: structlog.BoundLogger) -> str:
         """Routes one message; returns what became of it (a metric label)."""
@@ -210,9 +277,15 @@ class InboundRouter:
         )
         QUEUE_ADMISSIONS.labels(admitted.admission.value).inc()
         if admitted.admission == Admission.START:
-            await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
+            await self._publish_run(request)
             bound.info("run_requested", run_id=request.run_id, conversation_id=request.conversation_id)
             return "run_requested"
+        if admitted.admission == Admission.FINISHED:
+            # Redelivered after its run was answered (the router stopped before marking it seen).
+            bound.info("inbound_run_already_finished", run_id=request.run_id)
+            return "duplicate_finished"
+        # The conversation's lock may have expired with runs waiting: start the first of them.
+        await self._queue.promote(request.conversation_id, self._publish_run)
         if admitted.admission == Admission.QUEUED:
             QUEUE_POSITION.observe(admitted.position or 0)
             queued = RunQueued(

@@ -21,3 +21,9 @@ class RouterSettings(CommonSettings):
     idle_timeout_s: float = 12 * 3600
     # Messages that may wait behind a conversation's running answer before we ask the user to wait.
     queue_max_depth: int = 5
+    # How often a router looks for conversations whose lock expired with runs still waiting
+    # (it should not happen; a lost run must not strand the ones behind it).
+    queue_sweep_interval_s: float = 30.0
+    # Chaos testing only (chaos/run.py): exit the process right after publishing every Nth run
+    # request, before the message is marked handled, as a crash there would. 0: never.
+    chaos_exit_every_n_runs: int = 0

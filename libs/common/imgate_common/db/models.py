@@ -6,6 +6,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from imgate_common.sanitise import guard_storage
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -137,3 +139,7 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+# Rows are cleaned as they are flushed (NUL and other refused characters, column lengths).
+guard_storage()
