@@ -68,6 +68,15 @@ async def nats_client() -> AsyncIterator[NATS]:
     await client.drain()
 
 
+@pytest.fixture(scope="module")
+def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of the test module's own (tests that create and delete whole streams)."""
+    from tests.support.nats_server import private_nats_server
+
+    with private_nats_server(tmp_path_factory) as url:
+        yield url
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """llama-cpp-python opens two /dev/null files at import and never closes them; close them
     so the interpreter's exit does not print ResourceWarnings after the test summary."""

@@ -2,17 +2,14 @@
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_common.bus import STREAMS, provision_streams
 from imgate_common.db.models import Agent, Channel, Conversation, Message, User
 from imgate_common.messages import RunRequest
 from imgate_common.secrets import SecretBox
@@ -20,8 +17,8 @@ from imgate_runner.providers.registry import build_providers
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
 from tests.support.factories import reply_target
-from tests.support.openai_stub import ScriptedModel, free_port, serve_scripted_model
-from tools.devstack import LocalStack
+from tests.support.nats_server import fresh_streams
+from tests.support.openai_stub import ScriptedModel, serve_scripted_model
 
 
 class Events(list[Any]):
@@ -93,23 +90,7 @@ def openai_agent(url: str, **kw: Any) -> Agent:
     return Agent(name=f"a-{uuid.uuid4().hex[:6]}", provider="openai", model="scripted", base_url=url, **kw)
 
 
-@pytest.fixture(scope="module")
-def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A nats-server of the module's own: its streams are the test's to create and delete."""
-    stack = LocalStack(Path(tmp_path_factory.mktemp("nats")), log_dir=Path(tmp_path_factory.mktemp("logs")))
-    try:
-        yield stack.start_nats(f"nats://127.0.0.1:{free_port()}")
-    finally:
-        stack.stop()
-
-
 @pytest.fixture
 async def js(private_nats: str) -> AsyncIterator[JetStreamContext]:
-    """The private server's JetStream with every stream, emptied after the test."""
-    nc = await nats.connect(private_nats)
-    js = nc.jetstream()
-    await provision_streams(js)
-    yield js
-    for spec in STREAMS:
-        await js.delete_stream(spec.name)
-    await nc.close()
+    async with fresh_streams(private_nats) as js:
+        yield js
