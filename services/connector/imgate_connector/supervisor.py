@@ -118,7 +118,7 @@ class ChannelSupervisor:
         self._status = status
         self._resources = resources
         self._ledger = ReplyLedger(resources.redis, resources.redis_prefix)
-        self._publisher = InboundPublisher(js, settings.publish_timeout_s)
+        self._publisher = InboundPublisher(js, settings.publish_timeout_s, settings.publish_retry_for_s)
         self.records: dict[int, ChannelRecord] = {}
         self.running: dict[int, RunningChannel] = {}
         self._lock = asyncio.Lock()
