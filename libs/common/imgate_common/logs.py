@@ -5,6 +5,7 @@ import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -15,13 +16,59 @@ REDACTED = "[redacted]"
 SECRET_KEYS = re.compile(
     r"(secret|password|passwd|token|api_key|apikey|authorization|ticket|credential)", re.I
 )
-# Secret-looking values inside free text: bearer tokens and key=value pairs.
-SECRET_TEXT = re.compile(r"(?i)(bearer\s+|(?:secret|password|token|api_key|ticket)=)([^\s&\"',]+)")
+# Names of query parameters (and name=value pairs) whose values are credentials: API keys, access
+# tokens, and the signatures, tickets and sessions that make a download or webhook URL work for
+# whoever holds it (S3's X-Amz-Signature, OSS's Signature, DingTalk's ticket= and session=).
+CREDENTIAL_NAME = re.compile(
+    r"secret|passw(?:or)?d|token|key|ticket|session|signature|sig|credential|auth", re.I
+)
+# Secret-looking values inside free text: bearer tokens and credential=value pairs.
+SECRET_TEXT = re.compile(
+    rf"(?i)(bearer\s+|(?<![\w.-])[\w.-]*(?:{CREDENTIAL_NAME.pattern})[\w.-]*=)([^\s&#\"',]+)"
+)
+# The user-info of a URL in free text: its password, or a lone user name (often a token).
+URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)([^\s/?#@\"']+)@")
+
+
+def _masked_userinfo(userinfo: str, replacement: str) -> str:
+    user, colon, _password = userinfo.partition(":")
+    return f"{user}:{replacement}" if colon else replacement
+
+
+def redact_text(text: str, replacement: str = REDACTED) -> str:
+    """`text` with bearer tokens, credential=value pairs and URL passwords replaced."""
+    text = URL_USERINFO.sub(lambda m: f"{m.group(1)}{_masked_userinfo(m.group(2), replacement)}@", text)
+    return SECRET_TEXT.sub(lambda m: m.group(1) + replacement, text)
+
+
+def _credential_pairs(part: str, replacement: str) -> str:
+    pairs = (pair.partition("=") for pair in part.split("&"))
+    return "&".join(
+        f"{name}={replacement}" if sep and value and CREDENTIAL_NAME.search(name) else name + sep + value
+        for name, sep, value in pairs
+    )
+
+
+def redact_url(url: str, replacement: str = REDACTED) -> str:
+    """`url` with the credentials it carries replaced (a user-info password, or a lone user name,
+    and credential query or fragment parameters); everything else, and any other text, as given."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        netloc = f"{_masked_userinfo(userinfo, replacement)}@{host}"
+    query = _credential_pairs(parts.query, replacement)
+    fragment = _credential_pairs(parts.fragment, replacement)
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return SECRET_TEXT.sub(lambda m: m.group(1) + REDACTED, value)
+        return redact_text(value)
     if isinstance(value, dict):
         return {k: REDACTED if _is_secret_key(k) else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

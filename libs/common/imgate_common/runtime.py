@@ -34,7 +34,8 @@ async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetSt
         log.warning("nats_error", error=str(exc))
 
     async def on_disconnect() -> None:
-        log.warning("nats_disconnected")
+        if not nc.is_closed:  # a close of our own is no disconnection worth a warning
+            log.warning("nats_disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats_reconnected")

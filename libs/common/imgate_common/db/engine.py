@@ -44,16 +44,20 @@ def _begin_immediate(conn: Connection) -> None:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    # hide_parameters: a failed statement's error names no values, so message text and secrets
+    # never reach a log or a span through an exception.
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _begin_immediate)
     else:
-        engine = create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_async_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+        )
     instrument_engine(engine)
     return engine
 
