@@ -33,6 +33,7 @@ async def test_fault_config_api(sim, make_app):
         "card_jitter_ms": 0.0,
         "card_failure_rate": 0.0,
         "card_down": False,
+        "messages_down": False,
         "disconnect_every": None,
         "half_dead": False,
         "open_failure": "none",
@@ -182,6 +183,20 @@ async def test_card_failure_rate_is_seeded_and_changes_nothing(sim, cards):
     assert set(await statuses(5)) == {200}
 
 
+async def robot_text(api, app, text):
+    """A robot message to user u1 through the robot send API."""
+    return await api.call(
+        "POST",
+        "/v1.0/robot/oToMessages/batchSend",
+        {
+            "robotCode": app["robot_code"],
+            "userIds": ["u1"],
+            "msgKey": "sampleText",
+            "msgParam": json.dumps({"content": text}),
+        },
+    )
+
+
 async def test_card_apis_down(sim, cards):
     app, api = cards
     await patch_faults(sim, app, card_down=True)
@@ -195,16 +210,7 @@ async def test_card_apis_down(sim, cards):
         assert response.status_code == 503
         assert response.json()["code"] == "ServiceUnavailable"
     # Everything else still works: robot messages, access tokens.
-    robot = await api.call(
-        "POST",
-        "/v1.0/robot/oToMessages/batchSend",
-        {
-            "robotCode": app["robot_code"],
-            "userIds": ["u1"],
-            "msgKey": "sampleText",
-            "msgParam": json.dumps({"content": "cards are down"}),
-        },
-    )
+    robot = await robot_text(api, app, "cards are down")
     assert robot.status_code == 200
     assert [c["out_track_id"] for c in await sim_json(sim, f"/sim/apps/{app['client_id']}/cards")] == ["c1"]
 
@@ -213,3 +219,13 @@ async def test_card_apis_down(sim, cards):
     counters = await sim_json(sim, f"/sim/apps/{app['client_id']}/counters")
     assert counters["api_calls"]["by_outcome"]["card_down"] == 4
     assert counters["api_calls"]["by_status"]["503"] == 4
+
+
+async def test_messages_down_refuses_webhooks_and_robot_sends(sim, cards):
+    app, api = cards
+    await patch_faults(sim, app, messages_down=True)
+    robot = await robot_text(api, app, "nobody hears this")
+    assert robot.status_code == 503 and robot.json()["code"] == "ServiceUnavailable"
+    assert (await api.create_and_deliver("c9", staff_id="u1")).status_code == 200, "cards still work"
+    counters = await sim_json(sim, f"/sim/apps/{app['client_id']}/counters")
+    assert counters["api_calls"]["by_outcome"]["messages_down"] == 1

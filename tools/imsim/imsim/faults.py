@@ -29,6 +29,9 @@ class FaultConfig(BaseModel):
     card_jitter_ms: float = Field(0, ge=0, description="latency varies uniformly by ± this much")
     card_failure_rate: float = Field(0, ge=0, le=1, description="share of card calls answered 500")
     card_down: bool = Field(False, description="every card call answers 503")
+    messages_down: bool = Field(
+        False, description="every plain message (sessionWebhook, robot send API) answers 503"
+    )
     disconnect_every: float | None = Field(
         None, gt=0, description="SYSTEM disconnect to each connection N s after it opened"
     )

@@ -321,8 +321,15 @@ def _template_reply(msg_key: str, msg_param: str, via: str) -> ReplyItem:
     )
 
 
+def _check_messages_up(request: Request, app: SimApp) -> None:
+    if app.fault_config.messages_down:
+        attribute_call(request, app, "messages_down")
+        raise OpenApiError(503, "ServiceUnavailable", "message service is temporarily unavailable")
+
+
 @router.post("/v1.0/robot/oToMessages/batchSend")
-async def batch_send(body: BatchSendBody, app: AuthedApp) -> dict[str, Any]:
+async def batch_send(body: BatchSendBody, app: AuthedApp, request: Request) -> dict[str, Any]:
+    _check_messages_up(request, app)
     _check_robot(app, body.robot_code)
     for staff_id in body.user_ids:
         reply = _template_reply(body.msg_key, body.msg_param, "batchSend")
@@ -336,7 +343,8 @@ async def batch_send(body: BatchSendBody, app: AuthedApp) -> dict[str, Any]:
 
 
 @router.post("/v1.0/robot/groupMessages/send")
-async def group_send(body: GroupSendBody, app: AuthedApp) -> dict[str, Any]:
+async def group_send(body: GroupSendBody, app: AuthedApp, request: Request) -> dict[str, Any]:
+    _check_messages_up(request, app)
     _check_robot(app, body.robot_code)
     reply = _template_reply(body.msg_key, body.msg_param, "groupSend")
     app.group_conversation(body.open_conversation_id, None).add_answer(reply, sent_at=reply.at)
@@ -387,6 +395,9 @@ async def send_by_session(
     if record is None or app is None or conversation is None:
         return _webhook_error(request, 310000, "invalid session")
     attribute_call(request, app)
+    if app.fault_config.messages_down:
+        mark_outcome(request, "messages_down")
+        return JSONResponse({"errcode": 503, "errmsg": "service unavailable"}, status_code=503)
     if record.expires_at_ms <= now_ms():
         return _webhook_error(request, 300001, "session expired")
     try:
