@@ -166,6 +166,24 @@ def runner_consumer_spec(ack_wait_s: float) -> ConsumerSpec:
     )
 
 
+# A channel's reply events: a final the platform will not take (an outage: cards, webhooks and
+# the robot API all down) is tried for about half an hour, well inside the hour the stream
+# keeps replies; then it is filed as a dead letter and reported as undeliverable.
+REPLY_TRIES = 36
+REPLY_BACKOFF_S = (2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+def reply_consumer_spec(channel_id: int, ack_wait_s: float) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=reply_consumer(channel_id),
+        stream=REPLIES_STREAM,
+        filter_subject=channel_replies(channel_id),
+        ack_wait_s=ack_wait_s,
+        max_tries=REPLY_TRIES,
+        backoff_s=REPLY_BACKOFF_S,
+    )
+
+
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     """Create the durable consumer, or bring an existing one to the declared policy (the
     server's consumer create, named, updates a consumer whose changes are allowed)."""

@@ -58,6 +58,12 @@ LEASE_CHANGES = Counter(
     ["change"],
 )
 CHANNELS_OWNED = Gauge("imgate_channels_owned", "Channels this replica runs now")
+UNDELIVERABLE = Counter(
+    "imgate_replies_undeliverable",
+    "Final answers the platform would not take through any path (card, sessionWebhook, robot "
+    "API) for as long as they were tried: filed as dead letters",
+    ["platform"],
+)
 CARDS_MENDED = Counter(
     "imgate_cards_mended",
     "Cards a failed call left open, closed later once the platform took card calls again "

@@ -42,7 +42,7 @@ from imgate_common.messages import (
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import ReplyLedger, ReplyState
 from imgate_connector.mending import CardMender, MendPolicy
-from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS
+from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS, UNDELIVERABLE
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
 from imgate_connector.wording import WORDINGS, Wording, split_long
 
@@ -489,6 +489,27 @@ class CardRenderer:
                 self._platform_error(exc, "card_post_failed", run.run_id)
                 return index - 1
         return len(parts)
+
+    async def undeliverable(self, event: ReplyEvent, reason: str) -> None:
+        """The final answer could not be delivered however long it was tried: count it, show
+        it on the channel, and end its card failed with a sentence once the platform lets us.
+        Nothing marks the run answered, so a replay of the event (the dead letter) still can."""
+        UNDELIVERABLE.labels(event.target.platform).inc()
+        self._health.error(f"answer undeliverable: {reason}")
+        log.error("reply_undeliverable", run_id=event.run_id, reason=reason)
+        run = self._runs.pop(event.run_id, None)
+        if run is not None and run.flusher is not None:
+            run.flusher.cancel()
+        if run is not None and run.card is not None and run.card.done():
+            card = not run.card.cancelled() and run.card.exception() is None and run.card.result()
+        else:
+            card = self._ledger is not None and await self._ledger.get(event.run_id) == ReplyState.CARD
+        if run is not None:
+            self._settle(run)
+        if card:
+            self.mender.close_later(
+                event.run_id, event.target.platform, self._wording.undelivered, failed=True
+            )
 
     async def _notice(self, event: Notice) -> None:
         """A plain answer (command, unsupported message, error). If the message's card is open

@@ -2,12 +2,17 @@
 
 Events of different runs are handled concurrently, events of one run in order. An event is
 acknowledged once the renderer is done with it (a final one: once the answer is delivered), and
-kept alive meanwhile; one that fails is redelivered later. When the channel stops here, what is
-in hand goes back to JetStream at once, so the channel's next owner carries on without waiting.
+kept alive meanwhile; one that fails is redelivered later, with back-off, for as many tries as
+the consumer's spec allows (about half an hour: a platform outage). A final that still could not
+be delivered is filed as a dead letter, counted, shown on the channel's status, and its card
+ends with a sentence; nothing is dropped silently. When the channel stops here, what is in hand
+goes back to JetStream at once, so the channel's next owner carries on without waiting.
 """
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 
 import structlog
 from nats.aio.msg import Msg
@@ -16,8 +21,18 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from imgate_common import telemetry
-from imgate_common.bus import REPLIES_STREAM, channel_replies, reply_consumer, reply_subject
-from imgate_common.messages import REPLY_EVENT, ReplyEvent, RunDelta
+from imgate_common.bus import (
+    DEAD_LETTERS_STREAM,
+    REPLIES_STREAM,
+    ConsumerSpec,
+    channel_replies,
+    dead_letter_subject,
+    reply_consumer_spec,
+    reply_subject,
+)
+from imgate_common.messages import REPLY_EVENT, TERMINAL_KINDS, DeadLetter, ReplyEvent, RunDelta
+from imgate_common.publish import Publish, jetstream_publisher
+from imgate_common.status import ChannelStatusStore
 from imgate_connector.rendering import CardRenderer
 
 log = structlog.get_logger()
@@ -28,8 +43,6 @@ INACTIVE_THRESHOLD_S = 24 * 3600
 POLL_S = 5.0
 # Events in hand at once per channel; JetStream holds back the rest.
 MAX_IN_FLIGHT = 256
-# A failing event is redelivered after a growing delay, up to this many times in all.
-MAX_DELIVER = 20
 # Runs idle this long are forgotten by the renderer (checked this often).
 SWEEP_EVERY_S = 60.0
 
@@ -43,12 +56,18 @@ class ReplyConsumer:
         *,
         ack_wait_s: float = 10.0,
         forget_idle_s: float = 3600.0,
+        spec: ConsumerSpec | None = None,
+        status: ChannelStatusStore | None = None,
+        dead_letters: Publish | None = None,
     ) -> None:
         self._js = js
         self._channel_id = channel_id
         self._renderer = renderer
         self._ack_wait = ack_wait_s
         self._forget_idle = forget_idle_s
+        self._spec = spec or reply_consumer_spec(channel_id, ack_wait_s)
+        self._status = status
+        self._dead_letters = dead_letters or jetstream_publisher(js)
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._log = log.bind(channel_id=channel_id)
@@ -56,13 +75,9 @@ class ReplyConsumer:
     async def run(self) -> None:
         """Runs until cancelled. The durable consumer keeps the position across owners, and starts
         at new events when first created so an old run is never replayed into a new card."""
-        config = ConsumerConfig(
-            durable_name=reply_consumer(self._channel_id),
-            filter_subject=channel_replies(self._channel_id),
+        config = dataclasses.replace(
+            self._spec.config(),
             deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait,
-            max_deliver=MAX_DELIVER,
             max_ack_pending=MAX_IN_FLIGHT * 4,
             inactive_threshold=INACTIVE_THRESHOLD_S,
         )
@@ -73,7 +88,7 @@ class ReplyConsumer:
             self._log.warning("reply_consumer_not_updated", error=str(exc))
         sub = await self._js.pull_subscribe(
             channel_replies(self._channel_id),
-            durable=reply_consumer(self._channel_id),
+            durable=self._spec.durable,
             stream=REPLIES_STREAM,
             config=config,
         )
@@ -133,9 +148,15 @@ class ReplyConsumer:
 
     async def _handle(self, msg: Msg, event: ReplyEvent, before: asyncio.Task[None] | None) -> None:
         keep_alive: asyncio.Task[None] | None = None
+        deliveries = _deliveries(msg)
         try:
             if before is not None:
                 await asyncio.wait([before])  # the run's earlier events first
+            if deliveries > self._spec.max_tries:
+                # Delivered again after its last try without an outcome (that try stopped the
+                # process, or filing the dead letter failed): file it now.
+                await self._give_up(msg, event, deliveries, f"no outcome after {self._spec.max_tries} tries")
+                return
             keep_alive = asyncio.create_task(self._keep_alive(msg))
             with self._span(msg, event), structlog.contextvars.bound_contextvars(run_id=event.run_id):
                 await self._renderer.handle(event)
@@ -151,10 +172,12 @@ class ReplyConsumer:
                 await msg.nak(delay=2.0)
             return
         except Exception as exc:
-            deliveries = msg.metadata.num_delivered or 1
             self._log.exception("reply_render_failed", run_id=event.run_id, kind=event.kind, error=str(exc))
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=min(30.0, 2.0**deliveries))
+            if deliveries < self._spec.max_tries:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._spec.retry_delay(deliveries))
+                return
+            await self._give_up(msg, event, deliveries, f"{type(exc).__name__}: {exc}")
             return
         finally:
             if keep_alive is not None:
@@ -163,6 +186,49 @@ class ReplyConsumer:
             await msg.ack()
         except Exception as exc:  # redelivered later; the renderer knows it answered
             self._log.warning("reply_ack_failed", run_id=event.run_id, error=str(exc))
+
+    async def _give_up(self, msg: Msg, event: ReplyEvent, deliveries: int, reason: str) -> None:
+        """The last try failed. A final answer is filed as a dead letter, reported and its card
+        ended; any other event only ends. If filing fails while deliveries remain, the event
+        comes back and filing is tried again."""
+        reason = " ".join(reason.split())[:500]
+        if event.kind in TERMINAL_KINDS:
+            try:
+                await self._file(msg, event, deliveries, reason)
+            except Exception as exc:
+                if deliveries < self._spec.max_deliver:
+                    self._log.warning("dead_letter_retry", run_id=event.run_id, error=str(exc)[:300])
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self._spec.retry_delay(deliveries))
+                    return
+                self._log.exception("dead_letter_failed", run_id=event.run_id)
+            await self._renderer.undeliverable(event, reason)
+            if self._status is not None:
+                with contextlib.suppress(Exception):
+                    text = f"answer to run {event.run_id} undeliverable: {reason}"
+                    await self._status.record_error(self._channel_id, "connector", text)
+        else:
+            self._log.error("reply_event_dropped", run_id=event.run_id, kind=event.kind, reason=reason)
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def _file(self, msg: Msg, event: ReplyEvent, deliveries: int, reason: str) -> None:
+        seq = msg.metadata.sequence.stream
+        letter = DeadLetter(
+            consumer=self._spec.durable,
+            stream=REPLIES_STREAM,
+            subject=msg.subject,
+            stream_seq=seq,
+            headers=dict(msg.headers or {}),
+            data_b64=base64.b64encode(msg.data).decode(),
+            reason=reason,
+            permanent=False,
+            deliveries=deliveries,
+            channel_id=event.channel_id,
+            run_id=event.run_id,
+        )
+        subject = dead_letter_subject(self._spec.durable)
+        await self._dead_letters(subject, DEAD_LETTERS_STREAM, letter, f"dead:{REPLIES_STREAM}:{seq}")
 
     def _span(self, msg: Msg, event: ReplyEvent) -> contextlib.AbstractContextManager[object]:
         """The event's span in its message's trace. Deltas get none: the card updates they cause
@@ -182,6 +248,13 @@ class ReplyConsumer:
             await asyncio.sleep(self._ack_wait / 2)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:  # not a JetStream message: its first delivery
+        return 1
 
 
 def _cancel_swallowed() -> bool:

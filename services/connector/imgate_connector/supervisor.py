@@ -320,6 +320,7 @@ class ChannelSupervisor:
             renderer,
             ack_wait_s=settings.reply_ack_wait_s,
             forget_idle_s=settings.run_idle_forget_s,
+            status=self._status,
         )
         replies = asyncio.create_task(consumer.run(), name=f"replies-{spec.id}")
         await adapter.start()

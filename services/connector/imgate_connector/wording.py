@@ -11,6 +11,7 @@ class Wording:
     stopped: str  # ends an answer the user stopped
     unreadable: str  # a message the connector could not read at all
     sent_below: str  # closes a card whose answer had to go out as a plain message instead
+    undelivered: str  # ends a card whose answer the platform would not take, however long we tried
 
 
 WORDINGS = {
@@ -20,6 +21,7 @@ WORDINGS = {
         stopped="(stopped)",
         unreadable="抱歉，这条消息无法读取，请换一种方式重新发送。",
         sent_below="回答已作为单独的消息发送。",
+        undelivered="抱歉，回答未能送达，请重新发送您的消息。",
     ),
     "en": Wording(
         queued="Queued: {position} message(s) ahead of this one…",
@@ -27,6 +29,7 @@ WORDINGS = {
         stopped="(stopped)",
         unreadable="Sorry, I could not read that message. Please send it again another way.",
         sent_below="The answer was sent as a separate message.",
+        undelivered="Sorry, the answer could not be delivered. Please send your message again.",
     ),
 }
 

@@ -1,0 +1,135 @@
+"""The reply consumer against a real nats-server and imsim: a final the platform never takes
+is tried for as long as the consumer's spec says, then filed as a dead letter, counted, shown
+on the channel's status, and its card ends with a sentence once the platform is back."""
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from imgate_common.bus import (
+    DEAD_LETTERS_STREAM,
+    MSG_ID_HEADER,
+    REPLIES_STREAM,
+    dead_letter_subject,
+    reply_consumer_spec,
+    reply_subject,
+)
+from imgate_common.messages import DeadLetter, InboundMessage, RunCompleted, run_id_for
+from imgate_common.status import ChannelStatusStore
+from imgate_connector.mending import MendPolicy
+from imgate_connector.rendering import CardRenderer
+from imgate_connector.replies import ReplyConsumer
+from imgate_connector.wording import WORDINGS
+from tests.connector.conftest import Start
+from tests.connector.sim import Sim, until
+
+
+def undeliverable_count() -> float:
+    return REGISTRY.get_sample_value("imgate_replies_undeliverable_total", {"platform": "dingtalk"}) or 0.0
+
+
+async def dead_letters(js: JetStreamContext, durable: str) -> list[DeadLetter]:
+    sub = await js.pull_subscribe(
+        dead_letter_subject(durable),
+        stream=DEAD_LETTERS_STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+    )
+    try:
+        msgs = await sub.fetch(10, timeout=0.5)
+    except TimeoutError:
+        msgs = []
+    finally:
+        await sub.unsubscribe()
+    return [DeadLetter.model_validate_json(m.data) for m in msgs]
+
+
+async def test_an_answer_no_path_takes_is_dead_lettered_reported_and_its_card_ends_failed(
+    sim: Sim,
+    run_adapter: Start,
+    bus: tuple[NATS, JetStreamContext],
+    redis_client: Redis,
+    key_prefix: str,
+) -> None:
+    _, js = bus
+    accepted: list[InboundMessage] = []
+
+    async def stored(message: InboundMessage) -> bool:
+        return False
+
+    adapter, health = await run_adapter(stored)
+    channel_id = adapter.spec.id
+    cards = CardRenderer(adapter.surface, health, 0.05, mend=MendPolicy(first_retry_s=0.1, max_retry_s=0.2))
+
+    def opened(message: InboundMessage) -> None:
+        accepted.append(message)
+        cards.accepted(message)
+
+    adapter.on_accepted = opened
+    sent = await sim.send("will this arrive?")
+
+    async def thinking() -> bool:
+        return [a["kind"] for a in await sim.answers(sent["msg_id"])] == ["card"]
+
+    await until(thinking)
+    await sim.faults(card_down=True, messages_down=True)  # the platform takes no answer at all
+    [message] = accepted
+    run_id = run_id_for(message.platform, channel_id, message.message_id)
+    spec = dataclasses.replace(reply_consumer_spec(channel_id, 5.0), max_tries=3, backoff_s=(0.1,))
+    status = ChannelStatusStore(redis_client, key_prefix)
+    before = undeliverable_count()
+    consumer = ReplyConsumer(js, channel_id, cards, ack_wait_s=5.0, spec=spec, status=status)
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        event = RunCompleted(run_id=run_id, channel_id=channel_id, seq=9, target=message.target, text="42")
+
+        async def consuming_new_events() -> bool:  # the consumer starts at new events
+            try:
+                await js.consumer_info(REPLIES_STREAM, spec.durable)
+            except NotFoundError:
+                return False
+            return True
+
+        await until(consuming_new_events)
+        await js.publish(
+            reply_subject(channel_id, run_id),
+            event.model_dump_json().encode(),
+            stream=REPLIES_STREAM,
+            headers={MSG_ID_HEADER: f"{run_id}:1:completed:9"},
+        )
+
+        async def filed() -> bool:
+            return bool(await dead_letters(js, spec.durable))
+
+        await until(filed, within=30)
+        [letter] = await dead_letters(js, spec.durable)
+        assert letter.run_id == run_id and letter.deliveries == 3 and letter.stream == REPLIES_STREAM
+        assert RunCompleted.model_validate_json(base64.b64decode(letter.data_b64)).text == "42"
+        assert undeliverable_count() == before + 1
+        reported = await status.read(channel_id, enabled=True)
+        assert reported.last_error is not None and "undeliverable" in reported.last_error
+
+        await sim.faults(card_down=False, messages_down=False)  # the platform is back
+
+        async def card_ended() -> bool:
+            [card] = await sim.answers(sent["msg_id"])
+            return bool(card["finalized"]) or card["flow_status"] == "5"
+
+        await until(card_ended, within=10)
+        [card] = await sim.answers(sent["msg_id"])
+        assert card["kind"] == "card" and card["flow_status"] == "5"
+        assert card["content"] == WORDINGS["zh"].undelivered, "the user is told, not left with thinking…"
+    finally:
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        await cards.close()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(REPLIES_STREAM, spec.durable)
