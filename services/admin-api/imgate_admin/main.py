@@ -16,6 +16,7 @@ from imgate_admin.channels.endpoints import catalogue as catalogue_router
 from imgate_admin.channels.endpoints import router as channels_router
 from imgate_admin.console import mount_console
 from imgate_admin.conversations.endpoints import router as conversations_router
+from imgate_admin.dead_letters.endpoints import router as dead_letters_router
 from imgate_admin.deps import Resources
 from imgate_admin.docs import mount_docs
 from imgate_admin.errors import ErrorBody, StartupError, install_error_handlers
@@ -109,6 +110,7 @@ def create_app(settings: AdminSettings, outbound: httpx.AsyncBaseTransport | Non
         conversations_router,
         tokens_router,
         audit_router,
+        dead_letters_router,
         key_rotation_router,
     ):
         api.include_router(router)

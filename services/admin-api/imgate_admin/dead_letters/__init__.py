@@ -1,0 +1,1 @@
+"""Dead letters: messages the consumers gave up on, to read, replay or discard."""
