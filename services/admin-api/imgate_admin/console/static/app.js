@@ -800,6 +800,56 @@ async function auditView() {
   );
 }
 
+// ---------------------------------------------------------------- dead letters
+
+async function deadLettersView() {
+  const letters = await api("GET", "/dead-letters?limit=200");
+  const act = (d, label, done, danger, question, call) =>
+    h("button", {
+      type: "button",
+      class: danger ? "danger" : undefined,
+      onclick: async (e) => {
+        if (!(await confirmAction(question))) return;
+        if ((await guarded(call, e.currentTarget)) !== undefined) {
+          flash(`Message ${d.seq} ${done}.`);
+          deadLettersView();
+        }
+      },
+    }, label);
+  render(
+    h("h1", {}, "Dead letters"),
+    h("p", { class: "muted" }, "Messages the services gave up on: the user was told, the reason is below. Fix the cause (a channel's user mapping, an agent's key), then replay to process the message again."),
+    letters.length === 0
+      ? h("p", { id: "no-dead-letters" }, "No dead letters.")
+      : h(
+          "table",
+          { id: "dead-letters" },
+          h("thead", {}, h("tr", {}, ["Failed", "Channel", "Where", "Why", "Message", ""].map((t) => h("th", {}, t)))),
+          h(
+            "tbody",
+            {},
+            letters.map((d) =>
+              h(
+                "tr",
+                { dataset: { seq: d.seq } },
+                h("td", {}, when(d.failed_at)),
+                h("td", {}, d.channel_id ?? "–"),
+                h("td", {}, d.consumer, h("div", { class: "muted" }, `${d.deliveries} tries`)),
+                h("td", {}, h("strong", {}, d.permanent ? d.category : `${d.category} (still failing after retries)`), h("div", {}, d.reason)),
+                h("td", { class: "muted" }, d.body),
+                h(
+                  "td",
+                  {},
+                  act(d, "Replay", "replayed", false, `Process message ${d.seq} again? It goes back to ${d.subject}.`, () => api("POST", `/dead-letters/${d.seq}/replay`)),
+                  act(d, "Discard", "discarded", true, `Discard message ${d.seq} for good?`, () => api("DELETE", `/dead-letters/${d.seq}`)),
+                ),
+              ),
+            ),
+          ),
+        ),
+  );
+}
+
 // ---------------------------------------------------------------- routing
 
 const ROUTES = [
@@ -815,6 +865,7 @@ const ROUTES = [
   [/^#\/conversations\/([^?/]+)$/, (m) => conversationView(decodeURIComponent(m[1])), "conversations"],
   [/^#\/tokens$/, () => tokensView(), "tokens"],
   [/^#\/audit$/, () => auditView(), "audit"],
+  [/^#\/dead-letters$/, () => deadLettersView(), "dead-letters"],
 ];
 
 async function route() {
