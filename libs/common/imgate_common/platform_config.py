@@ -18,6 +18,8 @@ class ConfigWithSecrets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    # The fields that say where the secrets are sent: changing one needs the secrets entered again.
+    destination_fields: ClassVar[frozenset[str]] = frozenset()
 
     def split(self) -> tuple[dict[str, Any], dict[str, str]]:
         """(public config, secrets in clear) with unset optional fields left out."""
@@ -40,6 +42,7 @@ class PlatformConfig(ConfigWithSecrets):
 class DingTalkConfig(PlatformConfig):
     platform: ClassVar[str] = "dingtalk"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret"})
+    destination_fields: ClassVar[frozenset[str]] = frozenset({"openapi_endpoint"})
 
     client_id: str = Field(min_length=1, max_length=200, description="AppKey of the DingTalk app")
     client_secret: SecretStr = Field(min_length=1, description="AppSecret; stored encrypted")
@@ -98,6 +101,7 @@ class LdapUserMapping(ConfigWithSecrets):
     """The sender is looked up in a directory; secrets go to `channels.user_mapping_secrets_enc`."""
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"bind_password"})
+    destination_fields: ClassVar[frozenset[str]] = frozenset({"url"})
 
     mode: Literal["ldap"]
     url: LdapUrlStr
@@ -118,6 +122,7 @@ class HttpUserMapping(ConfigWithSecrets):
     JSON → {username, email, display_name}, 404 or `found: false` for nobody."""
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
+    destination_fields: ClassVar[frozenset[str]] = frozenset({"url"})
 
     mode: Literal["http"]
     url: HttpUrlStr

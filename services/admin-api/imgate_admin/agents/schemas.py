@@ -5,6 +5,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, StringConstraints, model_validator
 
+from imgate_admin.destinations import mask_url
 from imgate_admin.schemas import HttpUrlStr, Name, RequestBody, SafeText, UtcDatetime
 from imgate_common.db.models import Agent
 from imgate_common.secrets import MASK
@@ -95,7 +96,7 @@ class AgentRead(BaseModel):
     name: str
     provider: str
     model: str
-    base_url: str | None
+    base_url: str | None = Field(description=f'credentials in it (user-info, `?key=`) read "{MASK}"')
     api_key: str | None = Field(description=f'"{MASK}" when a key is stored, null otherwise')
     system_prompt: str
     temperature: float
@@ -115,7 +116,7 @@ class AgentRead(BaseModel):
             name=agent.name,
             provider=agent.provider,
             model=agent.model,
-            base_url=agent.base_url,
+            base_url=mask_url(agent.base_url),
             api_key=MASK if agent.api_key_enc else None,
             system_prompt=agent.system_prompt,
             temperature=agent.temperature,

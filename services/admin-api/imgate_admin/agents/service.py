@@ -17,6 +17,7 @@ from imgate_admin.agents.schemas import (
 )
 from imgate_admin.audit.service import record_action
 from imgate_admin.channels.control import ChannelControl
+from imgate_admin.destinations import require_secrets_follow, unmask_url
 from imgate_admin.errors import invalid_field
 from imgate_common.db.models import Agent, Channel, utcnow
 from imgate_common.errors import Conflict, NotFound
@@ -36,6 +37,12 @@ OPTIONAL_FIELDS = (
     "supports_images",
 )
 PLAIN_FIELDS = ("name", "provider", "model", "base_url", *OPTIONAL_FIELDS)
+KEY_DESTINATION = ("provider", "base_url")
+
+
+def _key_destination(provider: str, base_url: str | None) -> dict[str, Any]:
+    """Where the agent's key is sent: nowhere for the local model."""
+    return {} if provider == Provider.LOCAL else {"provider": provider, "base_url": base_url}
 
 
 def _audit_view(agent: Agent) -> dict[str, Any]:
@@ -116,6 +123,8 @@ async def update_agent(
         if field not in given:
             continue
         value = getattr(body, field)
+        if field == "base_url":
+            value = unmask_url(value, agent.base_url, ("base_url",))
         if value is None and field != "base_url":
             raise invalid_field((field,), "may not be null; leave it out to keep the stored value")
         changes[field] = value.value if isinstance(value, Provider) else value
@@ -127,6 +136,16 @@ async def update_agent(
     problem = provider_problem(merged["provider"], merged["model"], merged["base_url"])
     if problem:
         raise invalid_field(("provider",), problem)
+    entered = "api_key" in given and (
+        body.api_key is None or body.api_key.get_secret_value() not in ("", MASK)
+    )
+    if merged["provider"] != Provider.LOCAL and agent.api_key_enc is not None and not entered:
+        require_secrets_follow(
+            _key_destination(agent.provider, agent.base_url),
+            _key_destination(merged["provider"], merged["base_url"]),
+            KEY_DESTINATION,
+            ["api_key"],
+        )
 
     key_changed = False
     if "api_key" in given:

@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from imgate_admin.destinations import mask_urls
 from imgate_admin.schemas import UtcDatetime
 from imgate_common.db.models import AuditEntry
 
@@ -24,6 +25,7 @@ class AuditRead(BaseModel):
             actor=entry.actor,
             action=entry.action,
             target=entry.target,
-            detail=entry.detail,
+            # Entries written before URLs were masked at write are masked here.
+            detail=mask_urls(entry.detail),
             at=entry.at,
         )

@@ -7,14 +7,16 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_admin.destinations import mask_urls
 from imgate_common.db.models import AuditEntry
 
 
 def record_action(
     session: AsyncSession, actor: str, action: str, target: str, detail: dict[str, Any]
 ) -> None:
-    """Add an audit row to the caller's transaction, so it commits or rolls back with the change."""
-    session.add(AuditEntry(actor=actor, action=action, target=target, detail=detail))
+    """Add an audit row to the caller's transaction, so it commits or rolls back with the change.
+    Credentials inside URLs in `detail` are stored masked."""
+    session.add(AuditEntry(actor=actor, action=action, target=target, detail=mask_urls(detail)))
 
 
 async def list_entries(

@@ -149,7 +149,10 @@ async def list_platforms() -> list[PlatformRead]:
     """The platforms a channel can use, each with the JSON schema of its `config`."""
     return [
         PlatformRead(
-            name=name, secret_fields=sorted(model.secret_fields), config_schema=model.model_json_schema()
+            name=name,
+            secret_fields=sorted(model.secret_fields),
+            destination_fields=sorted(model.destination_fields),
+            config_schema=model.model_json_schema(),
         )
         for name, model in sorted(PLATFORM_CONFIGS.items())
     ]
@@ -160,7 +163,10 @@ async def list_user_mapping_modes() -> list[UserMappingModeRead]:
     """The ways IM users can be mapped onto users, each with the JSON schema of its settings."""
     return [
         UserMappingModeRead(
-            mode=mode, secret_fields=sorted(model.secret_fields), config_schema=model.model_json_schema()
+            mode=mode,
+            secret_fields=sorted(model.secret_fields),
+            destination_fields=sorted(model.destination_fields),
+            config_schema=model.model_json_schema(),
         )
         for mode, model in USER_MAPPINGS.items()
     ]

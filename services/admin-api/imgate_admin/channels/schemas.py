@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, JsonValue, SecretStr, ValidationInfo, field_validator
 
+from imgate_admin.destinations import mask_urls
 from imgate_admin.schemas import MAX_ID, Name, RequestBody, SafeText, UtcDatetime
 from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState, ChannelStatus
@@ -134,8 +135,8 @@ class ChannelStatusRead(BaseModel):
 def masked(public: dict[str, Any], secret_names: frozenset[str], secrets_enc: str | None) -> dict[str, Any]:
     # The secrets are not decrypted just to be hidden: every secret field reads as the mask
     # whenever secrets are stored. An optional one that is absent then reads as the mask too,
-    # which an edit form sends back as "keep": harmless.
-    return {**public, **({name: MASK for name in secret_names} if secrets_enc else {})}
+    # which an edit form sends back as "keep": harmless. Credentials inside URLs read as the mask.
+    return {**mask_urls(public), **({name: MASK for name in secret_names} if secrets_enc else {})}
 
 
 class ChannelRead(BaseModel):
@@ -199,13 +200,20 @@ class ChannelChange(ChannelRead):
     control: ControlOutcome | None
 
 
+DestinationFields = Annotated[
+    list[str], Field(description="where the secrets are sent: changing one needs them entered again")
+]
+
+
 class PlatformRead(BaseModel):
     name: str
     secret_fields: list[str]
+    destination_fields: DestinationFields
     config_schema: dict[str, Any]
 
 
 class UserMappingModeRead(BaseModel):
     mode: str
     secret_fields: list[str]
+    destination_fields: DestinationFields
     config_schema: dict[str, Any]

@@ -1,11 +1,12 @@
 """Channel use cases over the database, the status store and the control subject."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
@@ -15,11 +16,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from imgate_admin.audit.service import record_action
 from imgate_admin.channels.control import ChannelControl, ControlResult
 from imgate_admin.channels.schemas import ChannelCreate, ChannelUpdate
+from imgate_admin.destinations import require_secrets_follow, unmask_urls
 from imgate_admin.errors import invalid_field, invalid_fields
 from imgate_common.db.models import Agent, Channel, Conversation, Message, utcnow
 from imgate_common.errors import Conflict, InvalidRequest, NotFound
 from imgate_common.messages import ChannelState, ChannelStatus, ControlAction
-from imgate_common.platform_config import PLATFORM_CONFIGS, USER_MAPPING, USER_MAPPINGS
+from imgate_common.platform_config import PLATFORM_CONFIGS, USER_MAPPING, USER_MAPPINGS, ConfigWithSecrets
 from imgate_common.secrets import MASK, SecretBox
 from imgate_common.status import STATUS_TTL_S, ChannelStatusStore
 
@@ -53,16 +55,32 @@ def _stored(box: SecretBox, token: str | None) -> dict[str, Any]:
         return {}
 
 
-def _keep_masked(raw: dict[str, Any], secret_names: frozenset[str], stored: dict[str, Any]) -> dict[str, Any]:
-    """A secret sent as the mask or empty (or left out) keeps the stored value."""
-    merged = dict(raw)
-    for name in secret_names:
+def _validated(
+    model: type[ConfigWithSecrets],
+    validate: Callable[[dict[str, Any]], ConfigWithSecrets],
+    raw: dict[str, Any],
+    before: dict[str, Any],
+    stored: dict[str, Any],
+    loc: str,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(public, secrets) of an edited config. A secret sent as the mask or empty (or left out)
+    keeps the stored value, unless a field that says where it is sent changed; a URL sent back as
+    a response showed it (credentials masked) keeps its stored value."""
+    merged = unmask_urls(raw, before, (loc,))
+    kept = set()
+    for name in model.secret_fields:
         if merged.get(name) in (None, "", MASK):
             if name in stored:
                 merged[name] = stored[name]
+                kept.add(name)
             else:
                 merged.pop(name, None)
-    return merged
+    try:
+        config = validate(merged)
+    except ValidationError as exc:
+        raise invalid_fields(exc, loc) from None
+    require_secrets_follow(before, merged, model.destination_fields, kept, (loc,))
+    return config.split()
 
 
 def _audit_view(channel: Channel) -> dict[str, Any]:
@@ -164,28 +182,23 @@ def _validated_config(
     model = PLATFORM_CONFIGS.get(channel.platform)
     if model is None:
         raise InvalidRequest(f"platform {channel.platform!r} is no longer supported; delete the channel")
-    merged = _keep_masked(raw, model.secret_fields, _stored(box, channel.secrets_enc))
-    try:
-        return model.model_validate(merged).split()
-    except ValidationError as exc:
-        raise invalid_fields(exc, "config") from None
+    stored = _stored(box, channel.secrets_enc)
+    return _validated(model, model.model_validate, raw, channel.config, stored, "config")
 
 
 def _validated_mapping(
     box: SecretBox, channel: Channel, raw: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     mode = raw.get("mode", "auto")
-    model = USER_MAPPINGS.get(mode) if isinstance(mode, str) else None
+    # An unknown mode has no secrets to keep; validation names the modes there are.
+    model = (USER_MAPPINGS.get(mode) if isinstance(mode, str) else None) or ConfigWithSecrets
+    # Secrets of another mode mean nothing to this one: switching modes needs them entered anew.
+    same_mode = mode == channel.user_mapping.get("mode", "auto")
+    stored = _stored(box, channel.user_mapping_secrets_enc) if same_mode else {}
     merged = {**raw, "mode": mode}
-    if model is not None:
-        # Secrets of another mode mean nothing to this one: switching modes needs them entered anew.
-        same_mode = mode == channel.user_mapping.get("mode", "auto")
-        stored = _stored(box, channel.user_mapping_secrets_enc) if same_mode else {}
-        merged = _keep_masked(merged, model.secret_fields, stored)
-    try:
-        return USER_MAPPING.validate_python(merged).split()
-    except ValidationError as exc:
-        raise invalid_fields(exc, "user_mapping") from None
+    return _validated(
+        model, USER_MAPPING.validate_python, merged, channel.user_mapping, stored, "user_mapping"
+    )
 
 
 async def update_channel(
@@ -215,15 +228,27 @@ async def update_channel(
             setattr(channel, field, value)
             changed.append(field)
 
-    if body.config is not None:
-        public, secrets = _validated_config(box, channel, body.config)
+    config = mapping = None
+    problems: list[Any] = []  # both parts checked, so one answer names every field to fix
+    try:
+        config = None if body.config is None else _validated_config(box, channel, body.config)
+    except RequestValidationError as exc:
+        problems += exc.errors()
+    try:
+        mapping = None if body.user_mapping is None else _validated_mapping(box, channel, body.user_mapping)
+    except RequestValidationError as exc:
+        problems += exc.errors()
+    if problems:
+        raise RequestValidationError(problems)
+    if config is not None:
+        public, secrets = config
         put("config", public)
         if secrets != _stored(box, channel.secrets_enc):
             channel.secrets_enc = _encrypt(box, secrets)
             changed.append("secrets")
-    if body.user_mapping is not None:
-        mapping, mapping_secrets = _validated_mapping(box, channel, body.user_mapping)
-        put("user_mapping", mapping)
+    if mapping is not None:
+        mapping_public, mapping_secrets = mapping
+        put("user_mapping", mapping_public)
         if mapping_secrets != _stored(box, channel.user_mapping_secrets_enc):
             channel.user_mapping_secrets_enc = _encrypt(box, mapping_secrets)
             changed.append("user_mapping_secrets")
