@@ -52,6 +52,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,  # connection lost, SQLite busy/locked
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection in time
+    # Another writer got there first (two replicas creating one user on first contact): the
+    # next try finds their row.
+    sqlalchemy.exc.IntegrityError,
     nats.errors.ConnectionClosedError,
     nats.errors.NoRespondersError,
     nats.errors.OutboundBufferLimitError,
