@@ -31,11 +31,17 @@ echo "==> installing dependencies from uv.lock"
 echo "    The first install compiles llama.cpp from source for the local model: about 3 minutes"
 echo "    on 2 cores, longer on a busy machine. Later installs take seconds."
 # uv shows a build's own output only when verbose, as DEBUG lines: keep uv's normal lines and
-# the build's percentages, drop the rest of the debug chatter.
+# the compiler's progress (ninja's "[12/150]" or make's "[  8%]"), in steps of 5 %, and drop
+# the rest of the debug chatter.
 "$uv" sync --frozen --all-packages "${args[@]}" -v 2>&1 | awk '
-  /^DEBUG \[ *[0-9]+%\]/ {
-    match($0, /[0-9]+%/); pct = substr($0, RSTART, RLENGTH)
-    if (pct != last) { print "    compiling llama.cpp: " pct; fflush(); last = pct }
+  /^DEBUG \[[0-9]+\/[0-9]+\]/ || /^DEBUG \[ *[0-9]+%\]/ {
+    if (match($0, /[0-9]+\/[0-9]+/)) {
+      split(substr($0, RSTART, RLENGTH), step, "/"); pct = int(100 * step[1] / step[2])
+    } else {
+      match($0, /[0-9]+%/); pct = int(substr($0, RSTART, RLENGTH - 1))
+    }
+    pct = pct - pct % 5
+    if (pct != last) { printf "    compiling llama.cpp: %d%%\n", pct; fflush(); last = pct }
     next
   }
   /^DEBUG / { next }
