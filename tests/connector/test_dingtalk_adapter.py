@@ -6,12 +6,16 @@ import json
 import time
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
 from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, inbound_subject
 from imgate_common.messages import ChannelState, InboundMessage
 from imgate_connector.inbound import InboundPublisher, dedup_id
+from imgate_connector.lease import ChannelLease, LeaseExpired
 from imgate_connector.platforms.dingtalk.adapter import DingTalkAdapter
 from imgate_connector.settings import ConnectorSettings
 from tests.connector.conftest import Start
@@ -266,3 +270,44 @@ async def test_publisher_sets_the_dedup_id_and_jetstream_drops_the_repeat(
     stored = await js.get_last_msg(INBOUND_STREAM, subject)
     assert stored.headers and stored.headers[MSG_ID_HEADER] == dedup_id(seen[0])
     assert InboundMessage.model_validate_json(stored.data).message_id == sent["msg_id"]
+
+
+async def test_no_ack_no_card_and_no_platform_call_once_the_lease_is_no_longer_ours(
+    sim: Sim, run_adapter: Start, redis_client: Redis, key_prefix: str
+) -> None:
+    stored: list[InboundMessage] = []
+
+    async def sink(message: InboundMessage) -> bool:
+        stored.append(message)
+        return False
+
+    adapter, _ = await run_adapter(sink)
+    lease = ChannelLease(redis_client, key_prefix, "me", ttl_s=5)
+    assert await lease.acquire(adapter.spec.id) is not None
+    adapter.fence = adapter.surface.fence = lease.fenced(adapter.spec.id)
+    opened: list[InboundMessage] = []
+    adapter.on_accepted = opened.append
+    first = await sim.send("while the channel is ours")
+
+    async def acked() -> bool:
+        return await sim.acks_for(first["msg_id"]) == [200]
+
+    await until(acked)
+    lease.forget(adapter.spec.id)  # its local deadline passed: another replica may hold it soon
+    labels = {"platform": "dingtalk", "type": "text", "result": "lease_expired"}
+    before = REGISTRY.get_sample_value("imgate_inbound_messages_total", labels) or 0.0
+    second = await sim.send("after it moved on")
+
+    async def withheld() -> bool:
+        return (REGISTRY.get_sample_value("imgate_inbound_messages_total", labels) or 0.0) > before
+
+    await until(withheld)
+    assert [m.message_id for m in stored] == [first["msg_id"], second["msg_id"]], "stored: it is safe"
+    assert await sim.acks_for(second["msg_id"]) == [], "the platform redelivers it to the new owner"
+    assert [m.message_id for m in opened] == [first["msg_id"]], "no card for it here"
+    calls = (await sim.counters())["api_calls"]
+    with pytest.raises(LeaseExpired):
+        await adapter.surface.send_text(opened[0].target, "too late")
+    with pytest.raises(LeaseExpired):
+        await adapter.surface.close_card("some-card", "too late", failed=False)
+    assert (await sim.counters())["api_calls"] == calls, "nothing reached the platform"

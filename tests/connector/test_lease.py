@@ -6,7 +6,10 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from imgate_connector.lease import ChannelLease, ReplicaSet, place_channels
+from imgate_connector.lease import SELF_FENCE_SHARE, ChannelLease, LeaseExpired, ReplicaSet, place_channels
+from imgate_connector.ledger import ReplyLedger, ReplyState
+from tests.connector.sim import until
+from tests.support.blackhole import black_hole_proxy
 
 
 async def test_one_holder_at_a_time_and_the_fence_grows(redis_client: Redis, key_prefix: str) -> None:
@@ -73,3 +76,50 @@ def test_two_replicas_always_share(count: int) -> None:
     for base in range(0, 5000, 500):
         counts = Counter(place_channels(list(range(base, base + count)), ["a", "b"]).values())
         assert counts["a"] == counts["b"] == count // 2
+
+
+async def test_a_black_holed_redis_cannot_keep_a_replica_acting_past_its_lease(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    async with black_hole_proxy("127.0.0.1", 6379) as proxy:
+        through = Redis(host="127.0.0.1", port=proxy.port)
+        lease = ChannelLease(through, key_prefix, "a", ttl_s=2.0)
+        try:
+            assert await lease.acquire(5) is not None
+            fence = lease.fenced(5)
+            assert fence.valid()
+            proxy.cut = True  # Redis stops answering, and says nothing
+            margin = lease.ttl_s * (1 - SELF_FENCE_SHARE)
+            renewal = asyncio.create_task(lease.renew_all())
+            done, _ = await asyncio.wait([renewal], timeout=margin)
+            assert renewal in done, "a Redis call under a lease gives up inside the lease's margin"
+            assert isinstance(renewal.exception(), TimeoutError)
+
+            async def expired() -> bool:
+                return not fence.valid()
+
+            await until(expired)
+            # The local deadline passed while the lease still holds in Redis: nobody else could
+            # have taken the channel before this replica stopped acting on it.
+            assert await redis_client.pttl(f"{key_prefix}:lease:5") > 0
+            with pytest.raises(LeaseExpired):
+                fence.check()
+        finally:
+            await through.aclose(close_connection_pool=True)
+
+
+async def test_the_ledger_refuses_a_write_from_a_stale_fence(redis_client: Redis, key_prefix: str) -> None:
+    old = ChannelLease(redis_client, key_prefix, "old", ttl_s=5)
+    assert await old.acquire(9) is not None
+    stale = ReplyLedger(redis_client, key_prefix, old.fenced(9))
+    await stale.set("run-1", ReplyState.CARD)
+    # The lease moved on in Redis (it expired there, another replica took it) while the old
+    # owner's own deadline has not passed yet.
+    await redis_client.delete(f"{key_prefix}:lease:9")
+    new = ChannelLease(redis_client, key_prefix, "new", ttl_s=5)
+    assert await new.acquire(9) is not None
+    await ReplyLedger(redis_client, key_prefix, new.fenced(9)).set("run-1", ReplyState.DONE)
+    assert old.fenced(9).valid(), "locally the old owner still believes it holds the channel"
+    with pytest.raises(LeaseExpired):
+        await stale.set("run-1", ReplyState.CARD)
+    assert await stale.get("run-1") == ReplyState.DONE, "what the new owner wrote stands"

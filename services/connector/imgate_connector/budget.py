@@ -12,6 +12,8 @@ import random
 
 from redis.asyncio import Redis
 
+from imgate_connector.lease import within
+
 # KEYS[1] bucket; ARGV: rate, burst, n, reserve, ttl_ms → 0 when granted, else ms to wait.
 _TAKE = """
 local t = redis.call('TIME')
@@ -58,8 +60,12 @@ MAX_POLL_S = 0.25
 class CardBudget:
     """Card API calls per second for one app (`key`), as a shared Redis token bucket."""
 
-    def __init__(self, redis: Redis, prefix: str, key: str, rate: float) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, key: str, rate: float, call_timeout_s: float = 10.0
+    ) -> None:
         self._redis = redis
+        # Card calls happen under the channel's lease: Redis answers in time or not at all.
+        self._timeout_s = call_timeout_s
         self._key = f"{prefix}:card-budget:{key}"
         self.rate = max(0.1, rate)
         # A second's worth of calls may go out at once; never fewer than a final needs (2).
@@ -69,13 +75,19 @@ class CardBudget:
 
     async def try_take(self, n: int = 1) -> bool:
         """Tokens for optional calls (streaming updates): only while the reserve is left."""
-        wait = await self._take(n, min(self._reserve, self._burst - n))
+        try:
+            wait = await self._take(n, min(self._reserve, self._burst - n))
+        except TimeoutError:  # Redis is slow to answer: skip this update, the next one comes
+            return False
         return wait == 0
 
     async def take(self, n: int = 1) -> None:
         """Tokens for calls that must happen: waits until the bucket has them."""
         while True:
-            wait = await self._take(n, 0.0)
+            try:
+                wait = await self._take(n, 0.0)
+            except TimeoutError:  # Redis did not answer in time: ask again (the lease ends this)
+                wait = int(MAX_POLL_S * 1000)
             if wait == 0:
                 return
             # Jitter spreads replicas waiting on the same bucket.
@@ -83,13 +95,11 @@ class CardBudget:
 
     async def penalize(self) -> float:
         """The platform throttled us: halve the app's rate and start from an empty bucket."""
-        rate = await self._redis.eval(  # type: ignore[misc]
-            _PENALIZE, 1, self._key, self.rate, max(0.5, self.rate / 20), BUCKET_TTL_MS
-        )
+        call = self._redis.eval(_PENALIZE, 1, self._key, self.rate, max(0.5, self.rate / 20), BUCKET_TTL_MS)
+        rate = await within(self._timeout_s, call)  # type: ignore[arg-type]
         return float(rate)
 
     async def _take(self, n: int, reserve: float) -> int:
-        wait = await self._redis.eval(  # type: ignore[misc]
-            _TAKE, 1, self._key, self.rate, self._burst, n, reserve, BUCKET_TTL_MS
-        )
+        call = self._redis.eval(_TAKE, 1, self._key, self.rate, self._burst, n, reserve, BUCKET_TTL_MS)
+        wait = await within(self._timeout_s, call)  # type: ignore[arg-type]
         return int(wait)

@@ -2,7 +2,10 @@
 
 A replica holds a channel while its lease (`SET NX PX`) carries its token. It renews every lease
 often; one it could not renew for most of a TTL is treated as lost even before Redis says so
-(self-fencing), so two replicas never both believe they own a channel for long.
+(self-fencing), so two replicas never both believe they own a channel for long. Every side
+effect of a channel (the platform ACK, a card call, a ledger write) asks its `LeaseFence` first:
+a local deadline that passes before the lease can expire in Redis, however slowly Redis answers,
+since every Redis call made under a lease gives up well inside the remaining margin.
 
 Channels are spread by rendezvous hashing with bounded loads over the live replicas: every
 replica computes the same placement (each channel goes to its highest-weighted replica that still
@@ -10,9 +13,13 @@ has room, room being an equal share), the placed replica takes a free channel at
 only after a grace period (so nothing stays unowned when the placed replica is busy or gone).
 """
 
+import asyncio
 import hashlib
 import math
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
@@ -44,6 +51,22 @@ return redis.call('zrange', KEYS[1], 0, -1)
 """
 # A renewal must land within this share of the TTL, or we stop trusting the lease ourselves.
 SELF_FENCE_SHARE = 0.8
+# A Redis call made under a lease gives up after this share of the TTL: half the margin between
+# the local deadline and the lease's expiry in Redis, so a black-holed Redis (no answer, no
+# error) cannot hold a replica past its deadline.
+CALL_TIMEOUT_SHARE = (1 - SELF_FENCE_SHARE) / 2
+
+T = TypeVar("T")
+
+
+class LeaseExpired(Exception):
+    """The channel's lease is no longer ours to act on (its local deadline passed)."""
+
+
+async def within(timeout_s: float, call: Awaitable[T]) -> T:
+    """A Redis call under a lease: `TimeoutError` once `timeout_s` passed without an answer."""
+    async with asyncio.timeout(timeout_s):
+        return await call
 
 
 def _text(value: bytes | str) -> str:
@@ -57,6 +80,7 @@ class ChannelLease:
         self.owner = owner
         self.ttl_s = ttl_s
         self._ttl_ms = int(ttl_s * 1000)
+        self.call_timeout_s = ttl_s * CALL_TIMEOUT_SHARE
         self._tokens: dict[int, str] = {}
         self._valid_until: dict[int, float] = {}
 
@@ -67,12 +91,15 @@ class ChannelLease:
         """Take the lease if free; returns the fencing token (grows with every new holder)."""
         if channel_id in self._tokens:
             return self.fence(channel_id)
-        if await self._redis.exists(self._key(channel_id)):
+        if await within(self.call_timeout_s, self._redis.exists(self._key(channel_id))):
             return None
         started = time.monotonic()
-        fence = await self._redis.incr(f"{self._prefix}:lease-fence:{channel_id}")
+        fence = await within(
+            self.call_timeout_s, self._redis.incr(f"{self._prefix}:lease-fence:{channel_id}")
+        )
         value = f"{self.owner}#{fence}"
-        if await self._redis.set(self._key(channel_id), value, nx=True, px=self._ttl_ms):
+        taken = self._redis.set(self._key(channel_id), value, nx=True, px=self._ttl_ms)
+        if await within(self.call_timeout_s, taken):
             self._tokens[channel_id] = value
             self._valid_until[channel_id] = started + self.ttl_s * SELF_FENCE_SHARE
             LEASE_CHANGES.labels("acquired").inc()
@@ -88,6 +115,20 @@ class ChannelLease:
         """Held, and renewed recently enough to trust without asking Redis."""
         return channel_id in self._tokens and time.monotonic() < self._valid_until.get(channel_id, 0)
 
+    def token(self, channel_id: int) -> str | None:
+        """The lease's value while we hold it (`owner#fence`)."""
+        return self._tokens.get(channel_id)
+
+    def key(self, channel_id: int) -> str:
+        return self._key(channel_id)
+
+    def fenced(self, channel_id: int) -> "LeaseFence":
+        """What the channel's side effects check: this holding of the lease, and its deadline."""
+        token = self._tokens.get(channel_id)
+        if token is None:
+            raise LeaseExpired(f"channel {channel_id} is not held here")
+        return LeaseFence(self, channel_id, token)
+
     async def renew(self, channel_id: int) -> bool:
         return channel_id not in await self.renew_all([channel_id])
 
@@ -100,7 +141,7 @@ class ChannelLease:
         pipe = self._redis.pipeline(transaction=False)
         for channel_id in held:
             pipe.eval(_RENEW, 1, self._key(channel_id), self._tokens[channel_id], self._ttl_ms)
-        results = await pipe.execute()
+        results = await within(self.call_timeout_s, pipe.execute())
         lost = []
         for channel_id, ok in zip(held, results, strict=True):
             if ok:
@@ -122,7 +163,8 @@ class ChannelLease:
         self.forget(channel_id)
         if value is not None:
             LEASE_CHANGES.labels("released").inc()
-            await self._redis.eval(_RELEASE, 1, self._key(channel_id), value)  # type: ignore[misc]
+            released = self._redis.eval(_RELEASE, 1, self._key(channel_id), value)
+            await within(self.call_timeout_s, released)  # type: ignore[arg-type]
 
     async def holder(self, channel_id: int) -> str | None:
         return (await self.holders([channel_id]))[channel_id]
@@ -131,13 +173,38 @@ class ChannelLease:
         """Who holds each channel now (None: free), in one round trip."""
         if not channel_ids:
             return {}
-        values = await self._redis.mget([self._key(c) for c in channel_ids])
+        values = await within(self.call_timeout_s, self._redis.mget([self._key(c) for c in channel_ids]))
         return {
             c: _text(v).rsplit("#", 1)[0] if v else None for c, v in zip(channel_ids, values, strict=True)
         }
 
     def held(self) -> list[int]:
         return list(self._tokens)
+
+
+@dataclass(frozen=True)
+class LeaseFence:
+    """One holding of one channel's lease, as its side effects see it."""
+
+    lease: ChannelLease
+    channel_id: int
+    token: str  # the lease's value: owner#fence
+
+    @property
+    def key(self) -> str:
+        return self.lease.key(self.channel_id)
+
+    @property
+    def call_timeout_s(self) -> float:
+        return self.lease.call_timeout_s
+
+    def valid(self) -> bool:
+        """Still ours: the same holding, inside its local deadline."""
+        return self.lease.token(self.channel_id) == self.token and self.lease.valid(self.channel_id)
+
+    def check(self) -> None:
+        if not self.valid():
+            raise LeaseExpired(f"the lease of channel {self.channel_id} ({self.token}) is no longer ours")
 
 
 class ReplicaSet:
@@ -148,12 +215,15 @@ class ReplicaSet:
         self._key = f"{prefix}:connector-replicas"
         self.owner = owner
         self._ttl_ms = int(ttl_s * 1000)
+        # The lease loop beats too: a black-holed Redis must not hold it past a lease's deadline.
+        self._call_timeout_s = ttl_s * CALL_TIMEOUT_SHARE
         self.live: list[str] = [owner]
         # When each replica was first seen: a newcomer gets channels handed over only once stable.
         self.first_seen: dict[str, float] = {owner: time.monotonic()}
 
     async def beat(self) -> list[str]:
-        members = await self._redis.eval(_BEAT, 1, self._key, self.owner, self._ttl_ms)  # type: ignore[misc]
+        beat = self._redis.eval(_BEAT, 1, self._key, self.owner, self._ttl_ms)
+        members = await within(self._call_timeout_s, beat)  # type: ignore[arg-type]
         self._update(sorted({_text(m) for m in members} | {self.owner}))
         return self.live
 

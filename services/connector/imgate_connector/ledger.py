@@ -2,19 +2,37 @@
 
 A channel can change owner mid-answer (a replica died, or handed the channel over). The new
 owner must neither open a second card for a run whose card exists, nor answer a run again that
-was answered already but whose final event was not yet acknowledged.
+was answered already but whose final event was not yet acknowledged. A channel's ledger writes
+carry its lease: one from a replica whose lease has passed (locally, or in Redis: a newer owner
+holds it) is refused, so a stale owner never overwrites what the new one recorded.
 """
 
+from collections.abc import Awaitable
 from enum import StrEnum
+from typing import TypeVar
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from imgate_connector.lease import LeaseExpired, LeaseFence, within
+
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 # Longer than reply events live in JetStream (1 h), and than a sessionWebhook is valid (~1.5 h).
 LEDGER_TTL_S = 3 * 3600
+
+
+# KEYS: the run's entry, the channel's lease; ARGV: state, ttl_s, the writer's lease value.
+_FENCED_SET = """
+if redis.call('get', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 class ReplyState(StrEnum):
@@ -25,9 +43,11 @@ class ReplyState(StrEnum):
 
 
 class ReplyLedger:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, fence: LeaseFence | None = None) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._fence = fence
+        self._timeout_s = fence.call_timeout_s if fence is not None else None
 
     def _key(self, run_id: str) -> str:
         return f"{self._prefix}:reply:{run_id}"
@@ -35,8 +55,8 @@ class ReplyLedger:
     async def get(self, run_id: str) -> ReplyState | None:
         """None when unknown, or when Redis cannot say (then we act as if we were first)."""
         try:
-            value = await self._redis.get(self._key(run_id))
-        except RedisError as exc:
+            value = await self._call(self._redis.get(self._key(run_id)))
+        except (RedisError, TimeoutError) as exc:
             log.warning("reply_ledger_unavailable", run_id=run_id, error=str(exc))
             return None
         if not value:
@@ -47,7 +67,26 @@ class ReplyLedger:
             return None
 
     async def set(self, run_id: str, state: ReplyState) -> None:
+        """Record the run's state; `LeaseExpired` when the channel is no longer ours to write."""
+        fence = self._fence
         try:
-            await self._redis.set(self._key(run_id), state.value, ex=LEDGER_TTL_S)
-        except RedisError as exc:
-            log.warning("reply_ledger_unavailable", run_id=run_id, error=str(exc))
+            if fence is None:
+                await self._redis.set(self._key(run_id), state.value, ex=LEDGER_TTL_S)
+                return
+            fence.check()
+            script = self._redis.eval(
+                _FENCED_SET, 2, self._key(run_id), fence.key, state.value, LEDGER_TTL_S, fence.token
+            )
+            written = await self._call(script)  # type: ignore[arg-type]
+        except (RedisError, TimeoutError) as exc:
+            log.warning("reply_ledger_unavailable", run_id=run_id, error=str(exc) or type(exc).__name__)
+            return
+        if not written:
+            raise LeaseExpired(
+                f"ledger write for run {run_id} refused: the lease moved on from {fence.token}"
+            )
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        if self._timeout_s is None:
+            return await call
+        return await within(self._timeout_s, call)

@@ -117,7 +117,6 @@ class ChannelSupervisor:
         self._replicas = replicas
         self._status = status
         self._resources = resources
-        self._ledger = ReplyLedger(resources.redis, resources.redis_prefix)
         self._publisher = InboundPublisher(js, settings.publish_timeout_s, settings.publish_retry_for_s)
         self.records: dict[int, ChannelRecord] = {}
         self.running: dict[int, RunningChannel] = {}
@@ -298,6 +297,9 @@ class ChannelSupervisor:
         settings = self.settings.model_copy(update=overrides)
         health = ChannelHealth(channel_id=spec.id, owner=self.owner, on_change=self._status_due.set)
         adapter = adapter_cls(spec, settings, self._publisher, health, self._resources)
+        # Every side effect of the channel (ACK, card call, ledger write) checks this holding.
+        lease = self._lease.fenced(spec.id)
+        adapter.fence = adapter.surface.fence = lease
 
         async def history(run_id: str) -> list[Any]:
             return await run_history(self._js, spec.id, run_id)
@@ -306,7 +308,7 @@ class ChannelSupervisor:
             adapter.surface,
             health,
             settings.card_update_interval_s,
-            ledger=self._ledger,
+            ledger=ReplyLedger(self._resources.redis, self._resources.redis_prefix, lease),
             history=history,
             wording=wording_for(settings.language),
             scope=spec.session_scope,

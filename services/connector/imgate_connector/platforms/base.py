@@ -11,6 +11,7 @@ from imgate_common.channels import ChannelSpec
 from imgate_common.errors import PlatformError
 from imgate_common.messages import InboundMessage, ReplyTarget
 from imgate_connector.health import ChannelHealth
+from imgate_connector.lease import LeaseFence
 from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
 
@@ -49,6 +50,8 @@ class ReplySurface(ABC):
 
     # Text a card can show comfortably; longer answers continue in a further card.
     max_card_chars: int = 5000
+    # The channel's lease: every call to the platform checks it first (None: not fenced).
+    fence: LeaseFence | None = None
 
     @abstractmethod
     async def open_card(self, card_id: str, target: ReplyTarget) -> None:
@@ -95,6 +98,8 @@ class PlatformAdapter(ABC):
         self.health = health
         self.resources = resources
         self.on_accepted: AcceptedHook | None = None
+        # The channel's lease: no ACK (and no card) once it is no longer ours (None: not fenced).
+        self.fence: LeaseFence | None = None
 
     @abstractmethod
     async def start(self) -> None:

@@ -41,6 +41,7 @@ from imgate_common.messages import (
     run_id_for,
 )
 from imgate_connector.budget import CardBudget
+from imgate_connector.lease import CALL_TIMEOUT_SHARE
 from imgate_connector.media import MediaTooLarge, describe_file
 from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
 from imgate_connector.platforms.base import InboundRejected, PlatformAdapter
@@ -151,7 +152,11 @@ class DingTalkAdapter(PlatformAdapter):
             self.resources.shared(DingTalkTokens),
         )
         budget = CardBudget(
-            self.resources.redis, self.resources.redis_prefix, self.config.client_id, self.settings.card_qps
+            self.resources.redis,
+            self.resources.redis_prefix,
+            self.config.client_id,
+            self.settings.card_qps,
+            call_timeout_s=self.settings.lease_ttl_s * CALL_TIMEOUT_SHARE,
         )
         self._surface = DingTalkReplySurface(self.api, http, self.config, budget, self.health, self.settings)
         self._wording = wording_for(self.settings.language)
@@ -443,6 +448,12 @@ class DingTalkAdapter(PlatformAdapter):
         else:
             outcome.result = "published"
         self.health.inbound()
+        if self.fence is not None and not self.fence.valid():
+            # Stored, but the channel is no longer ours to act on: no card, no ACK. The platform
+            # redelivers it to the channel's new owner, and the bus drops the repeat.
+            outcome.result = "lease_expired"
+            self._log.warning("ack_withheld_lease_expired", frame_id=frame_id, msg_id=inbound.message_id)
+            return
         # Before the ACK goes out (it never waits for this): the card must be known before any
         # reply event for the message can arrive.
         self.accepted(inbound)

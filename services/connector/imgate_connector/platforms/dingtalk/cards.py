@@ -133,6 +133,7 @@ class DingTalkReplySurface(ReplySurface):
         throttled = failed = 0
         while True:
             await self.budget.take()
+            self._check_fence()
             self.card_calls += 1
             try:
                 result = await self._api.call(method, path, body)
@@ -160,6 +161,8 @@ class DingTalkReplySurface(ReplySurface):
     async def _may(self, calls: list[tuple[str, str, dict[str, Any]]]) -> bool:
         """Optional calls, all or none: skipped when the budget is low; False if they did not go."""
         if self._circuit.open or not await self.budget.try_take(len(calls)):
+            return False
+        if self.fence is not None and not self.fence.valid():
             return False
         for method, path, body in calls:
             self.card_calls += 1
@@ -257,7 +260,12 @@ class DingTalkReplySurface(ReplySurface):
 
     # -- plain messages -------------------------------------------------------------------
 
+    def _check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence.check()
+
     async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
+        self._check_fence()
         expires = target.session_webhook_expires_at
         if target.session_webhook and (expires is None or expires > datetime.now(UTC)):
             if await self._send_by_webhook(target, text, markdown):
