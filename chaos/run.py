@@ -6,6 +6,7 @@ loss or doubling.
     python chaos/run.py --list
     python chaos/run.py --scenario kill-runner --scenario restart-nats
     python chaos/run.py --short          # the CI subset, side by side on one fleet
+    python chaos/run.py --scenario platform-outage --outage-s 120   # the slow one, shortened
 
 What counts is what the users see in imsim: every message ends in exactly one final answer (a
 clear failure message counts, for the model-error scenario). "Recovered in" is the time from the
@@ -36,6 +37,9 @@ CONVERSATIONS_PER_CHANNEL = 10
 FAULT_AFTER_S = 6.0
 # Faults that last (card APIs down, model errors) last this long.
 FAULT_FOR_S = 20.0
+# The platform outage scenario: card APIs and plain messages (sessionWebhook, robot API) down
+# this long, longer than the reply consumer's old 8.5 minutes of tries (`--outage-s` shortens it).
+OUTAGE_S = 15 * 60.0
 # Long enough for DingTalk's own redelivery (about a minute after a lost ACK) to land.
 COLLECT_TIMEOUT_S = 150.0
 # A fault that outlasts the traffic is followed by probe messages (same pace) for at most this
@@ -81,6 +85,7 @@ class Scenario:
     runners: int = 1
     private_redis: bool = False
     short: bool = False  # part of the CI subset
+    slow: bool = False  # takes many minutes (never part of the CI subset)
     failures_expected: bool = False  # the users get a clear failure message, not an answer
 
     def fleet_config(self) -> FleetConfig:
@@ -207,6 +212,19 @@ def card_apis_down(lane: Lane) -> None:
     lane.sim_apps("PATCH", "/faults/config", {"card_down": False})
 
 
+def platform_outage(lane: Lane) -> None:
+    """Every way of answering fails (cards, sessionWebhook, robot API), then all is back:
+    each answer must arrive once afterwards, or be reported as undeliverable."""
+    lane.hit()
+    lane.sim_apps("PATCH", "/faults/config", {"card_down": True, "messages_down": True})
+    time.sleep(OUTAGE["for_s"])
+    lane.sim_apps("PATCH", "/faults/config", {"card_down": False, "messages_down": False})
+
+
+# Set from --outage-s before the scenario runs.
+OUTAGE = {"for_s": OUTAGE_S}
+
+
 def model_errors(lane: Lane) -> None:
     lane.hit()
     lane.fleet.model_sim("POST", "/fail", {"status": 503, "for_s": FAULT_FOR_S})
@@ -230,6 +248,12 @@ SCENARIOS = [
     Scenario("card-apis-down", f"imsim card APIs fail for {FAULT_FOR_S:.0f} s", card_apis_down),
     Scenario(
         "model-errors", f"model answers 503 for {FAULT_FOR_S:.0f} s", model_errors, failures_expected=True
+    ),
+    Scenario(
+        "platform-outage",
+        f"imsim card APIs, webhooks and robot API down for {OUTAGE_S / 60:.0f} min (--outage-s)",
+        platform_outage,
+        slow=True,
     ),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
@@ -365,10 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--short", action="store_true", help="the CI subset, side by side on one fleet")
     parser.add_argument("--keep", action="store_true", help="keep the fleets' data and logs")
+    parser.add_argument(
+        "--outage-s", type=float, default=OUTAGE_S, help="how long platform-outage lasts (seconds)"
+    )
     args = parser.parse_args(argv)
+    OUTAGE["for_s"] = args.outage_s
     if args.list:
         for s in SCENARIOS:
-            print(f"{s.name:<20} {'short' if s.short else '     '}  {s.about}")
+            print(f"{s.name:<20} {'short' if s.short else 'slow ' if s.slow else '     '}  {s.about}")
         return 0
     base = Path(tempfile.mkdtemp(prefix="imgate-chaos-"))
     results: list[Result] = []
