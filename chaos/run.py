@@ -14,6 +14,7 @@ fault to the first good answer to a message sent after it.
 """
 
 import argparse
+import asyncio
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import asyncpg
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,6 +74,8 @@ class Lane:
 
 
 Fault = Callable[[Lane], None]
+# What a scenario checks after the run, besides loss and doubling: notes for the summary.
+Check = Callable[[Lane, Report], list[str]]
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Scenario:
     short: bool = False  # part of the CI subset
     slow: bool = False  # takes many minutes (never part of the CI subset)
     failures_expected: bool = False  # the users get a clear failure message, not an answer
+    env: dict[str, str] = field(default_factory=dict)  # for the services of its fleet
+    check: Check | None = None
 
     def fleet_config(self) -> FleetConfig:
         return FleetConfig(
@@ -96,7 +104,7 @@ class Scenario:
             channels=CHANNELS_PER_SCENARIO,
             database="postgres",  # what production runs; SQLite serializes writers across replicas
             private_redis=self.private_redis,
-            extra_env=dict(FLEET_ENV),
+            extra_env={**FLEET_ENV, **self.env},
         )
 
 
@@ -107,6 +115,7 @@ class Result:
     fault_at: float | None
     took_s: float
     notes: list[str] = field(default_factory=list)
+    stuck: int = 0  # conversations still holding a run lock or waiting runs at the end
 
     @property
     def lost(self) -> int:
@@ -118,7 +127,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.doubled
+        return not self.lost and not self.doubled and not self.stuck
 
     @property
     def recovered_in(self) -> float | None:
@@ -230,6 +239,125 @@ def model_errors(lane: Lane) -> None:
     lane.fleet.model_sim("POST", "/fail", {"status": 503, "for_s": FAULT_FOR_S})
 
 
+# -- the conversation queue and poison messages ---------------------------------------------------
+
+# Each router exits right after publishing every Nth run request, before marking its message
+# seen (ROUTER_CHAOS_EXIT_EVERY_N_RUNS); its replacement gets the message again 30 s later.
+ROUTER_EXIT_EVERY_N_RUNS = 7
+# A token no configured key decrypts: what an agent's stored key looks like after the secret
+# keys were replaced without re-encrypting it.
+FOREIGN_TOKEN = "gAAAAABoNotATokenTheseKeysCanRead=="
+
+
+async def _db(url: str, sql: str, *args: object) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+def stuck_conversations(lane: Lane) -> int:
+    """Conversations of the lane's channels that still hold a run lock or waiting runs once
+    every answer is in: each would leave its next message waiting."""
+    fleet = lane.fleet
+    client = redis.Redis.from_url(fleet.redis_url)
+    try:
+        held = {
+            key.decode().split(":")[-2]
+            for kind in ("active", "queue")
+            for key in client.scan_iter(f"{fleet.redis_prefix}:conv:*:{kind}")
+        }
+    finally:
+        client.close()
+    if not held:
+        return 0
+    channels = {fleet.channel_ids[c] for c in lane.client_ids}
+    rows = asyncio.run(
+        _db(fleet.database_url, "SELECT channel_id FROM conversations WHERE id = ANY($1::text[])", list(held))
+    )
+    return sum(1 for row in rows if row["channel_id"] in channels)
+
+
+def replace_exited_routers(lane: Lane) -> None:
+    """Routers exit on their own (ROUTER_CHAOS_EXIT_EVERY_N_RUNS); each is replaced at once."""
+    lane.hit()
+    wanted = len(lane.fleet.replicas("router"))
+
+    def keep() -> None:
+        deadline = time.monotonic() + COLLECT_TIMEOUT_S + PROBE_FOR_S
+        while time.monotonic() < deadline:
+            try:
+                for _ in range(wanted - len(lane.fleet.replicas("router"))):
+                    lane.fleet.start_replica("router", wait=False)
+            except Exception as exc:  # the fleet is being stopped
+                print(f"  router replacement: {exc}", file=sys.stderr)
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=keep, daemon=True, name="router-replacer").start()
+
+
+def router_exits(lane: Lane, report: Report) -> list[str]:
+    logs = [p.read_text(errors="replace") for p in lane.fleet.log_dir.glob("router-*.log")]
+    return [f"{sum(log.count('router_chaos_exit') for log in logs)} router exits between publish and seen"]
+
+
+def misconfigure_user_mapping(lane: Lane) -> None:
+    """The second channel now maps senders through LDAP with a filter naming a placeholder that
+    does not exist: every message on it is a configuration error for the router."""
+    channel_id = lane.fleet.channel_ids[lane.client_ids[1]]
+    mapping = {
+        "mode": "ldap",
+        "url": "ldap://127.0.0.1:9",
+        "bind_dn": "cn=reader,dc=example,dc=com",
+        "bind_password": "reader-secret",
+        "base_dn": "dc=example,dc=com",
+        "user_filter": "(employeeNumber={employee_id})",
+    }
+    lane.hit()
+    with lane.fleet.admin_api() as api:
+        api.patch(f"/api/v1/channels/{channel_id}", json={"user_mapping": mapping}).raise_for_status()
+
+
+def undecryptable_agent_key(lane: Lane) -> None:
+    """The second channel now runs an agent whose stored API key no configured secret key can
+    read: every run on it is a configuration error for the runner."""
+    fleet = lane.fleet
+    channel_id = fleet.channel_ids[lane.client_ids[1]]
+    with fleet.admin_api() as api:
+        agent = api.post(
+            "/api/v1/agents",
+            json={
+                "name": f"stale-key-{channel_id}",
+                "provider": "openai",
+                "model": "modelsim",
+                "base_url": fleet.model,
+                "api_key": "sk-stale",
+            },
+        )
+        agent.raise_for_status()
+        agent_id = agent.json()["id"]
+        stale = "UPDATE agents SET api_key_enc = $1 WHERE id = $2"
+        asyncio.run(_db(fleet.database_url, stale, FOREIGN_TOKEN, agent_id))
+        lane.hit()
+        api.patch(f"/api/v1/channels/{channel_id}", json={"default_agent_id": agent_id}).raise_for_status()
+
+
+def dead_letters_match_failures(lane: Lane, report: Report) -> list[str]:
+    """Every failed message of the poisoned channel is one dead letter; the other channel had none."""
+    poisoned = lane.fleet.channel_ids[lane.client_ids[1]]
+    with lane.fleet.admin_api() as api:
+        letters = api.get("/api/v1/dead-letters", params={"limit": 500}).json()
+    mine = [d for d in letters if d["channel_id"] in {lane.fleet.channel_ids[c] for c in lane.client_ids}]
+    other = [d for d in mine if d["channel_id"] != poisoned]
+    failed_elsewhere = [o for o in report.failed if o.sent.client_id != lane.client_ids[1]]
+    notes = [f"{len(mine)} dead letters for {len(report.failed)} failed messages"]
+    if len(mine) != len(report.failed) or other or failed_elsewhere:
+        notes.append("MISMATCH: a failure without its dead letter, or a healthy channel hit")
+    return notes
+
+
 SCENARIOS = [
     Scenario("kill-connector", "kill -9 the connector holding the channel", kill_connector, connectors=2),
     Scenario("kill-router", "kill -9 a router", kill_router, routers=2),
@@ -254,6 +382,29 @@ SCENARIOS = [
         f"imsim card APIs, webhooks and robot API down for {OUTAGE_S / 60:.0f} min (--outage-s)",
         platform_outage,
         slow=True,
+    ),
+    Scenario(
+        "router-exit-unseen",
+        f"each router exits after every {ROUTER_EXIT_EVERY_N_RUNS}th run it publishes, before marking "
+        "the message seen; replaced at once",
+        condition=replace_exited_routers,
+        routers=2,
+        env={"ROUTER_CHAOS_EXIT_EVERY_N_RUNS": str(ROUTER_EXIT_EVERY_N_RUNS)},
+        check=router_exits,
+    ),
+    Scenario(
+        "poison-inbound",
+        "one channel's LDAP user filter names an unknown placeholder (its messages fail in the router)",
+        misconfigure_user_mapping,
+        failures_expected=True,
+        check=dead_letters_match_failures,
+    ),
+    Scenario(
+        "poison-run",
+        "one channel's agent key cannot be decrypted (its runs fail in the runner)",
+        undecryptable_agent_key,
+        failures_expected=True,
+        check=dead_letters_match_failures,
     ),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
@@ -315,6 +466,7 @@ def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
         runners=max(s.runners for s in scenarios),
         channels=CHANNELS_PER_SCENARIO * len(scenarios),
         private_redis=any(s.private_redis for s in scenarios),
+        extra_env={**FLEET_ENV, **{k: v for s in scenarios for k, v in s.env.items()}},
     )
     started = time.monotonic()
     with Fleet(config, data_dir) as fleet:
@@ -355,6 +507,10 @@ def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
                 result.notes.append(f"{len(mine.out_of_order)} answered out of order")
             if open_cards := sum(o.open_cards for o in mine.outcomes):
                 result.notes.append(f"{open_cards} cards left unfinished beside their answer")
+            result.stuck = stuck_conversations(lane)
+            result.notes.append(f"{result.stuck} stuck conversations")
+            if scenario.check is not None:
+                result.notes.extend(scenario.check(lane, mine))
             if not result.ok:
                 result.notes.append(f"logs kept in {fleet.log_dir}")
             results.append(result)
