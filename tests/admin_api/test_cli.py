@@ -169,3 +169,76 @@ def test_errors_are_one_line_on_stderr(url: str) -> None:
     invalid = run(url, "channels", "create", "--name", "x", "--config", "client_id=a")
     assert invalid.exit_code == 1 and "config.client_secret: Field required" in invalid.stderr
     assert ADMIN_TOKEN not in no_token.output + wrong.output + unreachable.output + invalid.output
+
+
+def test_moving_a_destination_asks_for_the_secret_again(url: str) -> None:
+    agent = as_json(
+        url,
+        "agents",
+        "create",
+        "--name",
+        "moved",
+        "--provider",
+        "openai",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key",
+        "sk-first",
+    )
+    moved = run(url, "agents", "update", str(agent["id"]), "--base-url", "http://127.0.0.2:9/v1")
+    assert moved.exit_code == 1
+    assert "api_key: base_url changed: enter api_key again" in moved.stderr
+    assert "enter it again:\n  --api-key - (typed in hidden), or --clear-api-key" in moved.stderr
+    again = ["agents", "update", str(agent["id"]), "--base-url", "http://127.0.0.2:9/v1", "--api-key", "-"]
+    assert as_json(url, *again, input="sk-second\n")["base_url"] == "http://127.0.0.2:9/v1"
+
+    mapping = {
+        "mode": "ldap",
+        "url": "ldap://127.0.0.1:389",
+        "bind_dn": "cn=imgate",
+        "base_dn": "dc=example",
+        "bind_password": "bind-first",
+    }
+    channel = as_json(
+        url,
+        "channels",
+        "create",
+        "--name",
+        "moved-bot",
+        "--config",
+        "client_id=ding-moved",
+        "--config",
+        "openapi_endpoint=http://127.0.0.1:9",
+        "--secret",
+        "client_secret",
+        "--user-mapping-json",
+        json.dumps(mapping),
+        "--disabled",
+        input="first-secret\n",
+    )
+    channel_id = str(channel["id"])
+    endpoint = run(url, "channels", "update", channel_id, "--config", "openapi_endpoint=http://127.0.0.2:9")
+    assert endpoint.exit_code == 1
+    assert "config.client_secret: openapi_endpoint changed" in endpoint.stderr
+    assert "  --secret client_secret (typed in hidden)" in endpoint.stderr
+    directory = {**channel["user_mapping"], "url": "ldap://127.0.0.2:389"}
+    ldap = run(url, "channels", "update", channel_id, "--user-mapping-json", json.dumps(directory))
+    assert ldap.exit_code == 1
+    assert '  "bind_password": "…" inside --user-mapping-json' in ldap.stderr
+    fixed = as_json(
+        url,
+        "channels",
+        "update",
+        channel_id,
+        "--config",
+        "openapi_endpoint=http://127.0.0.2:9",
+        "--secret",
+        "client_secret",
+        "--user-mapping-json",
+        json.dumps({**directory, "bind_password": "bind-second"}),
+        input="second-secret\n",
+    )
+    assert fixed["config"]["openapi_endpoint"] == "http://127.0.0.2:9"
+    assert fixed["user_mapping"]["url"] == "ldap://127.0.0.2:389"

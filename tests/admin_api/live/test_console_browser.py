@@ -194,3 +194,87 @@ def _connections(live: LiveStack, client_id: str) -> list[dict[str, object]]:
     import httpx
 
     return list(httpx.get(f"{live.imsim}/sim/apps/{client_id}/connections", timeout=5).json())
+
+
+def _error_under(page: Page, name: str) -> Locator:
+    return page.locator(f'.field:has([name="{name}"]) .field-error')
+
+
+def test_a_moved_destination_asks_for_the_secret_again(page: Page, live: LiveStack) -> None:
+    """Invariant 8 in the console: a changed base URL, endpoint or directory URL refuses the
+    stored secret, says so under the secret's field, and saves once the secret is typed in."""
+    suffix = uuid.uuid4().hex[:6]
+    with live.api() as api:
+        agent = api.post(
+            "/agents",
+            json={
+                "name": f"moved-agent-{suffix}",
+                "provider": "openai",
+                "model": "scripted",
+                "base_url": live.model_url,
+                "api_key": "sk-console-first",
+            },
+        ).json()
+        channel = api.post(
+            "/channels",
+            json={
+                "name": f"moved-bot-{suffix}",
+                "platform": "dingtalk",
+                "config": {
+                    "client_id": f"moved-{suffix}",
+                    "client_secret": "first",
+                    "openapi_endpoint": live.imsim,
+                },
+                "user_mapping": {
+                    "mode": "ldap",
+                    "url": "ldap://127.0.0.1:389",
+                    "bind_dn": "cn=imgate",
+                    "base_dn": "dc=example",
+                    "bind_password": "first-bind",
+                },
+                "enabled": False,
+            },
+        ).json()
+    _sign_in(page)
+
+    page.goto(f"/console/#/agents/{agent['id']}/edit")
+    form = page.locator("form#agent-form")
+    expect(form.locator(".field:has([name=base_url]) .hint")).to_contain_text(
+        "needs the secrets entered again"
+    )
+    form.locator('[name="base_url"]').fill("http://127.0.0.1:9/v1")
+    form.locator("button[type=submit]").click()
+    expect(_error_under(page, "api_key")).to_have_text(
+        "base_url changed: enter api_key again (a stored secret is only sent where it was configured to go)"
+    )
+    expect(form.locator('[name="api_key"]')).to_have_class("invalid")
+    expect(form.locator('[name="api_key"]')).to_be_focused()
+    with live.api() as api:
+        assert api.get(f"/agents/{agent['id']}").json()["base_url"] == live.model_url
+    form.locator('[name="api_key"]').fill("sk-console-second")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("h1")).to_have_text("Agents")
+    with live.api() as api:
+        assert api.get(f"/agents/{agent['id']}").json()["base_url"] == "http://127.0.0.1:9/v1"
+
+    page.goto(f"/console/#/channels/{channel['id']}/edit")
+    form = page.locator("form#channel-form")
+    expect(form.locator(".field:has([name='user_mapping.url']) .hint")).to_contain_text("entered again")
+    form.locator('[name="config.openapi_endpoint"]').fill("http://127.0.0.1:9")
+    form.locator('[name="user_mapping.url"]').fill("ldap://127.0.0.2:389")
+    form.locator("#save-channel").click()
+    expect(_error_under(page, "config.client_secret")).to_contain_text("openapi_endpoint changed")
+    expect(_error_under(page, "user_mapping.bind_password")).to_contain_text(
+        "url changed: enter bind_password"
+    )
+    expect(form.locator('[name="config.client_secret"]')).to_be_focused()
+    form.locator('[name="config.client_secret"]').fill("second")
+    form.locator('[name="user_mapping.bind_password"]').fill("second-bind")
+    form.locator("#save-channel").click()
+    expect(page.locator("h1")).to_have_text("Channels")
+    with live.api() as api:
+        saved = api.get(f"/channels/{channel['id']}").json()
+    assert (saved["config"]["openapi_endpoint"], saved["user_mapping"]["url"]) == (
+        "http://127.0.0.1:9",
+        "ldap://127.0.0.2:389",
+    )

@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 import typer
 
+from imgate_admin.cli.client import ApiError
 from imgate_admin.cli.output import fields, table
 from imgate_admin.cli.state import JsonOpt, YesOpt, api, show
 
@@ -111,7 +112,12 @@ def update_agent(
     if clear_api_key:
         body["api_key"] = None
     with api(ctx) as client:
-        agent = client.patch(f"/agents/{agent_id}", body)
+        try:
+            agent = client.patch(f"/agents/{agent_id}", body)
+        except ApiError as exc:
+            raise exc.with_reentry_hint(
+                lambda _: "--api-key - (typed in hidden), or --clear-api-key"
+            ) from None
     show(ctx, as_json, agent, fields(agent))
 
 

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from imgate_admin.cli.client import ApiError
 from imgate_admin.cli.output import ago, duration, table
 from imgate_admin.cli.output import fields as field_list
 from imgate_admin.cli.state import JsonOpt, YesOpt, api, parse_pairs, show
@@ -121,6 +122,15 @@ def _mapping(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _reentry(field: str) -> str:
+    """How to give a secret the API asks for again: `config.client_secret` or
+    `user_mapping.bind_password`."""
+    part, _, name = field.partition(".")
+    if part == "config":
+        return f"--secret {name} (typed in hidden)"
+    return f'"{name}": "…" inside --user-mapping-json'
+
+
 @app.command("list")
 def list_channels(
     ctx: typer.Context,
@@ -231,7 +241,10 @@ def update_channel(
         body.update({k: v for k, v in optional.items() if v is not None})
         if no_agent:
             body["default_agent_id"] = None
-        channel = client.patch(f"/channels/{channel_id}", body)
+        try:
+            channel = client.patch(f"/channels/{channel_id}", body)
+        except ApiError as exc:
+            raise exc.with_reentry_hint(_reentry) from None
     show(ctx, as_json, channel, channel_text(channel))
 
 

@@ -1,8 +1,11 @@
 """The CLI's HTTP client of the admin API: one method per call, API errors as `ApiError`."""
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+
+from imgate_admin.destinations import ENTER_AGAIN
 
 
 class CliError(Exception):
@@ -10,10 +13,22 @@ class CliError(Exception):
 
 
 class ApiError(CliError):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(f"{message} (HTTP {status}, {code})")
         self.status = status
         self.code = code
+        self.details = details or []
+
+    def with_reentry_hint(self, how: Callable[[str], str]) -> CliError:
+        """This error, and for each secret the API asks to enter again (its destination changed)
+        how to give it on the command line: `how(field)`, the field as the API names it."""
+        fields = [str(d.get("loc")) for d in self.details if str(d.get("msg", "")).endswith(ENTER_AGAIN)]
+        if not fields:
+            return self
+        hints = "\n".join(f"  {how(f)}" for f in fields)
+        return CliError(f"{self}\nthe new destination gets no stored secret; enter it again:\n{hints}")
 
 
 class AdminClient:
@@ -57,6 +72,7 @@ class AdminClient:
 def _api_error(response: httpx.Response) -> ApiError:
     try:
         error = response.json()["error"]
-        return ApiError(response.status_code, str(error["code"]), str(error["message"]))
+        details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+        return ApiError(response.status_code, str(error["code"]), str(error["message"]), details)
     except (ValueError, KeyError, TypeError):
         return ApiError(response.status_code, "http_error", response.reason_phrase or "request failed")

@@ -138,6 +138,7 @@ function clearErrors(form) {
 function showErrors(form, error) {
   clearErrors(form);
   const unplaced = [];
+  let first = null;
   for (const detail of error.details) {
     // A user-mapping error names the mode too ("user_mapping.ldap.url"); the input does not.
     const loc = detail.loc.replace(/^user_mapping\.[a-z]+\./, "user_mapping.");
@@ -146,13 +147,19 @@ function showErrors(form, error) {
     if (slot) {
       input.classList.add("invalid");
       slot.textContent = detail.msg;
+      first = first || input;
     } else unplaced.push(`${detail.loc}: ${detail.msg}`);
   }
+  // A secret asked for again (its destination changed) is typed right there.
+  if (first) first.focus();
   if (unplaced.length || !error.details.length) flash(unplaced.join("; ") || error.message, true);
 }
 
+const MOVES_SECRETS = "Changing it needs the secrets entered again: a stored secret is only sent where it was configured to go.";
+
 // Inputs generated from a JSON schema (a platform config or a user-mapping mode).
-function schemaFields(prefix, schema, values, secretNames, editing) {
+function schemaFields(prefix, schema, values, secretNames, destinationNames, editing) {
+  const secretsStored = editing && values && secretNames.some((name) => values[name] === MASK);
   const required = new Set(schema.required || []);
   const out = [];
   for (const [name, prop] of Object.entries(schema.properties || {})) {
@@ -180,6 +187,7 @@ function schemaFields(prefix, schema, values, secretNames, editing) {
       input = h("input", { type: "number", step: "any", id: `f-${key}`, name: key, value: value ?? prop.default ?? "" });
     } else {
       input = textInput(key, value ?? prop.default ?? "");
+      if (secretsStored && destinationNames.includes(name)) hint = hint ? `${hint} ${MOVES_SECRETS}` : MOVES_SECRETS;
     }
     input.dataset.kind = plain.type || "string";
     out.push(field(label, input, hint));
@@ -375,12 +383,12 @@ async function channelForm(id) {
 
   const drawConfig = () => {
     const platform = platforms.find((p) => p.name === platformSelect.value);
-    configBox.replaceChildren(...(platform ? schemaFields("config", platform.config_schema, channel?.config, platform.secret_fields, editing) : []));
+    configBox.replaceChildren(...(platform ? schemaFields("config", platform.config_schema, channel?.config, platform.secret_fields, platform.destination_fields, editing) : []));
   };
   const drawMapping = () => {
     const mode = mappings.find((m) => m.mode === mappingSelect.value);
     const sameMode = channel && channel.user_mapping.mode === mappingSelect.value;
-    mappingBox.replaceChildren(...(mode ? schemaFields("user_mapping", mode.config_schema, sameMode ? channel.user_mapping : null, mode.secret_fields, Boolean(sameMode)) : []));
+    mappingBox.replaceChildren(...(mode ? schemaFields("user_mapping", mode.config_schema, sameMode ? channel.user_mapping : null, mode.secret_fields, mode.destination_fields, Boolean(sameMode)) : []));
   };
   platformSelect.addEventListener("change", drawConfig);
   mappingSelect.addEventListener("change", drawMapping);
@@ -504,7 +512,7 @@ async function agentForm(id) {
     field("name *", textInput("name", agent?.name)),
     field("provider", select("provider", [["local", "local (bundled llama.cpp model)"], ["openai", "openai (any OpenAI-compatible API)"]], agent?.provider ?? "local")),
     field("model", textInput("model", agent?.model), "For local agents, empty picks the bundled model."),
-    field("base URL", textInput("base_url", agent?.base_url), "e.g. https://api.openai.com/v1"),
+    field("base URL", textInput("base_url", agent?.base_url), agent?.api_key === MASK ? `e.g. https://api.openai.com/v1. ${MOVES_SECRETS}` : "e.g. https://api.openai.com/v1"),
     field(
       "API key",
       h("input", { type: "password", id: "f-api_key", name: "api_key", autocomplete: "new-password", placeholder: agent?.api_key === MASK ? "•••••• stored — leave blank to keep" : "" }),
