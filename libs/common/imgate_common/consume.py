@@ -176,7 +176,10 @@ async def _settle(
             RETRIES.labels(spec.durable).inc()
             await delivery.nak(delay)
             return
-        bound.exception("bus_message_failed", model=model.__name__, error=failure.reason)
+        if isinstance(exc, GatewayError):  # said on purpose: the reason is the whole story
+            bound.error("bus_message_failed", model=model.__name__, error=failure.reason)
+        else:
+            bound.exception("bus_message_failed", model=model.__name__, error=failure.reason)
         await _give_up(payload, failure, delivery, policy)
         return
     await delivery.ack()
