@@ -11,7 +11,7 @@ from imgate_admin.cli import app as cli
 from imgate_admin.deps import Resources
 from imgate_admin.settings import AdminSettings
 from imgate_common.db.models import Agent, Channel
-from imgate_common.secrets import SecretBox
+from imgate_common.secrets import SecretBox, UnreadableSecrets
 
 from .conftest import API_KEY, CLIENT_SECRET, app_client, create_agent
 
@@ -100,7 +100,14 @@ async def test_secrets_no_key_opens_are_reported_not_destroyed(
     agent_id, channel_id = await _seed(client)
     before = await _tokens(resources, agent_id, channel_id)
     stranger = settings.model_copy(update={"secret_keys": Fernet.generate_key().decode()})
-    async with app_client(stranger) as (_app, wrong):
+    with pytest.raises(
+        UnreadableSecrets, match=f"cannot decrypt 3 stored secret.*agents.api_key_enc#{agent_id}"
+    ):
+        async with app_client(stranger):
+            pass
+    # Started on purpose to recover from a lost key: it reports, and asks for the secrets again.
+    recovering = stranger.model_copy(update={"recover_unreadable_secrets": True})
+    async with app_client(recovering) as (_app, wrong):
         report = (await wrong.post("/api/v1/secrets/rotate")).json()
         assert report["rotated"] == 0
         assert sorted(report["unreadable"]) == sorted(

@@ -1,19 +1,28 @@
 """Secrets at rest (Fernet key ring with rotation) and secret redaction in logs."""
 
 import json
+import multiprocessing
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import structlog
 from cryptography.fernet import Fernet
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_common.channels import load_secret_box
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.db.migrate import upgrade_async
-from imgate_common.db.models import Message
+from imgate_common.db.models import Agent, Message
 from imgate_common.logs import REDACTED, redact_secrets, redact_text
-from imgate_common.secrets import SecretBox
+from imgate_common.runtime import service_main
+from imgate_common.secrets import SecretBox, UnreadableSecrets
 from imgate_common.settings import CommonSettings
 
 
@@ -62,6 +71,113 @@ def test_configured_logger_never_prints_a_secret(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().err
     assert "channel_saved" in out and "id1" in out
     assert "hush" not in out
+    structlog.reset_defaults()
+
+
+# --- the local key, made by several services starting at once ----------------------------------
+
+
+def _local_key_in(data_dir: str) -> str:
+    """One service's start on a fresh checkout: its key ring, as the key it encrypts with."""
+    box = SecretBox.from_settings(CommonSettings(data_dir=Path(data_dir)))
+    return box.decrypt(box.encrypt("probe")) and (Path(data_dir) / "secret.key").read_text()
+
+
+def test_concurrent_first_starts_share_one_whole_key(tmp_path: Path) -> None:
+    """`make run` starts four services at once on a fresh checkout: none may fail on the file
+    another is creating, read it empty, or end up with a key of its own."""
+    for attempt in range(20):
+        data_dir = tmp_path / f"run-{attempt}"
+        barrier = threading.Barrier(16)
+
+        def start(path: Path = data_dir, gate: threading.Barrier = barrier) -> str:
+            gate.wait()
+            return _local_key_in(str(path))
+
+        with ThreadPoolExecutor(16) as pool:
+            keys = list(pool.map(lambda _: start(), range(16)))
+        assert len(set(keys)) == 1 and Fernet(keys[0].encode())
+        assert sorted(p.name for p in data_dir.iterdir()) == ["secret.key"]  # no temporary left
+
+
+def _start_with(gate: Any, data_dir: str, keys: Any) -> None:
+    gate.wait()
+    keys.put(_local_key_in(data_dir))
+
+
+def test_concurrent_first_starts_in_separate_processes_share_one_key(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")  # spawn would re-import the world per process
+    for attempt in range(5):
+        data_dir = tmp_path / f"run-{attempt}"
+        gate, keys = context.Barrier(8), context.Queue()
+        starts = [context.Process(target=_start_with, args=(gate, str(data_dir), keys)) for _ in range(8)]
+        for process in starts:
+            process.start()
+        for process in starts:
+            process.join(30)
+        assert [p.exitcode for p in starts] == [0] * 8
+        assert len({keys.get(timeout=5) for _ in starts}) == 1
+        assert (data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_empty_key_file_is_reported_not_used(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_text("")
+    with pytest.raises(UnreadableSecrets, match="is empty"):
+        SecretBox.from_settings(CommonSettings(data_dir=tmp_path))
+
+
+# --- a key ring that cannot read what the database holds is refused ---------------------------
+
+
+def test_a_ring_that_cannot_read_the_stored_secrets_is_refused(tmp_path: Path) -> None:
+    admin_key, other_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    stored = {"channels.user_mapping_secrets_enc#3": SecretBox([admin_key]).encrypt("bind-password")}
+    with pytest.raises(
+        UnreadableSecrets, match=r"cannot decrypt 1 stored secret\(s\) \(channels.user_mapping"
+    ):
+        SecretBox.from_settings(CommonSettings(data_dir=tmp_path, secret_keys=other_key), stored)
+    # The same ring (an older key after a newer one included) reads them.
+    ring = SecretBox.from_settings(
+        CommonSettings(data_dir=tmp_path, secret_keys=f"{other_key},{admin_key}"), stored
+    )
+    assert ring.decrypt(stored["channels.user_mapping_secrets_enc#3"]) == "bind-password"
+
+
+def test_no_key_is_made_up_while_the_database_holds_secrets(tmp_path: Path) -> None:
+    stored = {"agents.api_key_enc#1": SecretBox([Fernet.generate_key().decode()]).encrypt("sk")}
+    with pytest.raises(UnreadableSecrets, match="IMGATE_SECRET_KEYS is not set"):
+        SecretBox.from_settings(CommonSettings(data_dir=tmp_path), stored)
+    assert not (tmp_path / "secret.key").exists()
+    # An empty database: the local key is made as before.
+    assert SecretBox.from_settings(CommonSettings(data_dir=tmp_path), {})
+    assert (tmp_path / "secret.key").exists()
+
+
+async def test_a_service_reads_the_stored_secrets_at_start(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    key = Fernet.generate_key().decode()
+    async with sessions() as session:
+        session.add(Agent(name="a", provider="openai", model="m", api_key_enc=SecretBox([key]).encrypt("sk")))
+        await session.commit()
+    box = await load_secret_box(CommonSettings(data_dir=tmp_path, secret_keys=key), sessions)
+    assert box.can_read(SecretBox([key]).encrypt("x"))
+    stranger = CommonSettings(data_dir=tmp_path, secret_keys=Fernet.generate_key().decode())
+    with pytest.raises(UnreadableSecrets, match=r"agents.api_key_enc#\d+"):
+        await load_secret_box(stranger, sessions)
+
+
+def test_a_service_refusing_to_start_says_why_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def serve(_settings: CommonSettings, _stop: object) -> None:
+        raise UnreadableSecrets("the configured keys cannot decrypt 1 stored secret(s)")
+
+    with pytest.raises(SystemExit) as exited:
+        service_main("router", CommonSettings(data_dir=tmp_path, log_format="json", metrics_port=-1), serve)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert '"event": "startup_refused"' in err and "cannot decrypt" in err and "Traceback" not in err
     structlog.reset_defaults()
 
 

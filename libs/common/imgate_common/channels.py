@@ -3,11 +3,20 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.db.models import Agent, Channel
 from imgate_common.secrets import SecretBox
+from imgate_common.settings import CommonSettings
+
+# (table, column) pairs that hold Fernet tokens.
+ENCRYPTED_COLUMNS: tuple[tuple[type[Any], str], ...] = (
+    (Agent, "api_key_enc"),
+    (Channel, "secrets_enc"),
+    (Channel, "user_mapping_secrets_enc"),
+)
 
 
 @dataclass(frozen=True)
@@ -52,3 +61,20 @@ async def load_channels(session: AsyncSession, box: SecretBox) -> list[ChannelSp
 
 def agent_api_key(agent: Agent, box: SecretBox) -> str | None:
     return box.decrypt(agent.api_key_enc) if agent.api_key_enc else None
+
+
+async def stored_secrets(session: AsyncSession) -> dict[str, str]:
+    """Every encrypted value the database holds, by where it is ("channels.secrets_enc#3")."""
+    found: dict[str, str] = {}
+    for table, column in ENCRYPTED_COLUMNS:
+        attr = getattr(table, column)
+        rows = (await session.exec(select(table.id, attr).where(col(attr).is_not(None)))).all()
+        found.update({f"{table.__tablename__}.{column}#{row_id}": token for row_id, token in rows})
+    return found
+
+
+async def load_secret_box(settings: CommonSettings, sessions: async_sessionmaker[AsyncSession]) -> SecretBox:
+    """The service's key ring, refused at start (`UnreadableSecrets`) when it cannot read what
+    the database holds."""
+    async with sessions() as session:
+        return SecretBox.from_settings(settings, await stored_secrets(session))

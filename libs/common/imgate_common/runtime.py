@@ -17,6 +17,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from imgate_common.bus import provision_streams
 from imgate_common.logs import configure_logging
 from imgate_common.metrics import MetricsServer
+from imgate_common.secrets import UnreadableSecrets
 from imgate_common.settings import CommonSettings
 from imgate_common.telemetry import configure_tracing
 
@@ -85,6 +86,10 @@ def service_main(service: str, settings: S, serve: Callable[[S, asyncio.Event], 
     metrics = MetricsServer(settings.metrics_port, settings.metrics_host)
     try:
         run_until_signalled(lambda stop: serve(settings, stop))
+    except UnreadableSecrets as exc:
+        # A configuration error, not a crash: one line for the operator, no traceback.
+        log.error("startup_refused", reason=str(exc))
+        raise SystemExit(2) from None
     finally:
         metrics.close()
         provider.shutdown()  # spans still buffered go out before the process ends

@@ -7,6 +7,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_admin.agents.endpoints import router as agents_router
 from imgate_admin.audit.endpoints import router as audit_router
@@ -26,15 +28,28 @@ from imgate_admin.metrics import AdminMetrics, RequestMetricsMiddleware
 from imgate_admin.settings import AdminSettings
 from imgate_admin.tokens.endpoints import router as tokens_router
 from imgate_admin.users.endpoints import router as users_router
+from imgate_common.channels import load_secret_box
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.db.migrate import upgrade_async
 from imgate_common.runtime import connect_nats, connect_redis
-from imgate_common.secrets import SecretBox
+from imgate_common.secrets import SecretBox, UnreadableSecrets
 from imgate_common.status import ChannelStatusStore
 
 log = structlog.get_logger()
 
 SERVICE = "admin-api"
+
+
+async def _secret_box(settings: AdminSettings, sessions: async_sessionmaker[AsyncSession]) -> SecretBox:
+    try:
+        return await load_secret_box(settings, sessions)
+    except UnreadableSecrets as exc:
+        if settings.recover_unreadable_secrets:
+            log.warning("unreadable_secrets_recovery", reason=str(exc))
+            return SecretBox.from_settings(settings)
+        # uvicorn then ends the process ("Application startup failed"); this line says why.
+        log.error("startup_refused", reason=str(exc), recovery="ADMIN_RECOVER_UNREADABLE_SECRETS=true")
+        raise
 
 
 @asynccontextmanager
@@ -54,14 +69,15 @@ async def open_resources(
         stack.push_async_callback(nc.close)
         # No redirects: a provider's base URL is called as configured, never elsewhere.
         http = await stack.enter_async_context(httpx.AsyncClient(transport=outbound, follow_redirects=False))
+        sessions = session_factory(engine)
         yield Resources(
             settings=settings,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=sessions,
             redis=redis,
             nc=nc,
             http=http,
-            box=SecretBox.from_settings(settings),
+            box=await _secret_box(settings, sessions),
             status_store=ChannelStatusStore(redis, settings.redis_prefix),
             control=ChannelControl(nc, settings.control_timeout_s, metrics.control_requests),
             metrics=metrics,

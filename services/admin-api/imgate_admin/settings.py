@@ -25,6 +25,10 @@ class AdminSettings(CommonSettings):
     agent_test_timeout_s: float = Field(20.0, gt=0, validation_alias="ADMIN_AGENT_TEST_TIMEOUT_S")
     # Each readiness check (database, NATS, Redis) gets this long before it counts as unreachable.
     ready_check_timeout_s: float = Field(2.0, gt=0, validation_alias="ADMIN_READY_CHECK_TIMEOUT_S")
+    # Every service refuses to start while its keys cannot decrypt what the database holds. When a
+    # key is lost for good, this lets the admin API start anyway, to enter the lost secrets again
+    # (a masked field then asks for its value) or to see what `secrets rotate` reports unreadable.
+    recover_unreadable_secrets: bool = Field(False, validation_alias="ADMIN_RECOVER_UNREADABLE_SECRETS")
 
     def missing_token(self) -> bool:
         return not self.token.get_secret_value().strip()

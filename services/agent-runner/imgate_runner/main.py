@@ -23,13 +23,13 @@ from imgate_common.bus import (
     run_subject,
     runner_consumer_spec,
 )
+from imgate_common.channels import load_secret_box
 from imgate_common.consume import DeliveryPolicy, Failure, settle
 from imgate_common.conversation_queue import Claim, ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
 from imgate_common.runtime import close_nats, connect_nats, connect_redis, service_main
-from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_runner.media import MediaReader
 from imgate_runner.metrics import LOCKS_LOST, REDELIVERED_RUNS, RUN_WAIT
@@ -231,7 +231,7 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
         executor = RunExecutor(
             settings,
             session_factory(engine),
-            SecretBox.from_settings(settings),
+            await load_secret_box(settings, session_factory(engine)),
             providers,
             jetstream_publisher(js),
             MediaReader(js),

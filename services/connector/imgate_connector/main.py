@@ -5,9 +5,9 @@ import asyncio
 import httpx
 import structlog
 
+from imgate_common.channels import load_secret_box
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.runtime import close_nats, connect_nats, connect_redis, instance_id, service_main
-from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease, ReplicaSet
 from imgate_connector.media import MediaStore
@@ -42,7 +42,7 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
             nc,
             js,
             session_factory(engine),
-            SecretBox.from_settings(settings),
+            await load_secret_box(settings, session_factory(engine)),
             ChannelLease(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ReplicaSet(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ChannelStatusStore(redis, settings.redis_prefix),

@@ -13,12 +13,12 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
 
 from imgate_common.bus import INBOUND_PARTITIONS, cancel_subject, ensure_consumer, router_consumer_spec
+from imgate_common.channels import load_secret_box
 from imgate_common.consume import DeliveryPolicy, jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import Publish, durable_publisher
 from imgate_common.runtime import connect_nats, connect_redis, service_main
-from imgate_common.secrets import SecretBox
 from imgate_router.service import InboundRouter, run_id_for
 from imgate_router.settings import RouterSettings
 
@@ -95,7 +95,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         publish,
         cancel,
         http,
-        SecretBox.from_settings(settings),
+        await load_secret_box(settings, session_factory(engine)),
     )
     subscribe(broker, router, publish)
     sweeper: asyncio.Task[None] | None = None

@@ -5,7 +5,6 @@ made meanwhile is never overwritten by the rotated old value; a rerun picks up a
 """
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from cryptography.fernet import InvalidToken
@@ -15,17 +14,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_admin.audit.service import record_action
-from imgate_common.db.models import Agent, Channel
+from imgate_common.channels import ENCRYPTED_COLUMNS
 from imgate_common.secrets import SecretBox
 
 log = structlog.get_logger()
-
-# (table, column) pairs that hold Fernet tokens.
-ENCRYPTED_COLUMNS: tuple[tuple[type[Any], str], ...] = (
-    (Agent, "api_key_enc"),
-    (Channel, "secrets_enc"),
-    (Channel, "user_mapping_secrets_enc"),
-)
 
 
 class RotationReport(BaseModel):
