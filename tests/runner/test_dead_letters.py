@@ -16,8 +16,10 @@ from imgate_common.bus import (
     RUNNER_CONSUMER,
     RUNS_STREAM,
     ConsumerSpec,
+    ensure_consumer,
     run_subject,
 )
+from imgate_common.consume import DeliveryPolicy, settle
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory
 from imgate_common.messages import REPLY_EVENT, DeadLetter, RunFailed, RunRequest
@@ -156,3 +158,69 @@ async def test_a_run_whose_dependency_stays_down_is_retried_with_back_off_then_d
     assert await queue.active("c2") is None, "the conversation is free again"
     info = await js.consumer_info(RUNS_STREAM, RUNNER_CONSUMER)
     assert info.config.max_deliver == 5 and info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_run_whose_last_try_never_ended_is_filed_without_another_try(js: JetStreamContext) -> None:
+    """The try crashed its process (no ack, no nak): the delivery after the last try only files
+    the dead letter, so a message that kills whoever takes it cannot do so forever."""
+    spec = ConsumerSpec(
+        durable="crashy",
+        stream=RUNS_STREAM,
+        filter_subject="agent.run.>",
+        ack_wait_s=1,
+        max_tries=1,
+        backoff_s=(0.05,),
+    )
+    await ensure_consumer(js, spec)
+    killer = run("c3")
+    await js.publish(run_subject(7), killer.model_dump_json().encode(), stream=RUNS_STREAM)
+    sub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+    [first] = await sub.fetch(1, timeout=5)
+    assert first.metadata.num_delivered == 1  # taken, then the process "died": never settled
+    [again] = await sub.fetch(1, timeout=10)  # redelivered after the ack wait
+    handled: list[RunRequest] = []
+
+    async def handle(request: RunRequest) -> None:
+        handled.append(request)
+
+    await settle(RunRequest, again, handle, DeliveryPolicy(spec, jetstream_publisher(js)))
+    assert handled == []
+    [raw] = await stream_messages(js, DEAD_LETTERS_STREAM)
+    letter = DeadLetter.model_validate_json(raw)
+    assert letter.reason == "no outcome after 1 tries (the process handling it stopped)"
+    assert letter.deliveries == 2 and not letter.permanent and letter.run_id is None
+    info = await js.consumer_info(RUNS_STREAM, spec.durable)
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+
+
+async def test_a_taken_run_holds_its_conversations_lock_as_a_lease_its_heartbeat_renews(
+    js: JetStreamContext, redis_client: Redis, key_prefix: str
+) -> None:
+    queue = ConversationQueue(redis_client, key_prefix, active_ttl_s=600, lease_ttl_s=30)
+    taken = run("c4")
+    await queue.admit(taken, 5)
+    active = f"{key_prefix}:conv:c4:active"
+    seen: list[int] = []
+
+    class Beating(FailingExecutor):
+        async def execute(self, request: RunRequest, heartbeat: Any, attempt: int = 1) -> None:
+            seen.append(await redis_client.pttl(active))
+            await redis_client.pexpire(active, 1_000)  # most of the lease gone
+            await heartbeat()
+            seen.append(await redis_client.pttl(active))
+            await super().execute(request, heartbeat, attempt)
+
+    executor = Beating(js, {})
+    await js.publish(run_subject(7), taken.model_dump_json().encode(), stream=RUNS_STREAM)
+    stop, running = await consume(js, executor, queue, ChannelStatusStore(redis_client, key_prefix))
+
+    async def answered() -> bool:
+        return executor.done == [taken.run_id]
+
+    await eventually(answered)
+    stop.set()
+    await running
+    claimed, renewed = seen
+    assert 1_000 < claimed <= 30_000, "a runner's lease, not the admission's ten minutes"
+    assert renewed > 1_000, "renewed by the heartbeat"
+    assert await queue.active("c4") is None, "released when the run ended"
