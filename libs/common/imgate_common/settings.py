@@ -40,8 +40,10 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(1, validation_alias=_shared("STREAM_REPLICAS"))
     # Namespace for every Redis key, so several installations can share one Redis.
     redis_prefix: str = Field("imgate", validation_alias=_shared("REDIS_PREFIX"))
-    # A conversation's active-run marker expires after this, so a run lost for good (it should
-    # not happen) cannot block its conversation forever. Longer than any agent's timeout.
+    # A run admitted (or handed its conversation's turn) but not yet taken by a runner holds the
+    # conversation at most this long: it waits in JetStream while every runner is busy. A runner
+    # that takes it holds a short lease instead, renewed while the run lives
+    # (RUNNER_CONVERSATION_LEASE_TTL_S), so no agent timeout is bounded by this.
     conversation_active_ttl_s: float = Field(900.0, validation_alias=_shared("CONVERSATION_ACTIVE_TTL_S"))
     instance_id: str = Field("", validation_alias=_shared("INSTANCE_ID"))  # default hostname:pid
     # Redis connections per process; a call finding all in use waits for one (up to the timeout)
