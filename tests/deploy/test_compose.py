@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.deploy import dockerfile
-from tests.deploy.workspace import ROOT, env_names, module_exists, module_of
+from tests.deploy.workspace import ROOT, env_names, module_exists, module_of, secret_readers
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"
@@ -197,9 +197,13 @@ def test_required_secrets_are_exactly_the_documented_ones() -> None:
         assert re.search(rf"^{name}=$", example, re.M), f"env.example must leave {name} empty"
 
 
-def test_only_services_that_decrypt_secrets_get_the_key(services: dict[str, Any]) -> None:
+def test_every_service_that_decrypts_secrets_gets_the_one_key_ring(services: dict[str, Any]) -> None:
+    # The router among them: it decrypts the LDAP bind password and ERP key of user mappings.
+    assert {"router", "admin-api"} <= secret_readers()
     holders = {name for name, s in services.items() if "IMGATE_SECRET_KEYS" in (s.get("environment") or {})}
-    assert holders == {"connector", "agent-runner", "admin-api"}
+    assert holders == secret_readers()
+    rings = {services[name]["environment"]["IMGATE_SECRET_KEYS"] for name in holders}
+    assert len(rings) == 1 and rings.pop().startswith("${IMGATE_SECRET_KEYS:?")
 
 
 def test_a_single_nats_node_means_single_replica_streams(services: dict[str, Any]) -> None:

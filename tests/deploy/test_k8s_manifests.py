@@ -8,7 +8,7 @@ import pytest
 from tests.deploy import kustomize
 from tests.deploy.kustomize import find, one, overlay, pod_templates
 from tests.deploy.network_policy import selects
-from tests.deploy.workspace import ROOT, env_names, importable_from, module_of
+from tests.deploy.workspace import ROOT, env_names, importable_from, module_of, secret_readers
 
 SERVICES = ("connector", "router", "agent-runner", "admin-api")
 IMAGE_PACKAGE = {
@@ -201,11 +201,17 @@ def test_every_variable_given_is_one_the_workload_reads(
     assert not unknown, f"{workload} would ignore {sorted(unknown)}"
 
 
-def test_only_services_that_decrypt_secrets_get_the_key(objects: tuple[dict[str, Any], ...]) -> None:
-    holders = {
-        name for name, t in pod_templates(objects).items() if "IMGATE_SECRET_KEYS" in env_of(objects, t)
-    }
-    assert holders == {"connector", "agent-runner", "admin-api"}
+def test_every_service_that_decrypts_secrets_gets_the_one_key_ring(
+    objects: tuple[dict[str, Any], ...],
+) -> None:
+    # The router among them: it decrypts the LDAP bind password and ERP key of user mappings.
+    assert {"router", "admin-api"} <= secret_readers()
+    templates = pod_templates(objects)
+    holders = {name for name, t in templates.items() if "IMGATE_SECRET_KEYS" in env_of(objects, t)}
+    assert holders == secret_readers()
+    for name in holders:
+        ref = env_of(objects, templates[name])["IMGATE_SECRET_KEYS"]
+        assert ref == {"secretKeyRef": {"name": SECRET, "key": "secret-keys"}}, name
 
 
 def nats(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:

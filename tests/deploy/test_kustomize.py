@@ -38,6 +38,7 @@ def test_both_overlays_and_their_parts_are_kustomizations() -> None:
         "overlays/dev",
         "overlays/prod",
         "components/prometheus-operator",
+        "components/directory-egress",
     }
 
 

@@ -74,6 +74,26 @@ def importable_from(package: str) -> set[str]:
     return set().union(*(import_packages(name) for name in workspace_closure(package)))
 
 
+# The workspace package each service's image runs.
+SERVICE_PACKAGES = {
+    "connector": "imgate-connector",
+    "router": "imgate-router",
+    "agent-runner": "imgate-agent-runner",
+    "admin-api": "imgate-admin-api",
+}
+
+
+@cache
+def secret_readers() -> frozenset[str]:
+    """The services whose code opens the key ring (imgate_common.channels.load_secret_box) to
+    decrypt stored secrets: each needs IMGATE_SECRET_KEYS, the same ring the admin API writes with."""
+    return frozenset(
+        service
+        for service, package in SERVICE_PACKAGES.items()
+        if any("load_secret_box(" in p.read_text() for p in members()[package].rglob("*.py"))
+    )
+
+
 # Workloads that set up tracing (imgate_common.telemetry.configure_tracing), and so read
 # OpenTelemetry's own OTEL_* variables through the SDK and its exporters.
 TRACED = frozenset({"connector", "router", "agent-runner", "admin-api"})
