@@ -4,6 +4,7 @@ database files. None may appear anywhere."""
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +30,26 @@ AGENT_KEY = _secret("sk-agent-key")
 AGENT_KEY_2 = _secret("sk-agent-key-two")
 BIND_PASSWORD = _secret("ldap-bind-password")
 ERP_KEY = _secret("lookup-api-key")
-SECRETS = [APP_SECRET, WRONG_SECRET, AGENT_KEY, AGENT_KEY_2, BIND_PASSWORD, ERP_KEY]
+# Credentials inside URL fields: a base URL's user-info password and query key, a lookup's token.
+URL_PASSWORD = _secret("url-password")
+URL_KEY = _secret("url-query-key")
+URL_TOKEN = _secret("url-token")
+# The signature of a media download link, which reaches the connector inside the download URL.
+MEDIA_SIGNATURE = _secret("media-signature")
+SECRETS = [
+    APP_SECRET,
+    WRONG_SECRET,
+    AGENT_KEY,
+    AGENT_KEY_2,
+    BIND_PASSWORD,
+    ERP_KEY,
+    URL_PASSWORD,
+    URL_KEY,
+    URL_TOKEN,
+]
+# Message text a failed insert carried: stored once it could be, shown with its conversation,
+# never logged or traced.
+FAILED_TEXT = _secret("failed-insert-text")
 
 
 class Recorder:
@@ -71,6 +91,21 @@ def _cli(live: LiveStack, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
+
+
+def _refuse_inserts_of(live: LiveStack, marker: str) -> None:
+    """Makes the database refuse to store a user message containing `marker`, as a full disk or
+    a constraint would: the router's insert fails with the text in its statement parameters."""
+    with sqlite3.connect(Path(live.stack.data_dir) / "live.db") as db:
+        db.execute(
+            "CREATE TRIGGER IF NOT EXISTS refuse_marked_messages BEFORE INSERT ON messages "
+            f"WHEN NEW.content LIKE '%{marker}%' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+
+
+def _accept_inserts(live: LiveStack) -> None:
+    with sqlite3.connect(Path(live.stack.data_dir) / "live.db") as db:
+        db.execute("DROP TRIGGER IF EXISTS refuse_marked_messages")
 
 
 def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveStack) -> None:
@@ -117,6 +152,41 @@ def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveSt
             lambda: _final_answer(live, client_id, sent["conversation_id"]) is not None, 60, "the answer"
         )
 
+        # A picture whose signed download link fails: the HTTP error names the link.
+        picture = httpx.post(
+            f"{live.imsim}/sim/apps/{client_id}/messages",
+            json={
+                "msgtype": "picture",
+                "content": {"downloadCode": f"gone?Expires=1&OSSAccessKeyId=k&Signature={MEDIA_SIGNATURE}"},
+                "sender_staff_id": "leaker-picture",
+            },
+            timeout=5,
+        ).json()
+        live.wait(
+            lambda: _final_answer(live, client_id, picture["conversation_id"]) is not None, 60, "the picture"
+        )
+        assert "media_fetch_failed" in live.service_logs()["connector"]
+
+        # A message the database refuses to store for a while: the failed insert's error is
+        # logged (and the message tried again) without the text it tried to store.
+        _refuse_inserts_of(live, FAILED_TEXT)
+        try:
+            refused = httpx.post(
+                f"{live.imsim}/sim/apps/{client_id}/messages",
+                json={"text": f"Please keep this: {FAILED_TEXT}", "sender_staff_id": "leaker-refused"},
+                timeout=5,
+            ).json()
+            live.wait(
+                lambda: "refused by the test" in live.service_logs()["router"], 10, "the insert failing"
+            )
+        finally:
+            _accept_inserts(live)
+        live.wait(
+            lambda: _final_answer(live, client_id, refused["conversation_id"]) is not None,
+            60,
+            "the answer once the message could be stored",
+        )
+
         # Wrong credentials: the connector reconnects and fails; the right ones again: green.
         wrong = {"client_id": client_id, "client_secret": WRONG_SECRET}
         assert api.patch(f"/channels/{channel_id}", json={"config": wrong}).status_code == 200
@@ -138,10 +208,35 @@ def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveSt
             "base_dn": "dc=example",
         }
         assert api.patch(f"/channels/{channel_id}", json={"user_mapping": ldap}).status_code == 200
-        lookup = {"mode": "http", "url": "http://127.0.0.1:9/lookup", "api_key": ERP_KEY}
+        lookup = {"mode": "http", "url": f"http://127.0.0.1:9/lookup?token={URL_TOKEN}", "api_key": ERP_KEY}
         assert api.patch(f"/channels/{channel_id}", json={"user_mapping": lookup}).status_code == 200
+        # The lookup is consulted (and fails: nothing answers there) for a new sender.
+        httpx.post(
+            f"{live.imsim}/sim/apps/{client_id}/messages",
+            json={"text": "Who am I?", "sender_staff_id": "newcomer"},
+            timeout=5,
+        ).raise_for_status()
+        live.wait(lambda: "identity_lookup_failed" in live.service_logs()["router"], 10, "the lookup failing")
+        # Moving it without the key again is refused, and nothing of the request comes back.
+        moved = {"mode": "http", "url": "http://127.0.0.2:9/lookup", "api_key": "***"}
+        assert api.patch(f"/channels/{channel_id}", json={"user_mapping": moved}).status_code == 422
         assert api.patch(f"/agents/{agent['id']}", json={"api_key": AGENT_KEY_2}).status_code == 200
         assert api.post(f"/agents/{agent['id']}/test").json()["result"] == "passed"
+        # A base URL with credentials in it: stored whole, shown and audited masked, never logged.
+        proxied = api.post(
+            "/agents",
+            json={
+                "name": f"leak-proxied-{client_id}",
+                "provider": "openai",
+                "model": "scripted",
+                "base_url": f"http://proxy:{URL_PASSWORD}@127.0.0.1:9/v1?key={URL_KEY}",
+                "api_key": AGENT_KEY,
+            },
+        ).json()
+        assert proxied["base_url"] == "http://proxy:***@127.0.0.1:9/v1?key=***"
+        assert api.post(f"/agents/{proxied['id']}/test").json()["result"] == "failed"
+        elsewhere = {"base_url": "http://127.0.0.2:9/v1", "api_key": "***"}
+        assert api.patch(f"/agents/{proxied['id']}", json=elsewhere).status_code == 422
 
         # Refused input that carries secrets is not echoed back.
         bad = {
@@ -190,6 +285,7 @@ def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveSt
             assert api.post(f"/channels/{channel_id}/{action}").status_code == 200, action
         assert api.delete(f"/channels/{channel_id}").status_code == 204
         assert api.delete(f"/agents/{agent['id']}").status_code == 204
+        assert api.delete(f"/agents/{proxied['id']}").status_code == 204
 
     time.sleep(1)  # let the services flush their last lines and spans
     logs = live.service_logs()
@@ -207,7 +303,15 @@ def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveSt
     leaks = [
         f"{secret[:18]}… in {where}" for secret in SECRETS for where, text in places.items() if secret in text
     ]
-    leaks += [f"{s[:18]}… in the database files" for s in SECRETS if s.encode() in database]
+    leaks += [f"the media signature in {where}" for where, text in places.items() if MEDIA_SIGNATURE in text]
+    leaks += [f"the message text in the {name} log" for name, text in logs.items() if FAILED_TEXT in text]
+    # URL credentials are stored whole (the URL must work); every other secret only encrypted.
+    stored_whole = (URL_PASSWORD, URL_KEY, URL_TOKEN)
+    leaks += [
+        f"{s[:18]}… in the database files"
+        for s in SECRETS
+        if s.encode() in database and s not in stored_whole
+    ]
     leaks += [f"the admin token in {where}" for where, text in places.items() if ADMIN_TOKEN in text]
     leaks += [
         f"the script token in {w}" for w, t in places.items() if w != "API responses" and token["token"] in t
