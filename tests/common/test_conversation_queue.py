@@ -207,3 +207,17 @@ async def test_every_queue_key_expires(
     assert len(keys) == 5  # active, queue, requests, finished, the sweeper's index
     for key in keys:
         assert await redis_client.pttl(key) > 0, key
+
+
+async def test_a_waiting_run_given_up_leaves_the_queue_and_the_running_one_keeps_its_lock(
+    queue: ConversationQueue,
+) -> None:
+    running, dropped, after = request("c1"), request("c1"), request("c1")
+    for run in (running, dropped, after):
+        await queue.admit(run, 5)
+    published, publish = await published_by(queue)
+    await queue.release(dropped.run_id, "c1", publish)
+    assert published == [] and await queue.active("c1") == running.run_id
+    assert await queue.waiting("c1") == 1
+    await queue.hand_over(running.run_id, "c1", publish)
+    assert published == [after.run_id]

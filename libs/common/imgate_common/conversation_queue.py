@@ -121,6 +121,17 @@ return 1
 """
 
 
+# abandon(run_id, conversation_id) → 1 the run holds the lock: hand it over | 0 it was only
+# waiting (now removed) or is unknown: the running one is left alone
+_ABANDON = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
+redis.call('lrem', KEYS[2], 0, ARGV[1])
+redis.call('hdel', KEYS[3], ARGV[1])
+if redis.call('llen', KEYS[2]) == 0 then redis.call('srem', KEYS[5], ARGV[2]) end
+return 0
+"""
+
+
 PublishRun = Callable[[RunRequest], Awaitable[None]]
 
 
@@ -247,9 +258,14 @@ class ConversationQueue:
                 return
 
     async def release(self, run_id: str, conversation_id: str, publish: PublishRun) -> None:
-        """`run_id` was given up on before it ran: pass its turn on without recording it as
-        finished (a replay of its message must be admitted again)."""
-        await self.hand_over(run_id, conversation_id, publish, finished=False)
+        """`run_id` was given up on before it ran: pass its turn on if it holds the lock, leave
+        the queue if it waits, without recording it as finished (a replay of its message must
+        be admitted again)."""
+        keys = self._keys(conversation_id)
+        if int(await self._redis.eval(_ABANDON, 5, *keys, run_id, conversation_id)):  # type: ignore[misc]
+            await self.hand_over(run_id, conversation_id, publish, finished=False)
+        else:
+            await self.promote(conversation_id, publish)
 
     async def promote(self, conversation_id: str, publish: PublishRun) -> None:
         """If no run holds the conversation (its lock expired), start the run waiting first."""
