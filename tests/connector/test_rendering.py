@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
 from imgate_common.messages import (
@@ -583,3 +584,22 @@ async def test_a_continuation_shown_but_not_finalized_is_closed_later_and_never_
     await surface.up.wait()
     assert surface.calls[-1] == ("close", "r1-2", "Second part of a long answer.")
     await cards.close()
+
+
+async def test_a_new_owner_orders_finals_by_when_their_messages_were_sent_not_by_first_event() -> None:
+    surface = HeldCloses()
+    cards, _ = renderer(surface)
+    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
+    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
+    # The channel moved here: the later message's run is the first this replica hears of.
+    await cards.handle(RunStarted(run_id="r2", channel_id=1, target=later))
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
+    surface.held["r1"] = asyncio.Event()
+    first = asyncio.create_task(cards.handle(done("one", run="r1").model_copy(update={"target": earlier})))
+    await until_true(lambda: "r1" in surface.closing)
+    second = asyncio.create_task(cards.handle(done("two", run="r2").model_copy(update={"target": later})))
+    await until_true(lambda: second.done() or cards.finals_held == 1)
+    surface.held["r1"].set()
+    await asyncio.gather(first, second)
+    assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]

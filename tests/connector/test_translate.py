@@ -28,6 +28,7 @@ def test_single_chat_text_is_trimmed_and_targets_the_sender() -> None:
     assert msg.target.robot_code == "dingkzqiwbtuxmvcmcri"
     assert msg.target.session_webhook_expires_at == datetime.fromtimestamp(1795486400, UTC)
     assert msg.sent_at == datetime.fromtimestamp(1795481000, UTC)
+    assert msg.target.sent_at == msg.sent_at, "answers are ordered by it wherever they are rendered"
     assert msg.raw["senderCorpId"] == "dingd8e1123006514592"
 
 

@@ -99,6 +99,9 @@ class ReplyTarget(BaseModel):
     session_webhook: str | None = None
     session_webhook_expires_at: datetime | None = None
     inbound_message_id: str
+    # When the user sent the message, by the platform's clock: orders a conversation's answers
+    # wherever they are rendered (a channel's new owner never saw the messages arrive).
+    sent_at: datetime | None = None
 
 
 class InboundMessage(Contract):

@@ -147,8 +147,8 @@ class CardRenderer:
         self.mender = CardMender(surface, health, mend or MendPolicy())
         self._runs: dict[str, RunCard] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        # Each conversation's unsettled runs, in the order their messages were accepted (or,
-        # for runs first seen through their events, in the order they were first seen).
+        # Each conversation's unsettled runs, in the order their messages were sent (the
+        # platform's clock), else in the order they were accepted or first seen here.
         self._order: dict[str, list[RunCard]] = {}
         self.finals_held = 0  # finals waiting for an earlier run's final right now
 
@@ -233,7 +233,7 @@ class CardRenderer:
 
     def _track(self, run_id: str, target: ReplyTarget, *, adopt: bool = False) -> RunCard:
         run = self._runs[run_id] = RunCard(run_id, target, conversation_key(target, self._scope))
-        self._order.setdefault(run.key, []).append(run)
+        self._enqueue(run)
         # The card's tasks outlive whatever span is current here: they get a span of their own.
         run.span = telemetry.tracer().start_span("card", attributes={telemetry.RUN_ID: run_id})
         opening = self._adopt() if adopt else self._open(run)
@@ -405,6 +405,7 @@ class CardRenderer:
         earlier = [other for other in queue[: queue.index(run)] if not other.settled.is_set()]
         if not earlier:
             return
+        log.info("final_waits_for_earlier", run_id=run.run_id, earlier=[other.run_id for other in earlier])
         self.finals_held += 1
         try:
             waits = [asyncio.create_task(other.settled.wait()) for other in earlier]
@@ -419,6 +420,20 @@ class CardRenderer:
             if not other.settled.is_set():
                 log.warning("final_order_wait_expired", run_id=run.run_id, earlier_run_id=other.run_id)
                 self._unorder(other)
+
+    def _enqueue(self, run: RunCard) -> None:
+        """Place the run among its conversation's unsettled runs by when its message was sent
+        (a channel's new owner first sees runs in the order their events come, not their
+        messages); a run whose sending time is unknown goes last."""
+        queue = self._order.setdefault(run.key, [])
+        at = run.target.sent_at
+        index = len(queue)
+        while at is not None and index > 0:
+            before = queue[index - 1].target.sent_at
+            if before is None or before <= at:
+                break
+            index -= 1
+        queue.insert(index, run)
 
     def _unorder(self, run: RunCard) -> None:
         """Later runs of the conversation no longer wait for this one."""

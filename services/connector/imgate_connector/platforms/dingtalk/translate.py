@@ -186,6 +186,7 @@ def translate(
             session_webhook=data.get("sessionWebhook"),
             session_webhook_expires_at=_ms(data.get("sessionWebhookExpiredTime")),
             inbound_message_id=message_id,
+            sent_at=_ms(data.get("createAt")),
         ),
         sent_at=_ms(data.get("createAt")),
         raw=data,
