@@ -126,3 +126,30 @@ async def test_errors_other_services_report_for_a_channel_are_shown(
     status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
     assert status["last_error"] == "router: directory unavailable: LDAPSocketOpenError"
     assert status["last_error_at"] is not None
+
+
+async def test_a_reported_error_shows_no_credentials_from_the_urls_it_quotes(
+    client: httpx.AsyncClient, redis_client: Redis, settings: AdminSettings
+) -> None:
+    store = ChannelStatusStore(redis_client, settings.redis_prefix)
+    channel_id = await _create(client, "quoted")
+    error = (
+        "plain reply failed: Server error '503' for url "
+        "'https://oapi.dingtalk.com/robot/sendBySession?session=webhook-session-value'; media: "
+        "https://bucket.oss.example.com/a.png?Expires=1&Signature=link-signature-value, "
+        "lookup https://svc:lookup-password-value@erp.example.com/who"
+    )
+    await store.record_error(channel_id, "connector", error)
+    for path in (
+        f"/api/v1/channels/{channel_id}/status",
+        f"/api/v1/channels/{channel_id}",
+        "/api/v1/channels",
+    ):
+        response = await client.get(path)
+        for secret in ("webhook-session-value", "link-signature-value", "lookup-password-value"):
+            assert secret not in response.text, (path, secret)
+    status = (await client.get(f"/api/v1/channels/{channel_id}/status")).json()
+    assert (
+        "sendBySession?session=***" in status["last_error"]
+        and "svc:***@erp.example.com" in status["last_error"]
+    )

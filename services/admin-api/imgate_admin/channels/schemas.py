@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, JsonValue, SecretStr, ValidationInfo, fie
 from imgate_admin.destinations import mask_urls
 from imgate_admin.schemas import MAX_ID, Name, RequestBody, SafeText, UtcDatetime
 from imgate_common.db.models import Channel
+from imgate_common.logs import redact_text
 from imgate_common.messages import ChannelState, ChannelStatus
 from imgate_common.platform_config import (
     PLATFORM_CONFIGS,
@@ -125,11 +126,12 @@ class ChannelStatusRead(BaseModel):
 
     @classmethod
     def from_status(cls, status: ChannelStatus) -> "ChannelStatusRead":
-        return cls(
-            uptime_s=status.uptime_seconds(),
-            indicator=INDICATORS[status.state],
-            **status.model_dump(include=set(cls.model_fields) - {"uptime_s", "indicator"}),
-        )
+        fields = status.model_dump(include=set(cls.model_fields) - {"uptime_s", "indicator"})
+        # An error text a service reported may quote a URL it called (a session webhook, a signed
+        # download link): its credentials read as the mask.
+        if status.last_error:
+            fields["last_error"] = redact_text(status.last_error, MASK)
+        return cls(uptime_s=status.uptime_seconds(), indicator=INDICATORS[status.state], **fields)
 
 
 def masked(public: dict[str, Any], secret_names: frozenset[str], secrets_enc: str | None) -> dict[str, Any]:
