@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 
 import httpx
 import structlog
@@ -73,6 +74,10 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     broker = NatsBroker(
         settings.nats_url,
         max_reconnect_attempts=-1,
+        # FastStream's own lines ("waiting for messages", a line per message received and
+        # processed, its shutdown callbacks) are noise beside the router's structured log and
+        # cost time per message: only its warnings and errors pass, through the root logger.
+        logger=logging.getLogger("imgate.router.faststream"),
         middlewares=(
             NatsTelemetryMiddleware(),
             NatsPrometheusMiddleware(
