@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import nats.errors
+import nats.js.errors
 import redis.exceptions
 import sqlalchemy.exc
 import structlog
@@ -61,6 +62,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.StaleConnectionError,
     nats.errors.TimeoutError,
     nats.errors.ConnectionReconnectingError,
+    # JetStream refusing a publish for now (503): a full work queue (AGENT_RUNS refuses new runs
+    # rather than dropping unanswered ones), no stream leader during an election.
+    nats.js.errors.ServiceUnavailableError,
 )
 
 

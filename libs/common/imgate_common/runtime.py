@@ -51,7 +51,7 @@ async def connect_nats(settings: CommonSettings, name: str) -> tuple[NATS, JetSt
         reconnected_cb=on_reconnect,
     )
     js = nc.jetstream()
-    await provision_streams(js, settings.stream_replicas)
+    await provision_streams(js, settings.stream_replicas, settings.stream_limits())
     return nc, js
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgate_common.bus import StreamLimits
+
 # Local runs keep everything under ./.data so a clone is self-contained and easy to wipe.
 DEFAULT_DATA_DIR = Path(".data")
 
@@ -38,6 +40,17 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_shared("LOG_LEVEL"))
     # Stream replicas: 1 on a single node, 3 on a clustered JetStream in production.
     stream_replicas: int = Field(1, validation_alias=_shared("STREAM_REPLICAS"))
+    # What each stream may hold (see bus.stream_specs for what a full stream does). Applied by
+    # every service at start, to existing streams too. Their sum, with the connector's media
+    # bucket cap (CONNECTOR_MEDIA_BUCKET_MAX_BYTES), must fit in nats-server's max_file_store.
+    inbound_max_bytes: int = Field(1024**3, validation_alias=_shared("INBOUND_MAX_BYTES"))
+    inbound_max_msgs: int = Field(1_000_000, validation_alias=_shared("INBOUND_MAX_MSGS"))
+    runs_max_bytes: int = Field(256 * 1024**2, validation_alias=_shared("RUNS_MAX_BYTES"))
+    runs_max_msgs: int = Field(100_000, validation_alias=_shared("RUNS_MAX_MSGS"))
+    replies_max_bytes: int = Field(1024**3, validation_alias=_shared("REPLIES_MAX_BYTES"))
+    replies_max_msgs: int = Field(2_000_000, validation_alias=_shared("REPLIES_MAX_MSGS"))
+    dead_letters_max_bytes: int = Field(256 * 1024**2, validation_alias=_shared("DEAD_LETTERS_MAX_BYTES"))
+    dead_letters_max_msgs: int = Field(10_000, validation_alias=_shared("DEAD_LETTERS_MAX_MSGS"))
     # Namespace for every Redis key, so several installations can share one Redis.
     redis_prefix: str = Field("imgate", validation_alias=_shared("REDIS_PREFIX"))
     # A run admitted (or handed its conversation's turn) but not yet taken by a runner holds the
@@ -56,3 +69,15 @@ class CommonSettings(BaseSettings):
     # port; 0 picks a free one, -1 serves none). Bound on every interface for the scraper.
     metrics_port: int = -1
     metrics_host: str = Field("0.0.0.0", validation_alias=_shared("METRICS_HOST"))
+
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(
+            inbound_max_bytes=self.inbound_max_bytes,
+            inbound_max_msgs=self.inbound_max_msgs,
+            runs_max_bytes=self.runs_max_bytes,
+            runs_max_msgs=self.runs_max_msgs,
+            replies_max_bytes=self.replies_max_bytes,
+            replies_max_msgs=self.replies_max_msgs,
+            dead_letters_max_bytes=self.dead_letters_max_bytes,
+            dead_letters_max_msgs=self.dead_letters_max_msgs,
+        )
