@@ -10,7 +10,7 @@ from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.runtime import close_nats, connect_nats, connect_redis, instance_id, service_main
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease, ReplicaSet
-from imgate_connector.media import MediaStore
+from imgate_connector.media import AgentVision, MediaStore
 from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
 from imgate_connector.supervisor import ChannelSupervisor
@@ -36,7 +36,10 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
             ttl_s=settings.media_ttl_s,
             max_bytes=settings.media_max_bytes,
             replicas=settings.stream_replicas,
+            bucket_max_bytes=settings.media_bucket_max_bytes,
         )
+        await media.ensure()  # an existing bucket takes the configured cap at start
+        vision = AgentVision(session_factory(engine), settings.media_agent_check_s)
         supervisor = ChannelSupervisor(
             settings,
             nc,
@@ -46,7 +49,7 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
             ChannelLease(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ReplicaSet(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ChannelStatusStore(redis, settings.redis_prefix),
-            ConnectorResources(http, redis, settings.redis_prefix, media),
+            ConnectorResources(http, redis, settings.redis_prefix, media, vision),
         )
         log.info("connector_started", owner=owner)
         await supervisor.run(stop, ready)

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 import httpx
 from redis.asyncio import Redis
 
-from imgate_connector.media import MediaStore
+from imgate_connector.media import AgentVision, MediaStore
 
 T = TypeVar("T")
 
@@ -17,6 +17,8 @@ class ConnectorResources:
     redis: Redis
     redis_prefix: str
     media: MediaStore | None = None  # None: media are not fetched (attachments keep their codes)
+    # Whether a channel's agent takes pictures (None: assume it does; pictures are fetched).
+    vision: AgentVision | None = None
     _shared: dict[type[Any], Any] = field(default_factory=dict)
 
     def shared(self, kind: type[T]) -> T:

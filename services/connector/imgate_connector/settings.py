@@ -59,6 +59,14 @@ class ConnectorSettings(CommonSettings):
     # Text files up to this size also go into the message text, so the model reads them.
     media_inline_text_max_bytes: int = 32 * 1024
     media_ttl_s: float = 24 * 3600
+    # The media bucket's own cap: when full, a picture is skipped (its message still goes
+    # through, and the sender is told), so media never fill the store the streams need.
+    media_bucket_max_bytes: int = Field(
+        2 * 1024**3,
+        validation_alias=AliasChoices("IMGATE_MEDIA_BUCKET_MAX_BYTES", "CONNECTOR_MEDIA_BUCKET_MAX_BYTES"),
+    )
+    # Whether a channel's agent takes pictures is re-read from the database this often.
+    media_agent_check_s: float = 30.0
 
     # --- replies -----------------------------------------------------------------------------
     # Language of what the connector says itself (queued line, continuation marker); a channel's

@@ -12,6 +12,7 @@ class Wording:
     unreadable: str  # a message the connector could not read at all
     sent_below: str  # closes a card whose answer had to go out as a plain message instead
     undelivered: str  # ends a card whose answer the platform would not take, however long we tried
+    media_skipped: str  # a file the connector could not take (media storage full); the text went on
 
 
 WORDINGS = {
@@ -22,6 +23,7 @@ WORDINGS = {
         unreadable="抱歉，这条消息无法读取，请换一种方式重新发送。",
         sent_below="回答已作为单独的消息发送。",
         undelivered="抱歉，回答未能送达，请重新发送您的消息。",
+        media_skipped="抱歉，文件存储空间暂时已满，您发送的图片或文件未能接收，请稍后再发送。",
     ),
     "en": Wording(
         queued="Queued: {position} message(s) ahead of this one…",
@@ -30,6 +32,8 @@ WORDINGS = {
         unreadable="Sorry, I could not read that message. Please send it again another way.",
         sent_below="The answer was sent as a separate message.",
         undelivered="Sorry, the answer could not be delivered. Please send your message again.",
+        media_skipped="Sorry, your picture or file could not be taken: file storage is full right now. "
+        "Please send it again later.",
     ),
 }
 

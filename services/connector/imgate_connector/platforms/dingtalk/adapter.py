@@ -36,13 +36,12 @@ from imgate_common.messages import (
     Attachment,
     ConversationType,
     InboundMessage,
-    MessageKind,
     ReplyTarget,
     run_id_for,
 )
 from imgate_connector.budget import CardBudget
 from imgate_connector.lease import CALL_TIMEOUT_SHARE
-from imgate_connector.media import MediaTooLarge, describe_file
+from imgate_connector.media import MediaPolicy, fetch_attachments
 from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
 from imgate_connector.platforms.base import InboundRejected, PlatformAdapter
 from imgate_connector.platforms.dingtalk.cards import DingTalkReplySurface
@@ -424,7 +423,7 @@ class DingTalkAdapter(PlatformAdapter):
         )
         telemetry.set_content(span, "imgate.message.text", inbound.text)
         structlog.contextvars.bind_contextvars(msg_id=inbound.message_id)
-        inbound = await self._fetch_media(inbound)
+        inbound, media_skipped = await self._fetch_media(inbound)
         try:
             duplicate = await self.sink(inbound)
         except InboundRejected as exc:
@@ -463,6 +462,8 @@ class DingTalkAdapter(PlatformAdapter):
         except websockets.ConnectionClosed:
             # Stored already: the redelivery is dropped as a duplicate by the bus.
             self._log.warning("ack_not_sent_connection_closed", frame_id=frame_id)
+        if media_skipped and not duplicate:
+            await self._tell_media_skipped(inbound)
 
     async def _malformed(self, ws: ClientConnection, frame_id: str, data: Any, exc: Exception) -> bool:
         """ACK what can never be read (a redelivery would fail the same way), count it, and tell
@@ -514,56 +515,34 @@ class DingTalkAdapter(PlatformAdapter):
 
     # -- media ----------------------------------------------------------------------------
 
-    async def _fetch_media(self, message: InboundMessage) -> InboundMessage:
-        """Fetch pictures and files into the media store (bounded in size and time); a fetch
-        that fails is noted on the attachment, and the message goes on regardless."""
-        media = self.resources.media
-        fetched = (MessageKind.IMAGE, MessageKind.FILE)
-        wanted = [a.kind in fetched and bool(a.download_code) for a in message.attachments]
-        if not any(wanted):
-            return message
-        run_id = run_id_for(message.platform, message.channel_id, message.message_id)
-        heads: dict[int, bytes] = {}
+    async def _fetch_media(self, message: InboundMessage) -> tuple[InboundMessage, bool]:
+        """Fetch what the channel's agent can use (media.py); whether any picture was skipped
+        for a full media bucket."""
+        vision = self.resources.vision
+        policy = MediaPolicy(
+            timeout_s=self.settings.media_timeout_s,
+            inline_text_max_bytes=self.settings.media_inline_text_max_bytes,
+            images_wanted=vision is None or await vision.supports_images(self.spec.default_agent_id),
+        )
+        robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
 
-        async def fetch(index: int, attachment: Attachment) -> Attachment:
-            if not wanted[index]:
-                return attachment
-            if media is None:
-                return attachment.model_copy(update={"error": "media fetching is off"})
+        async def download_url(attachment: Attachment) -> str:
             assert attachment.download_code is not None
-            robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
-            head = self.settings.media_inline_text_max_bytes + 1 if attachment.kind == MessageKind.FILE else 0
-            try:
-                url = await self.api.download_url(robot_code, attachment.download_code)
-                stored = await media.fetch(
-                    self.resources.http,
-                    url,
-                    f"{PLATFORM}/{self.spec.id}/{run_id}/{index}",
-                    timeout_s=self.settings.media_timeout_s,
-                    head_bytes=head,
-                )
-            except MediaTooLarge as exc:
-                return attachment.model_copy(update={"error": f"too large ({exc})"})
-            except Exception as exc:
-                self._log.warning("media_fetch_failed", msg_id=message.message_id, error=str(exc)[:200])
-                return attachment.model_copy(update={"error": f"could not be fetched: {type(exc).__name__}"})
-            heads[index] = stored.head
-            return attachment.model_copy(
-                update={
-                    "object_name": stored.object_name,
-                    "size": stored.size,
-                    "content_type": stored.content_type,
-                    "sha256": stored.sha256,
-                }
-            )
+            return await self.api.download_url(robot_code, attachment.download_code)
 
-        attachments = await asyncio.gather(*(fetch(i, a) for i, a in enumerate(message.attachments)))
-        text = message.text
-        if message.kind == MessageKind.FILE:
-            described = [
-                describe_file(a, heads.get(i), self.settings.media_inline_text_max_bytes)
-                for i, a in enumerate(attachments)
-                if a.kind == MessageKind.FILE
-            ]
-            text = "\n\n".join([*described, text] if text else described)
-        return message.model_copy(update={"attachments": list(attachments), "text": text})
+        run_id = run_id_for(message.platform, message.channel_id, message.message_id)
+        return await fetch_attachments(
+            message,
+            self.resources.media,
+            self.resources.http,
+            download_url,
+            policy,
+            f"{PLATFORM}/{self.spec.id}/{run_id}",
+        )
+
+    async def _tell_media_skipped(self, message: InboundMessage) -> None:
+        """One sentence to the sender: a file of theirs was not taken (the text was)."""
+        try:
+            await self._surface.send_text(message.target, self._wording.media_skipped)
+        except Exception as exc:
+            self._log.warning("media_skipped_reply_failed", error=str(exc)[:200])
