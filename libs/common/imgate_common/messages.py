@@ -29,8 +29,17 @@ class Contract(BaseModel):
 RUN_NAMESPACE = uuid.UUID("5b0e7c1a-3f0b-4c57-9d8e-2a1f6c9b7e41")
 
 
-def run_id_for(platform: str, channel_id: int, message_id: str) -> str:
-    return str(uuid.uuid5(RUN_NAMESPACE, f"{platform}:{channel_id}:{message_id}"))
+# An operator's replay of a dead-lettered message is a new attempt at it, answered as a new run
+# (its own card): replay N > 0 is folded into the run id, replay 0 keeps the original one. A
+# message is replayed at most MAX_REPLAYS times (the admin API refuses more).
+MAX_REPLAYS = 5
+
+
+def run_id_for(platform: str, channel_id: int, message_id: str, replay: int = 0) -> str:
+    name = f"{platform}:{channel_id}:{message_id}"
+    if replay:
+        name = f"{name}:replay:{replay}"
+    return str(uuid.uuid5(RUN_NAMESPACE, name))
 
 
 class MessageKind(StrEnum):
@@ -122,6 +131,8 @@ class InboundMessage(Contract):
     sent_at: datetime | None = None
     received_at: datetime = Field(default_factory=utcnow)
     raw: dict[str, Any] = Field(default_factory=dict)
+    # 0 as the platform delivered it; N: the Nth replay of its dead letter (a new run id).
+    replay: int = Field(default=0, ge=0)
 
 
 class CancelRequest(Contract):
@@ -149,6 +160,8 @@ class RunRequest(Contract):
     # in its conversation's queue is published later by whichever runner finished the run before
     # it; this keeps it in its own message's trace.
     trace_context: dict[str, str] = Field(default_factory=dict)
+    # Which replay of the user's message this run answers (InboundMessage.replay), 0 for none.
+    replay: int = Field(default=0, ge=0)
 
 
 class ReplyEventBase(Contract):
@@ -194,6 +207,13 @@ class RunQueued(ReplyEventBase):
 
     kind: Literal["queued"] = "queued"
     position: int  # 1 = next
+
+    @classmethod
+    def of(cls, request: RunRequest, position: int) -> "RunQueued":
+        """The queued event of `request`, waiting at `position`."""
+        return cls(
+            run_id=request.run_id, channel_id=request.channel_id, target=request.target, position=position
+        )
 
 
 class Notice(ReplyEventBase):
