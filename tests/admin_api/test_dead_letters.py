@@ -9,8 +9,9 @@ from nats.js import JetStreamContext
 
 from imgate_admin.settings import AdminSettings
 from imgate_common.bus import DEAD_LETTERS_STREAM, INBOUND_STREAM, MSG_ID_HEADER, dead_letter_subject
-from imgate_common.messages import DeadLetter
+from imgate_common.messages import MAX_REPLAYS, DeadLetter, InboundMessage, run_id_for
 from imgate_common.publish import jetstream_publisher
+from tests.router.conftest import inbound
 from tests.support.nats_server import fresh_streams
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -99,3 +100,42 @@ async def test_a_discarded_letter_is_gone_and_audited(
     [entry] = (await client.get("/api/v1/audit", params={"action": "dead_letter.discard"})).json()
     assert entry["detail"]["channel_id"] == 5
     assert (await js.stream_info(INBOUND_STREAM)).state.messages == 0, "nothing was replayed"
+
+
+async def test_a_replayed_user_message_is_a_new_attempt_with_its_own_run(
+    client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    """The body goes back whole with the next replay number; the run that answers it has an
+    id of its own (a new card), and the same replay sent twice is one message."""
+    message = inbound(5, "m1", "hello")
+    await file_letter(js, 5, message.model_dump_json().encode(), 1)
+    [letter] = (await client.get("/api/v1/dead-letters")).json()
+    replayed = (await client.post(f"/api/v1/dead-letters/{letter['seq']}/replay")).json()
+    first = run_id_for("dingtalk", 5, "m1", 1)
+    assert (replayed["replay"], replayed["run_id"]) == (1, first)
+    assert first != run_id_for("dingtalk", 5, "m1")
+    assert replayed["msg_id"] == "dingtalk:5:m1:replay:1"
+    again = await js.get_last_msg(INBOUND_STREAM, "im.inbound.dingtalk.5.3")
+    sent = InboundMessage.model_validate_json(again.data or b"")
+    assert sent.replay == 1 and sent.raw == message.raw and sent.message_id == "m1"
+    assert again.headers is not None and again.headers["traceparent"] == TRACEPARENT
+    [entry] = (await client.get("/api/v1/audit", params={"action": "dead_letter.replay"})).json()
+    assert entry["detail"]["replay"] == 1 and entry["detail"]["replay_run_id"] == first
+    # Dead-lettered again (the cause was not fixed): the next replay is the second.
+    await file_letter(js, 5, again.data or b"", 2)
+    [letter] = (await client.get("/api/v1/dead-letters")).json()
+    second = (await client.post(f"/api/v1/dead-letters/{letter['seq']}/replay")).json()
+    assert (second["replay"], second["run_id"]) == (2, run_id_for("dingtalk", 5, "m1", 2))
+
+
+async def test_a_message_replayed_too_often_is_refused_and_its_letter_kept(
+    client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    worn = inbound(5, "m1", "hello").model_copy(update={"replay": MAX_REPLAYS})
+    await file_letter(js, 5, worn.model_dump_json().encode(), 1)
+    [letter] = (await client.get("/api/v1/dead-letters")).json()
+    refused = await client.post(f"/api/v1/dead-letters/{letter['seq']}/replay")
+    assert refused.status_code == 409 and f"at most {MAX_REPLAYS}" in refused.text
+    assert (await client.get(f"/api/v1/dead-letters/{letter['seq']}")).status_code == 200
+    assert (await js.stream_info(INBOUND_STREAM)).state.messages == 0
+    assert (await client.get("/api/v1/audit", params={"action": "dead_letter.replay"})).json() == []

@@ -16,19 +16,24 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_common.bus import RUNS_STREAM
+from imgate_common.bus import INBOUND_PARTITIONS, RUNS_STREAM, ensure_consumer, router_consumer_spec
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.models import Agent, Channel
 from imgate_common.messages import InboundMessage, RunRequest
+from imgate_common.publish import durable_publisher
 from imgate_common.secrets import SecretBox
 from imgate_connector.platforms.dingtalk.translate import translate
+from imgate_router.main import subscribe
 from imgate_router.service import InboundRouter
 from imgate_router.settings import RouterSettings
+from tests.support.nats_server import fresh_streams
 from tests.support.openai_stub import free_port
 
 LDAP_BASE = "dc=example,dc=com"
@@ -261,3 +266,35 @@ def router(
     return InboundRouter(
         settings, sessions, redis_client, published, cancel, http_client, SecretBox.from_settings(settings)
     )
+
+
+@pytest.fixture
+async def js(private_nats: str) -> AsyncIterator[JetStreamContext]:
+    """Fresh streams on a private nats-server, with the router's partition consumers."""
+    async with fresh_streams(private_nats) as js:
+        for partition in range(INBOUND_PARTITIONS):
+            await ensure_consumer(js, router_consumer_spec(partition))
+        yield js
+
+
+def bus_router(
+    nats_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    key_prefix: str,
+    tmp_path: Path,
+    http: httpx.AsyncClient,
+) -> tuple[NatsBroker, InboundRouter]:
+    """A router subscribed to every partition as it runs (FastStream); start the broker."""
+    settings = RouterSettings(redis_prefix=key_prefix, data_dir=tmp_path)
+    broker = NatsBroker(nats_url)
+    publish = durable_publisher(broker)
+
+    async def cancel(run_id: str) -> None:
+        return None
+
+    router = InboundRouter(
+        settings, sessions, redis, publish, cancel, http, SecretBox.from_settings(settings)
+    )
+    subscribe(broker, router, publish)
+    return broker, router

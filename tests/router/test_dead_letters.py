@@ -4,13 +4,10 @@ and the partition goes on with the next message."""
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -18,33 +15,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import (
     DEAD_LETTERS_STREAM,
-    INBOUND_PARTITIONS,
     INBOUND_STREAM,
     REPLIES_STREAM,
     RUNS_STREAM,
-    ensure_consumer,
     inbound_subject,
-    router_consumer_spec,
 )
 from imgate_common.messages import REPLY_EVENT, DeadLetter, InboundMessage, RunFailed
-from imgate_common.publish import durable_publisher
-from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_router.commands import reply
-from imgate_router.main import subscribe
-from imgate_router.service import InboundRouter, run_id_for
-from imgate_router.settings import RouterSettings
-from tests.router.conftest import inbound, make_channel
+from imgate_router.service import run_id_for
+from tests.router.conftest import bus_router, inbound, make_channel
 from tests.router.test_identity_mappers import ldap_mapping, set_mapping
-from tests.support.nats_server import fresh_streams
-
-
-@pytest.fixture
-async def js(private_nats: str) -> AsyncIterator[JetStreamContext]:
-    async with fresh_streams(private_nats) as js:
-        for partition in range(INBOUND_PARTITIONS):
-            await ensure_consumer(js, router_consumer_spec(partition))
-        yield js
 
 
 async def messages(js: JetStreamContext, stream: str) -> list[bytes]:
@@ -73,19 +54,9 @@ async def test_a_misconfigured_channels_message_is_dead_lettered_and_the_partiti
     http_client: httpx.AsyncClient,
 ) -> None:
     broken = await make_channel(sessions, language="en-US")
-    settings = RouterSettings(redis_prefix=key_prefix, data_dir=tmp_path)
-    broker = NatsBroker(private_nats)
-    publish = durable_publisher(broker)
-
-    async def cancel(run_id: str) -> None:
-        return None
-
-    router = InboundRouter(
-        settings, sessions, redis_client, publish, cancel, http_client, SecretBox.from_settings(settings)
-    )
+    broker, router = bus_router(private_nats, sessions, redis_client, key_prefix, tmp_path, http_client)
     await set_mapping(sessions, broken, router, ldap_mapping("ldap://127.0.0.1:9", user_filter="(uid={uid})"))
     poison = inbound(broken, "poison-1", "hello")
-    subscribe(broker, router, publish)
     async with broker:
         await broker.start()
         for message in (poison, inbound(broken, "poison-2", "again")):

@@ -150,6 +150,12 @@ class RunConsumer:
         async def handle(request: RunRequest) -> None:
             queue = self._queue
             claim = await queue.claim(request.conversation_id, request.run_id) if queue else None
+            if claim == Claim.FINISHED:
+                # A runner ended this run already (answered, failed, given up on) and handed its
+                # conversation on: its request again (a redelivery, or a republish under the
+                # same run id) must not call the model a second time. A replay is a new run.
+                log.info("run_already_finished", run_id=request.run_id)
+                return
             if claim == Claim.OVERTAKEN:
                 # Its lock expired while it waited and a later run started: it runs all the
                 # same (the user's message is answered), and the operator sees it.

@@ -43,7 +43,8 @@ def channel_language(channel: Channel) -> str:
 
 
 def run_id_for(message: InboundMessage) -> str:
-    return message_run_id(message.platform, message.channel_id, message.message_id)
+    """The message's run; an operator's replay of it is a run of its own (a new answer)."""
+    return message_run_id(message.platform, message.channel_id, message.message_id, message.replay)
 
 
 class InboundRouter:
@@ -77,9 +78,11 @@ class InboundRouter:
         self._runs_requested = 0
 
     def _seen_key(self, message: InboundMessage) -> str:
-        return (
-            f"{self._settings.redis_prefix}:seen:{message.platform}:{message.channel_id}:{message.message_id}"
-        )
+        prefix = self._settings.redis_prefix
+        key = f"{prefix}:seen:{message.platform}:{message.channel_id}:{message.message_id}"
+        # A replay is routed again although its message was seen (it may have been, when the
+        # run died in the runner); each replay is seen once.
+        return f"{key}:replay:{message.replay}" if message.replay else key
 
     async def handle(self, message: InboundMessage) -> None:
         run_id = run_id_for(message)
@@ -104,6 +107,8 @@ class InboundRouter:
                 span.add_event("dedup_hit")
                 DEDUP_HITS.labels(message.platform).inc()
                 return
+            if message.replay:
+                bound.info("inbound_replayed", replay=message.replay)
             result = await self._route(message, bound)
             self._chaos_exit(result)
             # Marked only once everything above is durable: a crash before this is redelivered.
@@ -258,6 +263,7 @@ class InboundRouter:
                 attachments=message.attachments,
                 # A queued run starts later, from another process: it keeps this message's trace.
                 trace_context=telemetry.carrier(),
+                replay=message.replay,
             )
         trace.get_current_span().set_attribute(telemetry.CONVERSATION_ID, conversation_id)
         return await self._admit(message, request, user_message.id, bound, language)
@@ -288,12 +294,7 @@ class InboundRouter:
         await self._queue.promote(request.conversation_id, self._publish_run)
         if admitted.admission == Admission.QUEUED:
             QUEUE_POSITION.observe(admitted.position or 0)
-            queued = RunQueued(
-                run_id=request.run_id,
-                channel_id=request.channel_id,
-                target=request.target,
-                position=admitted.position,
-            )
+            queued = RunQueued.of(request, admitted.position)
             subject = reply_subject(request.channel_id, request.run_id)
             await self._publish(subject, REPLIES_STREAM, queued, f"{request.run_id}:queued")
             bound.info("run_queued", run_id=request.run_id, position=admitted.position)

@@ -48,13 +48,34 @@ async def get_dead_letter(seq: Seq, resources: ResourcesDep) -> DeadLetterDetail
     return DeadLetterDetail(**read.model_dump(), headers=stored.letter.headers)
 
 
-@router.post("/{seq}/replay", response_model=Replayed, responses=NOT_FOUND)
+REPLAY_REFUSED: Responses = {
+    **NOT_FOUND,
+    409: {
+        "model": ErrorBody,
+        "description": "Replayed too often already, or the conversation's queue is full (the letter is kept)",
+    },
+}
+
+
+@router.post("/{seq}/replay", response_model=Replayed, responses=REPLAY_REFUSED)
 async def replay_dead_letter(
     seq: Seq, resources: ResourcesDep, session: SessionDep, actor: ActorDep
 ) -> Replayed:
-    """Publish the message again to its subject (fix the cause first); the letter is removed."""
-    stored, msg_id = await service.replay(_js(resources), session, actor, seq)
-    return Replayed(seq=seq, subject=stored.letter.subject, stream=stored.letter.stream, msg_id=msg_id)
+    """Send the message again as a new attempt (fix the cause first): a user's message or a run
+    request gets the next replay number and so a run id of its own, and the user a new answer;
+    the letter is removed."""
+    stored, outcome = await service.replay(
+        _js(resources), resources.redis, resources.settings, session, actor, seq
+    )
+    return Replayed(
+        seq=seq,
+        subject=stored.letter.subject,
+        stream=stored.letter.stream,
+        msg_id=outcome.msg_id,
+        replay=outcome.replay,
+        run_id=outcome.run_id,
+        admission=outcome.admission,
+    )
 
 
 @router.delete("/{seq}", status_code=204, responses=NOT_FOUND)

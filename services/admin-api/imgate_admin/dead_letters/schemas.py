@@ -60,3 +60,10 @@ class Replayed(BaseModel):
     subject: str
     stream: str
     msg_id: str  # the fresh dedup id it was published under
+    # A user's message or run request: which replay of it this is, and the run that answers it
+    # (a new card); None for a message published again as it was.
+    replay: int | None = None
+    run_id: str | None = None
+    # A run request's place in its conversation's queue: start, queued, or finished (replayed
+    # and answered already).
+    admission: str | None = None
