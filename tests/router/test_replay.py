@@ -59,9 +59,40 @@ async def test_a_replay_of_a_message_whose_run_finished_is_a_new_run_in_the_same
     await finish(again)
     await router.handle(replayed(message, 2))
     assert [r.replay for r in published.of(RunRequest)] == [0, 1, 2]
+    # None of them was answered: the one stored turn is each replay's in turn (the history
+    # holds the message once).
+    async with sessions() as session:
+        [turn] = (await session.exec(select(Message))).all()
+    assert turn.run_id == published.of(RunRequest)[2].run_id
+    assert {r.user_message_id for r in published.of(RunRequest)} == {turn.id}
+
+
+async def test_a_replay_of_an_answered_message_is_a_turn_of_its_own(
+    router: InboundRouter,
+    published: Published,
+    channel_id: int,
+    sessions: async_sessionmaker[AsyncSession],
+    finish: Any,
+) -> None:
+    message = inbound(channel_id, "m1", "hello")
+    await router.handle(message)
+    [first] = published.of(RunRequest)
+    async with sessions() as session:
+        answer = Message(
+            conversation_id=first.conversation_id, role="assistant", content="hi", run_id=first.run_id
+        )
+        session.add(answer)
+        await session.commit()
+    await finish(first)
+    await router.handle(replayed(message, 1))
     async with sessions() as session:
         turns = (await session.exec(select(Message).order_by(col(Message.id)))).all()
-    assert [m.run_id for m in turns] == [r.run_id for r in published.of(RunRequest)]
+    again = published.of(RunRequest)[1]
+    assert [(m.role, m.run_id) for m in turns] == [
+        ("user", first.run_id),
+        ("assistant", first.run_id),
+        ("user", again.run_id),
+    ]
 
 
 async def test_a_replay_waits_its_turn_behind_the_running_answer(

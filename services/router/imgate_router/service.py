@@ -10,7 +10,7 @@ import structlog
 from opentelemetry import trace
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common import telemetry
@@ -232,6 +232,8 @@ class InboundRouter:
             existing = (
                 await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
             ).first()
+            if existing is None and message.replay:
+                existing = await self._unanswered_turn(session, message, run_id)
             if existing is not None:  # redelivered: the turn is stored, keep its conversation
                 conversation_id = existing.conversation_id
             else:
@@ -267,6 +269,24 @@ class InboundRouter:
             )
         trace.get_current_span().set_attribute(telemetry.CONVERSATION_ID, conversation_id)
         return await self._admit(message, request, user_message.id, bound, language)
+
+    @staticmethod
+    async def _unanswered_turn(session: AsyncSession, message: InboundMessage, run_id: str) -> Message | None:
+        """A replay's turn stored by an earlier attempt that was never answered (the router gave
+        up after storing it): it becomes the replay's, so the history holds the message once
+        and the answer goes to its conversation."""
+        earlier = [
+            message_run_id(message.platform, message.channel_id, message.message_id, n)
+            for n in range(message.replay)
+        ]
+        rows = (await session.exec(select(Message).where(col(Message.run_id).in_(earlier)))).all()
+        answered = {m.run_id for m in rows if m.role == "assistant"}
+        turns = [m for m in rows if m.role == "user" and m.run_id not in answered]
+        if not turns:
+            return None
+        turn = max(turns, key=lambda m: m.id or 0)
+        turn.run_id = run_id
+        return turn
 
     async def _admit(
         self,
