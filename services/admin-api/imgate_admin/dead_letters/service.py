@@ -171,7 +171,8 @@ async def _replay_message(
     # The same replay of the same message twice (two clicks) is one publish.
     msg_id = f"{message.platform}:{message.channel_id}:{message.message_id}:replay:{replay}"
     headers[MSG_ID_HEADER] = msg_id
-    await js.publish(subject, json.dumps(fields).encode(), stream=INBOUND_STREAM, headers=headers)
+    body = json.dumps(fields, ensure_ascii=False).encode()
+    await js.publish(subject, body, stream=INBOUND_STREAM, headers=headers)
     run_id = run_id_for(message.platform, message.channel_id, message.message_id, replay)
     return ReplayOutcome(msg_id, replay, run_id)
 

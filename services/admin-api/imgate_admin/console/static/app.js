@@ -826,7 +826,7 @@ async function deadLettersView() {
     }, label);
   render(
     h("h1", {}, "Dead letters"),
-    h("p", { class: "muted" }, "Messages the services gave up on: the user was told, the reason is below. Fix the cause (a channel's user mapping, an agent's key), then replay to process the message again."),
+    h("p", { class: "muted" }, "Messages the services gave up on: the user was told, the reason is below. Fix the cause (a channel's user mapping, an agent's key), then replay: it is processed again as a new attempt, and the user gets a new answer below the failure they saw (at most 5 replays per message)."),
     letters.length === 0
       ? h("p", { id: "no-dead-letters" }, "No dead letters.")
       : h(
@@ -848,7 +848,7 @@ async function deadLettersView() {
                 h(
                   "td",
                   {},
-                  act(d, "Replay", "replayed", false, `Process message ${d.seq} again? It goes back to ${d.subject}.`, () => api("POST", `/dead-letters/${d.seq}/replay`)),
+                  act(d, "Replay", "replayed", false, `Process message ${d.seq} again? It goes back to ${d.subject}; the user gets a new answer.`, () => api("POST", `/dead-letters/${d.seq}/replay`)),
                   act(d, "Discard", "discarded", true, `Discard message ${d.seq} for good?`, () => api("DELETE", `/dead-letters/${d.seq}`)),
                 ),
               ),
