@@ -8,7 +8,13 @@ import anthropic
 from imgate_common import telemetry
 from imgate_common.db.models import Agent
 from imgate_common.errors import FailureCategory, ProviderError
-from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
+from imgate_runner.providers.base import (
+    DEFAULT_MAX_CLIENTS,
+    ChatMessage,
+    ClientPool,
+    Generation,
+    ModelProvider,
+)
 
 
 def map_error(exc: anthropic.AnthropicError) -> ProviderError:
@@ -51,24 +57,20 @@ def split_system(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]
 class AnthropicProvider(ModelProvider):
     name: ClassVar[str] = "anthropic"
 
-    def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, str | None, float], anthropic.AsyncAnthropic] = {}
+    def __init__(self, max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
+        self._clients: ClientPool[anthropic.AsyncAnthropic] = ClientPool(lambda c: c.close(), max_clients)
 
-    def _client(self, agent: Agent, api_key: str | None) -> anthropic.AsyncAnthropic:
-        key = (agent.base_url, api_key, agent.timeout_s)
-        if key not in self._clients:
-            self._clients[key] = anthropic.AsyncAnthropic(
-                base_url=agent.base_url,
-                api_key=api_key or "",
-                timeout=agent.timeout_s,
-                max_retries=0,  # the executor retries, before the first token only
-            )
-        return self._clients[key]
+    @staticmethod
+    def _new_client(agent: Agent, api_key: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=agent.base_url,
+            api_key=api_key,
+            timeout=agent.timeout_s,
+            max_retries=0,  # the executor retries, before the first token only
+        )
 
     async def shutdown(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close_all()
 
     async def stream(
         self, agent: Agent, api_key: str | None, messages: list[ChatMessage], generation: Generation
@@ -87,8 +89,17 @@ class AnthropicProvider(ModelProvider):
         }
         if system:
             request["system"] = system
+        key = (agent.base_url, api_key, agent.timeout_s)
+        async with self._clients.use(key, lambda: self._new_client(agent, api_key)) as client:
+            async for text in self._chunks(client, request, generation):
+                yield text
+
+    @staticmethod
+    async def _chunks(
+        client: anthropic.AsyncAnthropic, request: dict[str, Any], generation: Generation
+    ) -> AsyncIterator[str]:
         try:
-            events = await self._client(agent, api_key).messages.create(**request)
+            events = await client.messages.create(**request)
             async for event in cast(Any, events):
                 if event.type == "message_start":
                     generation.usage.prompt_tokens = event.message.usage.input_tokens

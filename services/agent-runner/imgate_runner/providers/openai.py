@@ -8,7 +8,13 @@ import openai
 from imgate_common import telemetry
 from imgate_common.db.models import Agent
 from imgate_common.errors import FailureCategory, ProviderError
-from imgate_runner.providers.base import ChatMessage, Generation, ModelProvider
+from imgate_runner.providers.base import (
+    DEFAULT_MAX_CLIENTS,
+    ChatMessage,
+    ClientPool,
+    Generation,
+    ModelProvider,
+)
 
 # Local servers (llama.cpp, vLLM, Ollama) need no key, but the SDK insists on one.
 PLACEHOLDER_KEY = "not-needed"
@@ -45,29 +51,32 @@ def openai_message(message: ChatMessage) -> dict[str, Any]:
 class OpenAIProvider(ModelProvider):
     name: ClassVar[str] = "openai"
 
-    def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, str | None, float], openai.AsyncOpenAI] = {}
+    def __init__(self, max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
+        self._clients: ClientPool[openai.AsyncOpenAI] = ClientPool(lambda c: c.close(), max_clients)
 
-    def _client(self, agent: Agent, api_key: str | None) -> openai.AsyncOpenAI:
-        key = (agent.base_url, api_key, agent.timeout_s)
-        if key not in self._clients:
-            self._clients[key] = openai.AsyncOpenAI(
-                base_url=agent.base_url,
-                api_key=api_key or PLACEHOLDER_KEY,
-                timeout=agent.timeout_s,
-                max_retries=0,  # the executor retries, before the first token only
-            )
-        return self._clients[key]
+    @staticmethod
+    def _new_client(agent: Agent, api_key: str | None) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=agent.base_url,
+            api_key=api_key or PLACEHOLDER_KEY,
+            timeout=agent.timeout_s,
+            max_retries=0,  # the executor retries, before the first token only
+        )
 
     async def shutdown(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close_all()
 
     async def stream(
         self, agent: Agent, api_key: str | None, messages: list[ChatMessage], generation: Generation
     ) -> AsyncIterator[str]:
-        client = self._client(agent, api_key)
+        key = (agent.base_url, api_key, agent.timeout_s)
+        async with self._clients.use(key, lambda: self._new_client(agent, api_key)) as client:
+            async for text in self._chunks(client, agent, messages, generation):
+                yield text
+
+    async def _chunks(
+        self, client: openai.AsyncOpenAI, agent: Agent, messages: list[ChatMessage], generation: Generation
+    ) -> AsyncIterator[str]:
         try:
             response = await client.chat.completions.create(
                 model=agent.model,

@@ -10,8 +10,8 @@ from imgate_runner.settings import RunnerSettings
 def build_providers(settings: RunnerSettings) -> dict[str, ModelProvider]:
     providers: list[ModelProvider] = [
         LocalProvider(settings.local_model_path, settings.local_context_tokens, settings.local_threads),
-        OpenAIProvider(),
-        AnthropicProvider(),
+        OpenAIProvider(settings.provider_clients_max),
+        AnthropicProvider(settings.provider_clients_max),
     ]
     table: dict[str, ModelProvider] = {}
     for provider in providers:
