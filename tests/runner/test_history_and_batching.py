@@ -1,10 +1,14 @@
 """Prompt budget and delta batching."""
 
 import time
+from typing import Any
+
+from sqlmodel import select
 
 from imgate_common.db.models import Agent, Message
 from imgate_runner.batching import DeltaBatcher
-from imgate_runner.history import build_prompt
+from imgate_runner.history import build_prompt, history_limit, load_history
+from tests.runner.conftest import setup_run
 
 
 def turns(*pairs: tuple[str, str]) -> list[Message]:
@@ -62,3 +66,28 @@ async def test_keep_alive_beats_while_the_run_waits_and_stops_after() -> None:
     await asyncio.sleep(0.06)
     assert count >= 4, "a waiting run must keep telling JetStream it is alive"
     assert len(beats) == count, "beats must stop when the run ends"
+
+
+async def test_a_long_conversation_is_read_in_a_bounded_slice(sessions: Any) -> None:
+    """A run reads the newest messages its prompt can keep, not the whole conversation."""
+    agent = Agent(name="a", provider="local", max_turns=3, max_prompt_tokens=100_000)
+    first = await setup_run(sessions, None, "q0")
+    async with sessions() as session:
+        for n in range(1, 300):
+            session.add(Message(conversation_id=first.conversation_id, role="assistant", content=f"a{n - 1}"))
+            session.add(Message(conversation_id=first.conversation_id, role="user", content=f"q{n}"))
+        await session.commit()
+        last = (
+            await session.exec(
+                select(Message).where(
+                    Message.content == "q299", Message.conversation_id == first.conversation_id
+                )
+            )
+        ).one()
+        assert last.id is not None
+        every = await load_history(session, first.conversation_id, last.id, 10_000)
+        bounded = await load_history(session, first.conversation_id, last.id, history_limit(agent, 200))
+    assert len(every) == 599 and len(bounded) == 8
+    assert bounded[-1].content == "q299" and [m.id for m in bounded] == sorted(m.id for m in bounded)  # type: ignore[type-var]
+    assert build_prompt(agent, bounded) == build_prompt(agent, every)
+    assert history_limit(Agent(name="b", provider="local", max_turns=1000), 200) == 200

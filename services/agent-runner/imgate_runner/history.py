@@ -14,13 +14,25 @@ def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
 
 
-async def load_history(session: AsyncSession, conversation_id: str, up_to_message_id: int) -> list[Message]:
+def history_limit(agent: Agent | None, most: int) -> int:
+    """Messages worth reading for a run: the prompt keeps at most `max_turns` user turns, each
+    with its answer, plus one (an answer whose question fell off); never more than `most`."""
+    turns = agent.max_turns if agent is not None else 1
+    return max(1, min(most, 2 * turns + 2))
+
+
+async def load_history(
+    session: AsyncSession, conversation_id: str, up_to_message_id: int, limit: int
+) -> list[Message]:
+    """The newest `limit` messages up to the run's own, oldest first: a run reads a bounded
+    slice of its conversation however long the conversation grew."""
     query = (
         select(Message)
         .where(Message.conversation_id == conversation_id, col(Message.id) <= up_to_message_id)
-        .order_by(col(Message.id))
+        .order_by(col(Message.id).desc())
+        .limit(limit)
     )
-    return list((await session.exec(query)).all())
+    return list(reversed((await session.exec(query)).all()))
 
 
 def build_prompt(agent: Agent, history: list[Message]) -> list[ChatMessage]:

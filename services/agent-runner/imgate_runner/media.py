@@ -4,14 +4,14 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from imgate_common.bus import MEDIA_BUCKET
+from imgate_common.bus import MEDIA_BUCKET, MEDIA_IMAGE_MAX_BYTES
 from imgate_common.messages import Attachment, MessageKind
 from imgate_runner.providers.base import ImageInput
 
 log = structlog.get_logger()
 
-# Larger pictures are not sent to the model (provider limits are around 5-20 MB).
-MAX_IMAGE_BYTES = 5 * 1024 * 1024
+# Larger pictures are not sent to the model (the connector does not fetch them either).
+MAX_IMAGE_BYTES = MEDIA_IMAGE_MAX_BYTES
 
 
 class MediaReader:
