@@ -4,6 +4,17 @@ from prometheus_client import Counter, Histogram
 
 from imgate_common.metrics import LATENCY_BUCKETS
 
+# Message types worth a label of their own (DingTalk's msgtype values and the normalized kinds);
+# any other type a platform sends is counted as "other", so senders cannot grow the series.
+KNOWN_TYPES = frozenset(
+    {"text", "richText", "picture", "audio", "file", "video", "markdown", "image", "rich_text", "unsupported"}
+)
+
+
+def type_label(platform_type: str | None) -> str:
+    return platform_type if platform_type in KNOWN_TYPES else "other"
+
+
 MESSAGES = Counter(
     "imgate_router_messages",
     "Inbound messages routed, by platform, message type and what became of them",

@@ -28,7 +28,14 @@ from imgate_router.commands import Command, parse_command, reply
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper, IdentityResolver, NotRegistered
 from imgate_router.mappers import MapperUnavailable
-from imgate_router.metrics import DEDUP_HITS, MESSAGES, QUEUE_ADMISSIONS, QUEUE_POSITION, ROUTE_SECONDS
+from imgate_router.metrics import (
+    DEDUP_HITS,
+    MESSAGES,
+    QUEUE_ADMISSIONS,
+    QUEUE_POSITION,
+    ROUTE_SECONDS,
+    type_label,
+)
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
@@ -114,7 +121,7 @@ class InboundRouter:
             # Marked only once everything above is durable: a crash before this is redelivered.
             await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
         span.set_attribute("imgate.route.result", result)
-        MESSAGES.labels(message.platform, message.platform_type, result).inc()
+        MESSAGES.labels(message.platform, type_label(message.platform_type), result).inc()
         ROUTE_SECONDS.observe(time.perf_counter() - started)
 
     def _chaos_exit(self, result: str) -> None:
