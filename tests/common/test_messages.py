@@ -1,13 +1,16 @@
 """The bus contract: versioned models, validated on both ends."""
 
 import json
+import uuid
 
 import pytest
 from pydantic import ValidationError
 
 from imgate_common.errors import FailureCategory
 from imgate_common.messages import (
+    MAX_REPLAYS,
     REPLY_EVENT,
+    RUN_NAMESPACE,
     ChannelState,
     ChannelStatus,
     Notice,
@@ -16,9 +19,10 @@ from imgate_common.messages import (
     RunDelta,
     RunFailed,
     RunRequest,
+    run_id_for,
     utcnow,
 )
-from tests.support.factories import reply_target
+from tests.support.factories import reply_target, run_request
 
 
 def target() -> ReplyTarget:
@@ -73,3 +77,18 @@ def test_uptime_only_when_connected() -> None:
     status = ChannelStatus(channel_id=1, state=ChannelState.CONNECTED, connected_at=now)
     assert status.uptime_seconds(now) == 0
     assert ChannelStatus(channel_id=1, state=ChannelState.DISCONNECTED).uptime_seconds() is None
+
+
+def test_a_v1_body_without_a_replay_number_is_the_original_under_its_original_run_id() -> None:
+    """Bodies from before replays had an identity parse as replay 0, whose run id is unchanged."""
+    request = run_request(run_id=run_id_for("dingtalk", 3, "m1"))
+    raw = json.loads(request.model_dump_json())
+    del raw["replay"]
+    assert RunRequest.model_validate(raw).replay == 0
+    assert run_id_for("dingtalk", 3, "m1") == str(uuid.uuid5(RUN_NAMESPACE, "dingtalk:3:m1"))
+    assert run_id_for("dingtalk", 3, "m1", 0) == run_id_for("dingtalk", 3, "m1")
+    replays = {run_id_for("dingtalk", 3, "m1", n) for n in range(MAX_REPLAYS + 1)}
+    assert len(replays) == MAX_REPLAYS + 1, "each replay is a run of its own"
+    raw["replay"] = -1
+    with pytest.raises(ValidationError):
+        RunRequest.model_validate(raw)
