@@ -603,3 +603,17 @@ async def test_a_new_owner_orders_finals_by_when_their_messages_were_sent_not_by
     surface.held["r1"].set()
     await asyncio.gather(first, second)
     assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]
+
+
+async def test_cards_waiting_to_be_closed_try_again_as_soon_as_a_card_call_gets_through() -> None:
+    surface = FlakyCloses()
+    # Left to its back-off, the card would wait a minute before its next try.
+    cards, _ = renderer(surface, mend=MendPolicy(first_retry_s=60, max_retry_s=60))
+    await cards.handle(done("the answer"))
+    assert cards.mender.pending == 1
+    surface.down = False
+    cards.accepted(inbound("and now?", message_id="m9"))  # this card opens: the platform is back
+    async with asyncio.timeout(5):  # not the minute of its back-off
+        await surface.up.wait()
+    assert surface.calls[-1] == ("close", "r1", WORDINGS["zh"].sent_below)
+    await cards.close()

@@ -4,10 +4,12 @@ A final whose card could not be closed goes out as plain text at once; the card 
 go on spinning "thinking…" (or show half the answer) beside it. The mender closes such a card
 later, with a line that points to the plain answer, so the user sees one copy of every answer
 and no card that never ends. It retries with back-off, for a bounded time, and reports a card
-it could not close.
+it could not close; a card call that succeeds meanwhile (the platform is back) makes every
+waiting card try again at once.
 """
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ MAX_PENDING = 1000
 @dataclass(frozen=True)
 class MendPolicy:
     first_retry_s: float = 2.0
-    max_retry_s: float = 60.0
+    max_retry_s: float = 30.0
     retry_for_s: float = 1800.0  # longer than any outage the design expects the platform to have
 
 
@@ -37,10 +39,17 @@ class CardMender:
         self._health = health
         self._policy = policy
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._back = asyncio.Event()  # replaced each time it is set: wakes each sleeper once
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def platform_back(self) -> None:
+        """A card call just succeeded: the cards waiting to be closed try again now."""
+        if self._pending:
+            self._back.set()
+            self._back = asyncio.Event()
 
     def close_later(self, card_id: str, platform: str, text: str, *, failed: bool = False) -> None:
         """Close the card with `text`, once the platform lets us; never raises."""
@@ -63,7 +72,9 @@ class CardMender:
         deadline = time.monotonic() + self._policy.retry_for_s
         delay = self._policy.first_retry_s
         while True:
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            back = self._back
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(back.wait(), delay * random.uniform(0.8, 1.2))
             try:
                 await self._surface.close_card(card_id, text, failed=failed)
             except Exception as exc:
@@ -72,6 +83,7 @@ class CardMender:
                     return
                 delay = min(delay * 2, self._policy.max_retry_s)
                 continue
+            self.platform_back()  # the others may well get through now too
             CARDS_MENDED.labels(platform, "closed").inc()
             log.info("card_mended", card_id=card_id)
             return

@@ -281,6 +281,7 @@ class CardRenderer:
             self._platform_error(exc, "card_open_failed", run.run_id)
             await self._mark(run.run_id, ReplyState.PLAIN)
             return False
+        self.mender.platform_back()
         await self._mark(run.run_id, ReplyState.CARD)
         return True
 
@@ -369,6 +370,7 @@ class CardRenderer:
                 shown = False
             last = time.monotonic()
             if shown:
+                self.mender.platform_back()
                 if kind == "text" and run.shown[0] != "text":
                     self._first_text_shown(run)
                 run.shown = display
@@ -493,6 +495,7 @@ class CardRenderer:
         except Exception as exc:
             self._platform_error(exc, "card_close_failed", run.run_id)
             return 0
+        self.mender.platform_back()
         for index, part in enumerate(marked[1:], start=2):
             card_id = f"{run.run_id}-{index}"
             try:
