@@ -11,6 +11,8 @@ REPLIES: dict[str, dict[str, str]] = {
         "new": "已开始新对话。有什么可以帮助您的？",
         "stop_nothing": "没有正在生成的回答。",
         "queue_full": "前面还有多条消息在排队，请稍后再发送这条消息。",
+        "rate_limited_user": "您发送消息的速度太快了，这条消息未被处理。请稍等一分钟后再发送。",
+        "rate_limited_channel": "本机器人此刻收到的消息太多，这条消息未被处理。请过几分钟再发送。",
         "idle": "距上次对话已经很久了，已为您开始新对话。",
         "not_registered": "您还不是本系统的注册用户，请联系管理员开通。",
         "identity_down": "暂时无法确认您的身份（身份服务不可用），请稍后再试。",
@@ -32,6 +34,10 @@ REPLIES: dict[str, dict[str, str]] = {
         "new": "Started a new conversation. How can I help you?",
         "stop_nothing": "Nothing is being written right now.",
         "queue_full": "Several messages are already waiting. Please send this one again in a moment.",
+        "rate_limited_user": "You are sending messages faster than I can take them, so this one was not "
+        "processed. Please wait a minute and send it again.",
+        "rate_limited_channel": "This bot is receiving too many messages right now, so this one was not "
+        "processed. Please send it again in a few minutes.",
         "idle": "It has been a while, so this starts a new conversation.",
         "not_registered": "You are not registered here yet. Please contact your administrator.",
         "identity_down": "We cannot confirm who you are right now (the identity service is down). "

@@ -47,3 +47,8 @@ ROUTE_SECONDS = Histogram(
     "Time from taking an inbound message to its run request (or reply) being on the bus",
     buckets=LATENCY_BUCKETS,
 )
+RATE_LIMITED = Counter(
+    "imgate_router_rate_limited",
+    "Inbound messages answered with a rate-limit sentence and not run, by the limit they hit",
+    ["scope"],
+)

@@ -33,9 +33,11 @@ from imgate_router.metrics import (
     MESSAGES,
     QUEUE_ADMISSIONS,
     QUEUE_POSITION,
+    RATE_LIMITED,
     ROUTE_SECONDS,
     type_label,
 )
+from imgate_router.rate_limit import InboundRateLimiter, Limited, RateLimits
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
@@ -82,6 +84,13 @@ class InboundRouter:
         self._channel_status = ChannelStatusStore(redis, settings.redis_prefix)
         self._conversations = ConversationStore(settings.idle_timeout_s)
         self._queue = ConversationQueue(redis, settings.redis_prefix, settings.conversation_active_ttl_s)
+        self._rate = InboundRateLimiter(
+            redis,
+            settings.redis_prefix,
+            RateLimits(
+                settings.rate_window_s, settings.rate_user_per_window, settings.rate_channel_per_window
+            ),
+        )
         self._runs_requested = 0
 
     def _seen_key(self, message: InboundMessage) -> str:
@@ -197,6 +206,14 @@ class InboundRouter:
                 return "unsupported"
             assert channel.id is not None
             language = channel_language(channel)
+            if parse_command(message.text) != Command.STOP:  # a flood can always be stopped
+                limited = await self._rate.take(message)
+                if limited is not None:
+                    bound.warning("inbound_rate_limited", limit=limited.value, sender=message.sender.id)
+                    RATE_LIMITED.labels(limited.value).inc()
+                    key = "rate_limited_user" if limited == Limited.USER else "rate_limited_channel"
+                    await self._notice(message, run_id, reply(key, language))
+                    return "rate_limited"
             try:
                 user = await self._users.resolve(session, channel, message)
             except NotRegistered:

@@ -21,6 +21,12 @@ class RouterSettings(CommonSettings):
     idle_timeout_s: float = 12 * 3600
     # Messages that may wait behind a conversation's running answer before we ask the user to wait.
     queue_max_depth: int = 5
+    # Inbound rate limits, shared by every router replica (Redis): a sender past
+    # `rate_user_per_window` messages per `rate_window_s`, or a channel past
+    # `rate_channel_per_window`, is answered with a polite sentence and not run. 0: no limit.
+    rate_window_s: float = 60.0
+    rate_user_per_window: int = 20
+    rate_channel_per_window: int = 3000
     # How often a router looks for conversations whose lock expired with runs still waiting
     # (it should not happen; a lost run must not strand the ones behind it).
     queue_sweep_interval_s: float = 30.0
