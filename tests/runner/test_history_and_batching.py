@@ -91,3 +91,28 @@ async def test_a_long_conversation_is_read_in_a_bounded_slice(sessions: Any) -> 
     assert bounded[-1].content == "q299" and [m.id for m in bounded] == sorted(m.id for m in bounded)  # type: ignore[type-var]
     assert build_prompt(agent, bounded) == build_prompt(agent, every)
     assert history_limit(Agent(name="b", provider="local", max_turns=1000), 200) == 200
+
+
+async def test_keep_alive_ends_even_when_a_heartbeat_swallows_its_cancellation() -> None:
+    """redis-py and nats-py calls on Python 3.11 can swallow a cancellation: the heartbeat loop
+    must end all the same, or the run's task never finishes (seen in chaos media-flood)."""
+    import asyncio
+
+    from imgate_runner.service import keep_alive
+
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        beats += 1
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass  # what such a library call does
+
+    async def run() -> None:
+        async with keep_alive(heartbeat, 0.001):
+            while beats == 0:  # noqa: ASYNC110 (the heartbeat runs in its own task)
+                await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(run(), 10)  # a guard against hanging forever, not a timing claim

@@ -62,9 +62,17 @@ async def keep_alive(heartbeat: Heartbeat, interval_s: float) -> AsyncIterator[N
     """Tell JetStream the run is alive while it waits for the model or streams, so a slow run is
     never redelivered to a second runner (which would answer twice)."""
 
+    # The flag ends the loop too: on Python 3.11 a library call inside the heartbeat (redis-py,
+    # nats-py) can swallow the cancellation, and the loop would then beat, and hold its run's
+    # task (its slot, its ack), forever.
+    over = asyncio.Event()
+
     async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+        while not over.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(over.wait(), interval_s)
+            if over.is_set():
+                return
             try:
                 await heartbeat()
             except Exception as exc:
@@ -74,6 +82,7 @@ async def keep_alive(heartbeat: Heartbeat, interval_s: float) -> AsyncIterator[N
     try:
         yield
     finally:
+        over.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
