@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
+import nats
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -358,6 +359,82 @@ def dead_letters_match_failures(lane: Lane, report: Report) -> list[str]:
     return notes
 
 
+# -- media flood --------------------------------------------------------------------------------
+
+# The media bucket's cap in this scenario (CONNECTOR_MEDIA_BUCKET_MAX_BYTES), far below the
+# pictures the flood sends: the flood fills it early and every picture after is skipped.
+MEDIA_FLOOD_BUCKET_BYTES = 16 * 1024 * 1024
+MEDIA_FLOOD_PICTURES = 40
+MEDIA_FLOOD_PICTURE_BYTES = 1536 * 1024  # under the 5 MB a model is sent: each one is fetched
+MEDIA_FLOOD_SENDERS = 8  # each sends 5: under the per-sender rate limit, so all are taken
+MEDIA_FLOOD_RATE_PER_S = 2.0
+# The connector's "picture not taken" sentence (wording.py), in the fleet's language.
+MEDIA_SKIPPED_MARK = "文件存储空间暂时已满"
+
+
+def agents_take_pictures(lane: Lane) -> None:
+    """The lane's channels run an agent that takes images, so their pictures are fetched."""
+    with lane.fleet.admin_api() as api:
+        for client_id in lane.client_ids:
+            channel = api.get(f"/api/v1/channels/{lane.fleet.channel_ids[client_id]}").json()
+            agent_id = channel["default_agent_id"]
+            api.patch(f"/api/v1/agents/{agent_id}", json={"supports_images": True}).raise_for_status()
+
+
+def flood_pictures(lane: Lane) -> None:
+    """Large pictures from a handful of senders, beside the scenario's text traffic."""
+    lane.hit()
+    fleet = lane.fleet
+    for n in range(MEDIA_FLOOD_PICTURES):
+        client_id = lane.client_ids[n % len(lane.client_ids)]
+        picture = b"\x89PNG\r\n\x1a\n" + n.to_bytes(4, "big") * (MEDIA_FLOOD_PICTURE_BYTES // 4)
+        upload = fleet.http.post(
+            f"{fleet.imsim}/sim/apps/{client_id}/media",
+            content=picture,
+            headers={"content-type": "image/png"},
+        )
+        upload.raise_for_status()
+        sender = f"flood{n % MEDIA_FLOOD_SENDERS}"
+        fleet.sim(
+            "POST",
+            f"/apps/{client_id}/messages",
+            {
+                "msgtype": "picture",
+                "content": {"downloadCode": upload.json()["download_code"]},
+                "sender_staff_id": sender,
+                "sender_nick": sender,
+            },
+        )
+        time.sleep(1 / MEDIA_FLOOD_RATE_PER_S)
+
+
+async def _media_bucket_bytes(nats_url: str) -> tuple[int, int]:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info("OBJ_imgate-media")
+        return info.state.bytes, info.config.max_bytes or -1
+    finally:
+        await nc.close()
+
+
+def media_stayed_bounded(lane: Lane, report: Report) -> list[str]:
+    """The bucket stayed under its cap, the flood did reach it, and each skipped picture's
+    sender was told."""
+    fleet = lane.fleet
+    used, cap = asyncio.run(_media_bucket_bytes(fleet.nats_url))
+    told = 0
+    for client_id in lane.client_ids:
+        for conversation in fleet.sim("GET", f"/apps/{client_id}/conversations"):
+            told += sum(MEDIA_SKIPPED_MARK in str(item.get("text", "")) for item in conversation["items"])
+    notes = [
+        f"{MEDIA_FLOOD_PICTURES} pictures of {MEDIA_FLOOD_PICTURE_BYTES // 1024} KB sent, "
+        f"{told} skipped (sender told), media bucket {used / 2**20:.1f} of {cap / 2**20:.0f} MiB"
+    ]
+    if used > cap or not told:
+        notes.append("MISMATCH: the bucket passed its cap, or the flood never filled it")
+    return notes
+
+
 SCENARIOS = [
     Scenario("kill-connector", "kill -9 the connector holding the channel", kill_connector, connectors=2),
     Scenario("kill-router", "kill -9 a router", kill_router, routers=2),
@@ -405,6 +482,15 @@ SCENARIOS = [
         undecryptable_agent_key,
         failures_expected=True,
         check=dead_letters_match_failures,
+    ),
+    Scenario(
+        "media-flood",
+        f"{MEDIA_FLOOD_PICTURES} large pictures into a media bucket capped at "
+        f"{MEDIA_FLOOD_BUCKET_BYTES // 2**20} MiB, beside the text traffic",
+        flood_pictures,
+        condition=agents_take_pictures,
+        env={"CONNECTOR_MEDIA_BUCKET_MAX_BYTES": str(MEDIA_FLOOD_BUCKET_BYTES)},
+        check=media_stayed_bounded,
     ),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
