@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from redis.asyncio import Redis
+
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
 from imgate_common.messages import (
     InboundMessage,
@@ -22,7 +24,7 @@ from imgate_common.messages import (
     run_id_for,
 )
 from imgate_connector.health import ChannelHealth
-from imgate_connector.ledger import ReplyState
+from imgate_connector.ledger import FinalsOrder, ReplyState
 from imgate_connector.mending import MendPolicy
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
 from imgate_connector.rendering import CardRenderer
@@ -617,3 +619,46 @@ async def test_cards_waiting_to_be_closed_try_again_as_soon_as_a_card_call_gets_
         await surface.up.wait()
     assert surface.calls[-1] == ("close", "r1", WORDINGS["zh"].sent_below)
     await cards.close()
+
+
+async def test_a_new_owner_holds_a_later_final_until_the_earlier_run_the_last_owner_left_is_shown(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    """The channel moved mid-answer: the old owner had both runs; the later one's final reaches
+    the new owner first, the earlier one's only after its ack wait. Redis keeps the order."""
+    ledger = MemoryLedger()
+    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
+    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
+    old_surface = RecordingSurface()
+    old, _ = renderer(old_surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    await old.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
+    await old.handle(RunStarted(run_id="r2", channel_id=1, target=later))
+    await until_true(lambda: len([c for c in old_surface.calls if c[0] == "open"]) == 2)
+    await old.close()  # SIGTERM: the channel moves on, nothing shown yet
+
+    surface = RecordingSurface()
+    new, _ = renderer(surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    second = asyncio.create_task(new.handle(done("two", run="r2").model_copy(update={"target": later})))
+    await until_true(lambda: new.finals_held == 1)
+    assert not second.done()  # held back for r1, which this replica has not heard of
+    await new.handle(done("one", run="r1").model_copy(update={"target": earlier}))
+    await second
+    assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]
+    await new.close()
+
+
+async def test_a_run_the_last_owner_showed_but_did_not_strike_off_holds_nothing_back(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    ledger = MemoryLedger()
+    order = FinalsOrder(redis_client, key_prefix)
+    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
+    cards, _ = renderer(RecordingSurface(), ledger=ledger, order=order, final_order_wait_s=60)
+    # The old owner showed r1 and died before it struck r1 off the conversation's order.
+    await order.add("dingtalk:1:" + TARGET.conversation_id, "r1", sent.timestamp())
+    ledger.states["r1"] = ReplyState.DONE
+    async with asyncio.timeout(5):  # not the minute of the order wait
+        await cards.handle(done("two", run="r2").model_copy(update={"target": later}))
+    assert await order.earlier("dingtalk:1:" + TARGET.conversation_id, "r9", sent.timestamp() + 60) == []

@@ -90,3 +90,49 @@ class ReplyLedger:
         if self._timeout_s is None:
             return await call
         return await within(self._timeout_s, call)
+
+
+# A conversation's order entries outlive the longest an answer can take to be shown here.
+ORDER_TTL_S = 3600
+
+
+class FinalsOrder:
+    """Each conversation's runs whose final answer is not shown yet, scored by when their
+    messages were sent, in Redis: a channel's next owner holds a later final back while a run
+    the last owner had not finished is still on its way (its events come again to the new
+    owner once their ack wait is over). Redis failures never hold a final back."""
+
+    def __init__(self, redis: Redis, prefix: str, fence: LeaseFence | None = None) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._timeout_s = fence.call_timeout_s if fence is not None else None
+
+    def _key(self, conversation: str) -> str:
+        return f"{self._prefix}:finals-order:{conversation}"
+
+    async def add(self, conversation: str, run_id: str, at: float) -> None:
+        key = self._key(conversation)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {run_id: at}, nx=True)
+        pipe.expire(key, ORDER_TTL_S)
+        await self._quietly(pipe.execute(), "add", run_id)
+
+    async def remove(self, conversation: str, run_id: str) -> None:
+        await self._quietly(self._redis.zrem(self._key(conversation), run_id), "remove", run_id)
+
+    async def earlier(self, conversation: str, run_id: str, at: float) -> list[str]:
+        """Runs of the conversation sent before `at` whose final is not shown yet."""
+        found = await self._quietly(
+            self._redis.zrangebyscore(self._key(conversation), "-inf", f"({at}"), "read", run_id
+        )
+        names = [m.decode() if isinstance(m, bytes) else str(m) for m in found or []]
+        return [name for name in names if name != run_id]
+
+    async def _quietly(self, call: Awaitable[T], action: str, run_id: str) -> T | None:
+        try:
+            if self._timeout_s is None:
+                return await call
+            return await within(self._timeout_s, call)
+        except (RedisError, TimeoutError) as exc:
+            log.warning("finals_order_unavailable", action=action, run_id=run_id, error=str(exc))
+            return None

@@ -40,7 +40,7 @@ from imgate_common.messages import (
     run_id_for,
 )
 from imgate_connector.health import ChannelHealth
-from imgate_connector.ledger import ReplyLedger, ReplyState
+from imgate_connector.ledger import FinalsOrder, ReplyLedger, ReplyState
 from imgate_connector.mending import CardMender, MendPolicy
 from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS, UNDELIVERABLE
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
@@ -50,6 +50,8 @@ log = structlog.get_logger()
 
 # Finished runs remembered so a redelivered final event does not answer twice.
 FINISHED_MEMORY = 10_000
+# How often a final held back for a run the channel's last owner left unfinished looks again.
+ORDER_POLL_S = 0.2
 # Kinds whose text a model answers (commands excepted): their card opens at once.
 CARD_KINDS = frozenset({MessageKind.TEXT, MessageKind.RICH_TEXT, MessageKind.AUDIO, MessageKind.FILE})
 
@@ -75,6 +77,13 @@ def _within(span: Span) -> contextvars.Context:
     ctx = contextvars.copy_context()
     ctx.run(otel_context.attach, trace.set_span_in_context(span))
     return ctx
+
+
+def _order_score(run: "RunCard") -> float:
+    """Where the run stands in its conversation: when its message was sent (the platform's
+    clock, the same for every replica), else when this replica first saw it."""
+    sent = run.target.sent_at
+    return sent.timestamp() if sent is not None else (run.arrived or run.tracked_at)
 
 
 def conversation_key(target: ReplyTarget, scope: str) -> str:
@@ -103,6 +112,7 @@ class RunCard:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # the final update is next
     touched: float = field(default_factory=time.monotonic)
     arrived: float | None = None  # when the message arrived (epoch seconds), if this replica saw it
+    tracked_at: float = field(default_factory=time.time)  # when this replica first heard of it
     # The card's own span, current in its background tasks: the span that made the card (the
     # message's receipt, a reply event) ends long before the card does.
     span: Span | None = None
@@ -135,6 +145,7 @@ class CardRenderer:
         scope: str = "conversation",
         final_order_wait_s: float = 30.0,
         mend: MendPolicy | None = None,
+        order: FinalsOrder | None = None,
     ) -> None:
         self._surface = surface
         self._health = health
@@ -144,6 +155,7 @@ class CardRenderer:
         self._wording = wording
         self._scope = scope
         self._order_wait = final_order_wait_s
+        self._shared_order = order
         self.mender = CardMender(surface, health, mend or MendPolicy())
         self._runs: dict[str, RunCard] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -236,7 +248,7 @@ class CardRenderer:
         self._enqueue(run)
         # The card's tasks outlive whatever span is current here: they get a span of their own.
         run.span = telemetry.tracer().start_span("card", attributes={telemetry.RUN_ID: run_id})
-        opening = self._adopt() if adopt else self._open(run)
+        opening = self._registered(run, self._adopt() if adopt else self._open(run))
         run.card = asyncio.create_task(opening, name=f"card-{run_id}", context=_within(run.span))
         run.flusher = asyncio.create_task(
             self._flush_loop(run), name=f"flush-{run_id}", context=_within(run.span)
@@ -258,6 +270,12 @@ class CardRenderer:
         if run is None:
             run = self._track(run_id, target, adopt=state == ReplyState.CARD)
         return run
+
+    async def _registered(self, run: RunCard, opening: Awaitable[bool]) -> bool:
+        """Open (or adopt) the card once the run is in its conversation's shared order."""
+        if self._shared_order is not None:
+            await self._shared_order.add(run.key, run.run_id, _order_score(run))
+        return await opening
 
     @staticmethod
     async def _adopt() -> bool:
@@ -396,14 +414,21 @@ class CardRenderer:
         finally:
             # Shown, or failed this time (the event comes again): later runs need not wait.
             self._settle(run)
+            await self._drop_shared(run.key, run.run_id)
 
     async def _wait_turn(self, run: RunCard) -> None:
         """Finals of one conversation are shown in the order of their messages: wait until
-        every earlier run here has shown its final (or failed to). An earlier run whose final
-        does not come within the bound stops holding anyone up."""
+        every earlier run, here or left unfinished by the channel's last owner, has shown its
+        final (or failed to). An earlier run whose final does not come within the bound stops
+        holding anyone up."""
         queue = self._order.get(run.key, [])
         if run not in queue:
             return  # its turn came before (this is the final again, after a failure)
+        deadline = time.monotonic() + self._order_wait
+        await self._wait_for_earlier_here(run, queue)
+        await self._wait_for_earlier_elsewhere(run, deadline)
+
+    async def _wait_for_earlier_here(self, run: RunCard, queue: list[RunCard]) -> None:
         earlier = [other for other in queue[: queue.index(run)] if not other.settled.is_set()]
         if not earlier:
             return
@@ -422,6 +447,49 @@ class CardRenderer:
             if not other.settled.is_set():
                 log.warning("final_order_wait_expired", run_id=run.run_id, earlier_run_id=other.run_id)
                 self._unorder(other)
+                await self._drop_shared(other.key, other.run_id)
+
+    async def _wait_for_earlier_elsewhere(self, run: RunCard, deadline: float) -> None:
+        """Earlier runs this replica does not know: tracked by the channel's last owner, whose
+        events come here once their ack wait is over. Their finals go first."""
+        if self._shared_order is None:
+            return
+        unknown = await self._unknown_earlier(run)
+        if not unknown:
+            return
+        log.info("final_waits_for_earlier_elsewhere", run_id=run.run_id, earlier=unknown)
+        self.finals_held += 1
+        try:
+            while unknown and time.monotonic() < deadline:
+                await asyncio.sleep(ORDER_POLL_S)
+                unknown = await self._unknown_earlier(run)
+        finally:
+            self.finals_held -= 1
+        for other in unknown:
+            log.warning("final_order_wait_expired", run_id=run.run_id, earlier_run_id=other)
+            await self._drop_shared(run.key, other)
+
+    async def _unknown_earlier(self, run: RunCard) -> list[str]:
+        """Earlier unshown runs of the conversation that this replica has not settled. One that
+        is known here now is waited for by the local order, once its final comes."""
+        assert self._shared_order is not None
+        unknown = []
+        for other in await self._shared_order.earlier(run.key, run.run_id, _order_score(run)):
+            known = self._runs.get(other)
+            if other in self._finished or (known is not None and known.settled.is_set()):
+                continue
+            if known is None and await self._shown_elsewhere(other):
+                await self._drop_shared(run.key, other)  # its owner stopped before it said so
+                continue
+            unknown.append(other)
+        return unknown
+
+    async def _shown_elsewhere(self, run_id: str) -> bool:
+        return self._ledger is not None and await self._ledger.get(run_id) == ReplyState.DONE
+
+    async def _drop_shared(self, conversation: str, run_id: str) -> None:
+        if self._shared_order is not None:
+            await self._shared_order.remove(conversation, run_id)
 
     def _enqueue(self, run: RunCard) -> None:
         """Place the run among its conversation's unsettled runs by when its message was sent
@@ -524,6 +592,7 @@ class CardRenderer:
             card = self._ledger is not None and await self._ledger.get(event.run_id) == ReplyState.CARD
         if run is not None:
             self._settle(run)
+            await self._drop_shared(run.key, run.run_id)
         if card:
             self.mender.close_later(
                 event.run_id, event.target.platform, self._wording.undelivered, failed=True

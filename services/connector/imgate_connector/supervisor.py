@@ -32,7 +32,7 @@ from imgate_common.status import ChannelStatusStore
 from imgate_connector.health import ChannelHealth
 from imgate_connector.inbound import InboundPublisher
 from imgate_connector.lease import ChannelLease, ReplicaSet
-from imgate_connector.ledger import ReplyLedger
+from imgate_connector.ledger import FinalsOrder, ReplyLedger
 from imgate_connector.mending import MendPolicy
 from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.platforms.registry import ADAPTERS
@@ -309,6 +309,7 @@ class ChannelSupervisor:
             health,
             settings.card_update_interval_s,
             ledger=ReplyLedger(self._resources.redis, self._resources.redis_prefix, lease),
+            order=FinalsOrder(self._resources.redis, self._resources.redis_prefix, lease),
             history=history,
             wording=wording_for(settings.language),
             scope=spec.session_scope,
