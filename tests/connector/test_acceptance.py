@@ -7,7 +7,6 @@ is the connector itself: nothing lost, nothing answered twice, whatever DingTalk
 import asyncio
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_common.bus import INBOUND_STREAM, provision_streams
+from imgate_common.bus import provision_streams
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease
@@ -487,47 +486,3 @@ async def test_a_card_whose_close_failed_ends_pointing_to_its_plain_answer_once_
         [plain] = [a for a in answers[msg_id] if a["kind"] == "markdown"]
         assert plain["text"] == f"Echo: stranded {i}", "the answer, once"
         assert card["content"] == pointer and card["flow_status"] == "3", "the card ends, pointing to it"
-
-
-async def test_messages_the_bus_refused_for_a_while_are_answered_once_it_takes_them_in_their_order(
-    world: dict[str, Any],
-    bus: tuple[NATS, JetStreamContext],
-    db: async_sessionmaker[AsyncSession],
-    box: SecretBox,
-    imsim: str,
-    http: httpx.AsyncClient,
-) -> None:
-    _, js = bus
-    # DingTalk's own redelivery comes far too late here: only the connector's retry answers in time.
-    sim = await Sim.create(imsim, http, redeliver_after=300)
-    [channel] = new_channel_ids(1)
-    agent = InstantAgent(js, {channel})
-    await agent.start()
-    config = (await js.stream_info(INBOUND_STREAM)).config
-    try:
-        async with connector(**world, publish_timeout_s=1.0):
-            await add_channel(db, box, channel, sim.app, sim.secret)
-            await connected([sim])
-            # The stream stops taking inbound subjects: every publish is refused (no responders).
-            await js.update_stream(replace(config, subjects=["parked.inbound.>"]))
-            sent = [(await sim.send(f"in a row {i}", sender_staff_id="same"))["msg_id"] for i in range(3)]
-
-            async def refused() -> bool:
-                return [await sim.acks_for(m) for m in sent] == [[], [], []] and (
-                    {d["msg_id"] for d in await sim.get("deliveries")} >= set(sent)
-                )
-
-            await until(refused)
-            await asyncio.sleep(2.0)  # the first attempts fail meanwhile
-            for msg_id in sent:
-                assert 200 not in await sim.acks_for(msg_id), "ACKed while the bus could not store it"
-            await js.update_stream(config)  # the bus takes them again
-            answers = await all_answered(sim, sent, within=40)
-    finally:
-        await js.update_stream(config)
-        await agent.stop()
-    assert agent.received == sent, "published in the order they came"
-    # imsim ties a card to a message of the conversation by the order the cards came in.
-    shown = sorted(shown_text(a) for msg_id in sent for a in answers[msg_id])
-    assert shown == [f"Echo: in a row {i}" for i in range(3)]
-    assert not [d for d in await sim.get("deliveries") if d["redelivery"]], "no redelivery was needed"

@@ -172,14 +172,8 @@ class Harness:
         self.ws = RecordingSocket(self.events, closed)
         js = jetstream or cast(JetStreamContext, RecordingJetStream(self.events, failures))
         self.health = ChannelHealth(channel_id=CHANNEL_ID, owner="fuzz")
-        # A failed publish fails at once here (no retry): what is fuzzed is the adapter's ACK
-        # discipline around it; the publisher's retry has tests of its own against nats-server.
         self.adapter = DingTalkAdapter(
-            SPEC,
-            options or connector_settings(),
-            InboundPublisher(js, 5.0, retry_for_s=0),
-            self.health,
-            resources,
+            SPEC, options or connector_settings(), InboundPublisher(js, 5.0), self.health, resources
         )
         self.adapter._surface = cast(DingTalkReplySurface, RecordingSurface(self.events))
         self.adapter.on_accepted = lambda message: self.events.append(Event("accepted", message))

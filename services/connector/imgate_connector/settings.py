@@ -47,9 +47,6 @@ class ConnectorSettings(CommonSettings):
     # Frames handled at once per channel; more wait un-ACKed (the platform redelivers them).
     max_frames_in_flight: int = 64
     publish_timeout_s: float = 5.0
-    # A failed publish is tried again for this long (the bus restarting), well inside the ~60 s
-    # after which DingTalk redelivers the un-ACKed message itself.
-    publish_retry_for_s: float = 20.0
     http_timeout_s: float = 10.0
 
     # --- media -------------------------------------------------------------------------------

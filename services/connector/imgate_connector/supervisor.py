@@ -117,7 +117,7 @@ class ChannelSupervisor:
         self._replicas = replicas
         self._status = status
         self._resources = resources
-        self._publisher = InboundPublisher(js, settings.publish_timeout_s, settings.publish_retry_for_s)
+        self._publisher = InboundPublisher(js, settings.publish_timeout_s)
         self.records: dict[int, ChannelRecord] = {}
         self.running: dict[int, RunningChannel] = {}
         self._lock = asyncio.Lock()
