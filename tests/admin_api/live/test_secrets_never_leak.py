@@ -123,6 +123,8 @@ def test_no_secret_appears_in_responses_logs_traces_or_the_database(live: LiveSt
                 "model": "scripted",
                 "base_url": live.model_url,
                 "api_key": AGENT_KEY,
+                # Pictures are fetched only for an agent that takes them (the leak case below).
+                "supports_images": True,
             },
         ).json()
         assert api.post(f"/agents/{agent['id']}/test").json()["result"] == "passed"
