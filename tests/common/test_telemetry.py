@@ -8,6 +8,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import Counter
 
@@ -156,3 +157,37 @@ def test_client_spans_keep_urls_without_their_query(spans: InMemorySpanExporter)
     assert attributes["http.url"] == attributes["url.full"] == "https://oapi.dingtalk.com/robot/sendBySession"
     assert "c0ffee-secret" not in repr(attributes)
     assert telemetry.without_query("http://user:pw@host:8080/a?b=c") == "http://host:8080/a"
+
+
+def test_without_an_exporter_spans_record_nothing_but_keep_their_ids(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setitem(telemetry._state, "recording", True)
+    provider = telemetry.configure_tracing("test")
+    try:
+        assert not telemetry.recording()
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("root") as root:
+            headers = telemetry.inject({})
+            line = add_trace_ids(None, "info", {"event": "inside"})
+        assert not root.is_recording() and root.get_span_context().is_valid
+        assert line["trace_id"] == f"{root.get_span_context().trace_id:032x}"
+        # The next service continues the same trace from the bus headers.
+        child = tracer.start_span("child", context=telemetry.extract(headers))
+        assert not child.is_recording()
+        assert child.get_span_context().trace_id == root.get_span_context().trace_id
+    finally:
+        provider.shutdown()
+
+
+def test_an_exporter_or_a_processor_turns_recording_on(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setitem(telemetry._state, "recording", False)
+    exporter = InMemorySpanExporter()
+    provider = telemetry.configure_tracing("test", processor=SimpleSpanProcessor(exporter))
+    try:
+        assert telemetry.recording()
+        with provider.get_tracer("test").start_as_current_span("work") as span:
+            assert span.is_recording()
+        assert [s.name for s in exporter.get_finished_spans()] == ["work"]
+    finally:
+        provider.shutdown()

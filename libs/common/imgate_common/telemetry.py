@@ -6,8 +6,9 @@ and httpx calls (DingTalk OpenAPI, model providers) and database statements beco
 
 Exporters follow OpenTelemetry's own variables: `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
 `none`), `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` and `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`
-(`http/protobuf`, the default, or `grpc`). With no exporter named and no endpoint set, spans are
-still made (log lines carry their ids) but leave the process nowhere.
+(`http/protobuf`, the default, or `grpc`). With no exporter named and no endpoint set, nothing
+is recorded: spans are non-recording (their ids still reach log lines and the bus headers), and
+database statements and httpx calls get no spans, so tracing costs next to no CPU per message.
 
 Spans carry ids, kinds, sizes and timings, never message text or secrets, unless
 `IMGATE_TRACE_CONTENT=true` is set for debugging.
@@ -24,6 +25,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 TRACER_NAME = "imgate"
@@ -36,7 +38,9 @@ MESSAGE_TYPE = "imgate.message_type"
 MESSAGE_ID = "imgate.message_id"
 ATTEMPT = "imgate.attempt"
 
-_state: dict[str, Any] = {"content": False, "instrumented": False}
+# recording: whether spans go anywhere; until `configure_tracing` says otherwise (tests install
+# providers of their own), assume they do.
+_state: dict[str, Any] = {"content": False, "instrumented": False, "recording": True}
 
 
 def tracer() -> trace.Tracer:
@@ -81,20 +85,32 @@ def configure_tracing(
     attributes = {"service.name": f"imgate-{service}", "service.namespace": "imgate"}
     if instance:
         attributes["service.instance.id"] = instance
-    provider = TracerProvider(resource=Resource.create(attributes))
     exporter = _exporter_name()
+    if exporter not in ("otlp", "console", "none"):
+        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: use otlp, console or none")
+    recording = exporter != "none" or processor is not None
+    # Nothing to export to: spans still get ids (log lines and the bus headers carry them, so
+    # a trace continues across services) but record nothing. A recording span with no
+    # exporter cost the router and the runner CPU on every message for no one.
+    sampler = None if recording else ALWAYS_OFF
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     if exporter == "otlp":
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
     elif exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif exporter != "none":
-        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: use otlp, console or none")
     if processor is not None:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _state["content"] = content
-    _instrument_libraries()
+    _state["recording"] = recording
+    if recording:
+        _instrument_libraries()
     return provider
+
+
+def recording() -> bool:
+    """Whether spans are recorded (an exporter or a test's processor takes them)."""
+    return bool(_state["recording"])
 
 
 def _instrument_libraries() -> None:
@@ -136,7 +152,9 @@ async def _async_url_without_query(span: Span, request: Any) -> None:
 
 def instrument_engine(engine: Any) -> None:
     """Database statements of one engine as spans (the statement with placeholders, never the
-    values). Per engine, so it works whenever the engine is made, before or after set-up."""
+    values). Per engine, made after `configure_tracing`; none when nothing records."""
+    if not recording():
+        return
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import get_meter
 
