@@ -244,3 +244,25 @@ async def test_a_failed_insert_does_not_carry_the_message_text(any_db_url: str) 
         await engine.dispose()
     assert text not in str(failed.value) and text not in repr(failed.value)
     assert "hidden due to hide_parameters" in str(failed.value)
+
+
+def test_a_logger_first_used_under_a_captured_stderr_still_writes_after_it_is_gone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module's logger is cached on first use. If it kept the stderr of that moment, a closed
+    stream (a test's capture, gone) would make every later line raise — inside the NATS client's
+    reconnect callbacks too, which then never reconnected."""
+    import io
+
+    from imgate_common.logs import configure_logging
+
+    passing = io.StringIO()
+    monkeypatch.setattr("sys.stderr", passing)
+    configure_logging("test", "json")
+    log = structlog.get_logger("cached")
+    log.warning("first_use")
+    passing.close()
+    monkeypatch.undo()
+    log.warning("after_the_capture_closed")  # raised ValueError: I/O operation on closed file
+    assert "after_the_capture_closed" in capsys.readouterr().err
+    structlog.reset_defaults()

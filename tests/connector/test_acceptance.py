@@ -269,11 +269,6 @@ async def test_with_the_card_apis_down_every_answer_arrives_once_by_session_webh
     assert await sim.get("cards") == []
 
 
-@pytest.mark.skip(
-    reason="quarantined (issue 20): in the whole suite, after tests/common/test_secrets_and_logs.py, "
-    "the in-process connector's NATS client never publishes again once nats-server is back; it passes "
-    "alone and in its module. Cause not found yet; a failed run also leaks connections into later tests."
-)
 async def test_nats_down_for_10_s_nothing_is_acked_before_it_is_stored_and_all_is_answered_after(
     tmp_path: Path,
     database_url: str,

@@ -99,6 +99,20 @@ def add_trace_ids(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured.
+
+    Loggers are cached on first use, each holding its stream. Holding `sys.stderr` itself would
+    pin the stream of that moment: a replaced one (a test's capture) is closed later, and from then
+    on every line raises, the lines written inside the NATS client's reconnect callbacks included."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -116,9 +130,9 @@ def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries log through stdlib logging; keep them quiet unless they warn.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=_CurrentStderr(), format="%(name)s %(message)s")
