@@ -47,6 +47,12 @@ class ConnectorSettings(CommonSettings):
     # Frames handled at once per channel; more wait un-ACKed (the platform redelivers them).
     max_frames_in_flight: int = 64
     publish_timeout_s: float = 5.0
+    # A publish the bus did not confirm (NATS restarting) is tried again until this long after
+    # the message came, well inside the ~60 s after which DingTalk redelivers it itself; a
+    # conversation's later messages wait for it, so none is answered before an earlier one.
+    publish_retry_for_s: float = 20.0
+    # Messages of one conversation waiting for the bus at once; more are not ACKed (redelivered).
+    publish_max_waiting_per_conversation: int = 16
     http_timeout_s: float = 10.0
 
     # --- media -------------------------------------------------------------------------------

@@ -117,7 +117,12 @@ class ChannelSupervisor:
         self._replicas = replicas
         self._status = status
         self._resources = resources
-        self._publisher = InboundPublisher(js, settings.publish_timeout_s)
+        self._publisher = InboundPublisher(
+            js,
+            settings.publish_timeout_s,
+            settings.publish_retry_for_s,
+            settings.publish_max_waiting_per_conversation,
+        )
         self.records: dict[int, ChannelRecord] = {}
         self.running: dict[int, RunningChannel] = {}
         self._lock = asyncio.Lock()
@@ -488,5 +493,6 @@ class ChannelSupervisor:
             )
         for channel_id in channels:
             await self._hint_handoff(channel_id)
+        await self._publisher.close()
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=1)
