@@ -184,6 +184,12 @@ def restart_redis(lane: Lane) -> None:
     lane.fleet.restart_redis(down_s=3.0)
 
 
+def black_hole_redis(lane: Lane) -> None:
+    """Redis stops answering (no error, no closed connection) for a while, then answers again."""
+    lane.hit()
+    lane.fleet.black_hole_redis(FAULT_FOR_S)
+
+
 def disconnect_every_5_s(lane: Lane) -> None:
     lane.hit()
     lane.sim_apps("PATCH", "/faults/config", {"disconnect_every": 5})
@@ -442,6 +448,12 @@ SCENARIOS = [
     Scenario("restart-nats", "restart nats-server (JetStream store kept)", restart_nats),
     Scenario(
         "restart-redis", "restart redis-server (append-only file kept)", restart_redis, private_redis=True
+    ),
+    Scenario(
+        "redis-black-hole",
+        f"redis-server stops answering for {FAULT_FOR_S:.0f} s (SIGSTOP), connections left open",
+        black_hole_redis,
+        private_redis=True,
     ),
     Scenario("imsim-disconnects", "imsim disconnects every 5 s", condition=disconnect_every_5_s, short=True),
     Scenario(

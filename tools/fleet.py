@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -250,6 +251,20 @@ class Fleet:
         self.stack.terminate("redis")
         time.sleep(down_s)
         self.stack.start_redis(self.redis_url, persist=True)
+
+    def black_hole_redis(self, for_s: float) -> None:
+        """The fleet's own redis-server stops answering for `for_s`, then goes on as before:
+        SIGSTOP, then SIGCONT. Its connections stay open and the kernel still accepts new ones,
+        but nothing is answered and nothing is refused, as when a network drops the packets.
+        Only with `private_redis` (never the machine's Redis)."""
+        if not self.config.private_redis:
+            raise RuntimeError("black_hole_redis needs FleetConfig(private_redis=True)")
+        [redis] = [p.popen for p in self.stack.processes if p.name == "redis"]
+        redis.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(for_s)
+        finally:
+            redis.send_signal(signal.SIGCONT)
 
     # -- replicas ---------------------------------------------------------------------------
 
