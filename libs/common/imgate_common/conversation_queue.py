@@ -18,8 +18,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from imgate_common.messages import RunRequest
 
@@ -174,6 +176,16 @@ class ConversationQueue:
         # Waiting runs and finished run ids: as long as JetStream keeps the messages they
         # stand for (the inbound and runs streams keep a day).
         self._keep_ms = int(keep_s * 1000)
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def _eval(self, script: str, numkeys: int, *keys_and_args: str | int) -> Any:
+        """Run a script by its digest (EVALSHA), not its text: the text is sent once per process
+        (AsyncScript loads it on NOSCRIPT), not on every admission, claim and hand-over."""
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self._redis.register_script(script)
+        keys = [str(key) for key in keys_and_args[:numkeys]]
+        return await registered(keys=keys, args=keys_and_args[numkeys:])
 
     def _keys(self, conversation_id: str) -> list[str]:
         base = f"{self._prefix}:conv:{conversation_id}"
@@ -186,7 +198,7 @@ class ConversationQueue:
 
     async def admit(self, request: RunRequest, max_depth: int) -> Admitted:
         result = int(
-            await self._redis.eval(  # type: ignore[misc]
+            await self._eval(
                 _ADMIT,
                 5,
                 *self._keys(request.conversation_id),
@@ -209,19 +221,19 @@ class ConversationQueue:
     async def claim(self, conversation_id: str, run_id: str) -> Claim:
         """A runner took `run_id`: it holds the lock for one lease, renewed by `refresh`."""
         keys = self._keys(conversation_id)
-        raw = await self._redis.eval(_CLAIM, 5, *keys, run_id, self._lease_ms, conversation_id)  # type: ignore[misc]
+        raw = await self._eval(_CLAIM, 5, *keys, run_id, self._lease_ms, conversation_id)
         return Claim(int(raw))
 
     async def refresh(self, conversation_id: str, run_id: str) -> bool:
         """The runner's heartbeat: False when the run no longer holds the lock."""
         key = self._keys(conversation_id)[0]
-        return int(await self._redis.eval(_REFRESH, 1, key, run_id, self._lease_ms)) == 1  # type: ignore[misc]
+        return int(await self._eval(_REFRESH, 1, key, run_id, self._lease_ms)) == 1
 
     async def next_after(self, conversation_id: str, run_id: str) -> RunRequest | None:
         """The run waiting behind `run_id`, if `run_id` is (still) the active one ("" for
         none: the run waiting first in a conversation whose lock is gone)."""
         keys = self._keys(conversation_id)
-        raw = await self._redis.eval(_NEXT, 5, *keys, run_id, self._ttl_ms)  # type: ignore[misc]
+        raw = await self._eval(_NEXT, 5, *keys, run_id, self._ttl_ms)
         return RunRequest.model_validate_json(raw) if raw else None
 
     async def advance(
@@ -229,7 +241,7 @@ class ConversationQueue:
     ) -> bool:
         """Mark `run_id` finished and make `next_run_id` (already published) the active run.
         False when a run was queued after `next_after` looked: look and publish again."""
-        result = await self._redis.eval(  # type: ignore[misc]
+        result = await self._eval(
             _ADVANCE,
             5,
             *self._keys(conversation_id),
@@ -262,7 +274,7 @@ class ConversationQueue:
         the queue if it waits, without recording it as finished (a replay of its message must
         be admitted again)."""
         keys = self._keys(conversation_id)
-        if int(await self._redis.eval(_ABANDON, 5, *keys, run_id, conversation_id)):  # type: ignore[misc]
+        if int(await self._eval(_ABANDON, 5, *keys, run_id, conversation_id)):
             await self.hand_over(run_id, conversation_id, publish, finished=False)
         else:
             await self.promote(conversation_id, publish)
@@ -281,7 +293,7 @@ class ConversationQueue:
         return looked
 
     async def waiting(self, conversation_id: str) -> int:
-        return int(await self._redis.llen(self._keys(conversation_id)[1]))  # type: ignore[misc]
+        return int(await self._redis.llen(self._keys(conversation_id)[1]))
 
     async def active(self, conversation_id: str) -> str | None:
         value = await self._redis.get(self._keys(conversation_id)[0])
