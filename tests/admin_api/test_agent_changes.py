@@ -1,17 +1,21 @@
 """Changing, deleting and testing agents; the key stays encrypted and masked throughout."""
 
+import asyncio
 import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from sqlmodel import col, select
 
 from imgate_admin.agents.schemas import LOCAL_DEFAULT_MODEL
 from imgate_admin.agents.tester import LOCAL_MESSAGE, AgentTester
 from imgate_admin.deps import Resources
+from imgate_common.bus import CONFIG_CHANGED
 from imgate_common.db.models import Agent, AuditEntry
-from imgate_common.messages import ControlAction
+from imgate_common.messages import ConfigChanged, ConfigKind, ControlAction
 from imgate_common.secrets import MASK, SecretBox
 from tests.support.openai_stub import ScriptedModel, serve_scripted_model
 
@@ -234,3 +238,24 @@ async def test_the_tester_reports_unreadable_answers(response: httpx.Response) -
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _request: response)) as http:
         result = await AgentTester(http, 5).test(_agent(), None, "ping")
     assert (result.result, result.category) == ("failed", "provider_error")
+
+
+async def test_editing_an_agent_tells_routers_and_runners_to_read_it_again(
+    client: httpx.AsyncClient, nats_client: NATS
+) -> None:
+    heard: list[ConfigChanged] = []
+
+    async def on_notice(msg: Msg) -> None:
+        heard.append(ConfigChanged.model_validate_json(msg.data))
+
+    await nats_client.subscribe(CONFIG_CHANGED, cb=on_notice)
+    await nats_client.flush()
+    agent = await create_agent(client)
+    response = await client.patch(f"/api/v1/agents/{agent['id']}", json={"system_prompt": "Be brief."})
+    assert response.status_code == 200
+    expected = ConfigChanged(kind=ConfigKind.AGENT, id=agent["id"])
+    for _ in range(100):
+        if expected in heard:
+            break
+        await asyncio.sleep(0.02)
+    assert expected in heard

@@ -32,7 +32,8 @@ async def set_mapping(
     router: InboundRouter,
     mapping: dict[str, Any],
 ) -> None:
-    """Store a mapping the way admin-api does: secret fields encrypted apart."""
+    """Store a mapping the way admin-api does: secret fields encrypted apart, and the routers
+    told (its change notice) to forget what they cached."""
     public, secrets = parse_user_mapping(mapping, {}).split()
     box: SecretBox = router._users._box
     async with sessions() as session:
@@ -42,6 +43,7 @@ async def set_mapping(
         channel.user_mapping_secrets_enc = box.encrypt_json(secrets) if secrets else None
         session.add(channel)
         await session.commit()
+    router.caches.clear()
 
 
 def ldap_mapping(url: str, **overrides: Any) -> dict[str, Any]:

@@ -105,6 +105,7 @@ async def test_group_scope_user_gives_members_their_own_conversation(
         channel.session_scope = "user"
         session.add(channel)
         await session.commit()
+    router.caches.clear()  # as admin-api's change notice does
     first = inbound(channel_id, "g1", fixture="text_group_at")
     data = dict(first.raw, msgId="g2", senderStaffId="other", senderId="other-id")
     await router.handle(first)

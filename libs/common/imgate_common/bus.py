@@ -87,6 +87,11 @@ def control_subject(channel_id: int) -> str:
 
 CONTROL_ALL = "channel.control.*"
 
+# Core NATS, fire and forget: admin-api → every router and runner (`messages.ConfigChanged`).
+# Not the control subject: a listener there would answer for no connector, and a request for
+# a channel no connector runs would wait for its timeout instead of failing at once.
+CONFIG_CHANGED = "imgate.config.changed"
+
 
 def dead_letter_subject(consumer: str) -> str:
     """Where a consumer files the messages it gave up on (`DeadLetter` records)."""

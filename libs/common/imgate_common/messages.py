@@ -242,6 +242,20 @@ class ControlRequest(Contract):
     requested_by: str = "admin-api"
 
 
+class ConfigKind(StrEnum):
+    CHANNEL = "channel"
+    AGENT = "agent"
+    IDENTITY = "identity"
+
+
+class ConfigChanged(Contract):
+    """An administrator changed a channel, an agent or a user's identities: routers and runners
+    drop what they cached (`config_cache`)."""
+
+    kind: ConfigKind
+    id: int | None = None
+
+
 class ChannelState(StrEnum):
     CONNECTED = "connected"
     CONNECTING = "connecting"

@@ -1,8 +1,9 @@
 """Which conversation a message belongs to, and starting over with `/new`."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -39,9 +40,12 @@ class ConversationStore:
 
     async def open(
         self, session: AsyncSession, channel_id: int, key: str, user_id: int | None
-    ) -> tuple[Conversation, bool]:
-        """The current conversation, or a new one; True when an idle one was closed for it."""
+    ) -> tuple[str, bool]:
+        """The current conversation's id, or a new one's; True when an idle one was closed for it."""
         now = utcnow()
+        touched = await self._touch(session, channel_id, key, now)
+        if touched is not None:
+            return touched, False
         conversation = await self.current(session, channel_id, key)
         expired = conversation is not None and self._idle(conversation, now)
         if conversation is not None and expired:
@@ -55,7 +59,27 @@ class ConversationStore:
             session.add(conversation)
         conversation.last_activity_at = now
         await session.flush()
-        return conversation, expired
+        assert conversation.id is not None
+        return conversation.id, expired
+
+    async def _touch(self, session: AsyncSession, channel_id: int, key: str, now: datetime) -> str | None:
+        """The usual case in one statement: the one open conversation, not idle, marked active
+        now. None when there is none (or more than one): `open` then looks closer."""
+        query = update(Conversation).where(
+            col(Conversation.channel_id) == channel_id,
+            col(Conversation.scope_key) == key,
+            col(Conversation.closed_at).is_(None),
+        )
+        if self._idle_timeout_s > 0:
+            since = now - timedelta(seconds=self._idle_timeout_s)
+            query = query.where(col(Conversation.last_activity_at) >= since)
+        query = (
+            query.values(last_activity_at=now)
+            .returning(col(Conversation.id))
+            .execution_options(synchronize_session=False)
+        )
+        touched = (await session.exec(query)).scalars().all()
+        return touched[0] if len(touched) == 1 else None
 
     def _idle(self, conversation: Conversation, now: datetime) -> bool:
         if self._idle_timeout_s <= 0:

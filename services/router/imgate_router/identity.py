@@ -3,7 +3,7 @@
 import hashlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TypeAlias
 
 import httpx
@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from imgate_common.config_cache import ConfigCache
 from imgate_common.db.models import Channel, ImIdentity, User
 from imgate_common.errors import GatewayError
 from imgate_common.messages import InboundMessage
@@ -49,13 +50,12 @@ class AutoUserMapper:
     def __init__(self, email_domain: str) -> None:
         self._domain = email_domain
 
-    async def resolve(self, session: AsyncSession, message: InboundMessage) -> User:
+    async def resolve(self, session: AsyncSession, message: InboundMessage) -> int:
+        """The id of the user behind the message's identity, created on first contact."""
         tenant = message.sender.corp_id or ""
         identity = await self._find(session, message.platform, tenant, message.sender.id)
         if identity is not None:
-            user = await session.get(User, identity.user_id)
-            assert user is not None
-            return user
+            return identity.user_id
         try:
             async with session.begin_nested():
                 user = await self._create_user(session, message)
@@ -74,11 +74,9 @@ class AutoUserMapper:
             identity = await self._find(session, message.platform, tenant, message.sender.id)
             if identity is None:
                 raise
-            user = await session.get(User, identity.user_id)
-            assert user is not None
-            return user
+            return identity.user_id
         log.info("user_created", user_id=user.id, username=user.username, platform=message.platform)
-        return user
+        return user.id
 
     async def _find(
         self, session: AsyncSession, platform: str, tenant: str, user_id: str
@@ -113,12 +111,21 @@ class AutoUserMapper:
 AnyMapping: TypeAlias = AutoUserMapping | LdapUserMapping | HttpUserMapping | StaticUserMapping
 
 
+@dataclass(frozen=True)
+class ResolvedUser:
+    id: int
+    mapper: str  # auto, ldap, http, static
+    cached: bool  # from memory: nothing was read or written for it
+
+
 class NotRegistered(GatewayError):
     """The channel's mapper knows nobody by this identity and the channel does not auto-create."""
 
 
 class IdentityResolver:
-    """The channel's mapper, a Redis cache in front of it, and the link kept in the database."""
+    """The channel's mapper, a Redis cache in front of it, and the link kept in the database;
+    each identity's user, once known, from memory (`ConfigCache`, emptied when an administrator
+    changes a channel or an identity)."""
 
     def __init__(
         self,
@@ -129,7 +136,11 @@ class IdentityResolver:
         auto: AutoUserMapper,
         cache_ttl_s: int,
         ldap_timeout_s: float,
+        users: ConfigCache[tuple[int, str, str, str], tuple[int, str]] | None = None,
+        mappings: ConfigCache[int, AnyMapping] | None = None,
     ) -> None:
+        self.users = users if users is not None else ConfigCache()
+        self.mappings = mappings if mappings is not None else ConfigCache()
         self._redis = redis
         self._prefix = prefix
         self._box = box
@@ -139,12 +150,18 @@ class IdentityResolver:
         self._ldap_timeout = ldap_timeout_s
 
     def mapping(self, channel: Channel) -> AnyMapping:
+        assert channel.id is not None
+        cached = self.mappings.get(channel.id)
+        if cached is not None:
+            return cached
         try:
-            return parse_user_mapping(
+            mapping = parse_user_mapping(
                 channel.user_mapping or {}, self._box.decrypt_json(channel.user_mapping_secrets_enc)
             )
         except (ValueError, ValidationError) as exc:
             raise MapperMisconfigured(f"the channel's user mapping is invalid: {exc}") from exc
+        self.mappings.put(channel.id, mapping)
+        return mapping
 
     def _mapper(self, config: AnyMapping) -> UserMapper | None:
         match config:
@@ -156,10 +173,21 @@ class IdentityResolver:
                 return StaticMapper(config)
         return None
 
-    async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> User:
+    @staticmethod
+    def _key(channel: Channel, message: InboundMessage) -> tuple[int, str, str, str]:
+        assert channel.id is not None
+        return (channel.id, message.platform, message.sender.corp_id or "", message.sender.id)
+
+    async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> ResolvedUser:
         """The user behind the message; raises NotRegistered, MapperUnavailable (try again
         later) or MapperMisconfigured (an administrator must fix the mapping)."""
         started = time.perf_counter()
+        known = self.users.get(self._key(channel, message))
+        if known is not None:  # no round trip at all for a user seen lately
+            user_id, mapper_name = known
+            IDENTITY_LOOKUPS.labels(mapper_name, "resolved").inc()
+            IDENTITY_SECONDS.labels(mapper_name).observe(time.perf_counter() - started)
+            return ResolvedUser(user_id, mapper_name, cached=True)
         mapper_name = "invalid"
         with tracer().start_as_current_span("identity.resolve", record_exception=False) as span:
             try:
@@ -177,7 +205,13 @@ class IdentityResolver:
                 raise
             IDENTITY_LOOKUPS.labels(mapper_name, "resolved").inc()
             IDENTITY_SECONDS.labels(mapper_name).observe(time.perf_counter() - started)
-            return user
+            return ResolvedUser(user, mapper_name, cached=False)
+
+    def remember(self, channel: Channel, message: InboundMessage, resolved: ResolvedUser) -> None:
+        """The transaction that resolved (perhaps created) the user is committed: from now on
+        its identity is answered from memory."""
+        if not resolved.cached:
+            self.users.put(self._key(channel, message), (resolved.id, resolved.mapper))
 
     async def _resolve(
         self,
@@ -186,7 +220,7 @@ class IdentityResolver:
         config: AnyMapping,
         mapper: UserMapper | None,
         message: InboundMessage,
-    ) -> User:
+    ) -> int:
         if mapper is None:
             return await self._auto.resolve(session, message)
         person = await self._cached_lookup(channel, mapper, message)
@@ -212,9 +246,7 @@ class IdentityResolver:
         await self._redis.set(key, json.dumps(asdict(person) if person else None), ex=self._cache_ttl)
         return person
 
-    async def _link(
-        self, session: AsyncSession, source: str, person: Person, message: InboundMessage
-    ) -> User:
+    async def _link(self, session: AsyncSession, source: str, person: Person, message: InboundMessage) -> int:
         """The directory is the authority: its username names the account, created if new."""
         # Looked up by it as well as stored: cleaned here, not only at the flush.
         person = replace(person, username=clean_text(person.username, USERNAME_LENGTH))
@@ -246,4 +278,4 @@ class IdentityResolver:
             identity.user_id = user.id
             session.add(identity)
         await session.flush()
-        return user
+        return user.id

@@ -13,7 +13,13 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
 
-from imgate_common.bus import INBOUND_PARTITIONS, cancel_subject, ensure_consumer, router_consumer_spec
+from imgate_common.bus import (
+    CONFIG_CHANGED,
+    INBOUND_PARTITIONS,
+    cancel_subject,
+    ensure_consumer,
+    router_consumer_spec,
+)
 from imgate_common.channels import load_secret_box
 from imgate_common.consume import DeliveryPolicy, jetstream_handler
 from imgate_common.db.engine import create_engine, session_factory
@@ -30,12 +36,19 @@ def identify(message: InboundMessage) -> tuple[int | None, str | None]:
     return message.channel_id, run_id_for(message)
 
 
+def _redelivered(msg: NatsMessage) -> bool:
+    try:
+        return (msg.raw_message.metadata.num_delivered or 1) > 1
+    except Exception:  # not a JetStream message (an in-memory test broker): assume the worst
+        return True
+
+
 def subscribe(broker: NatsBroker, router: InboundRouter, publish: Publish) -> None:
     """One consumer per inbound partition, each letting one message out at a time across every
     router replica: a conversation's messages are routed in arrival order."""
 
-    async def on_inbound(message: InboundMessage, _msg: NatsMessage) -> None:
-        await router.handle(message)
+    async def on_inbound(message: InboundMessage, msg: NatsMessage) -> None:
+        await router.handle(message, redelivered=_redelivered(msg))
 
     for partition in range(INBOUND_PARTITIONS):
         spec = router_consumer_spec(partition)
@@ -52,6 +65,11 @@ def subscribe(broker: NatsBroker, router: InboundRouter, publish: Publish) -> No
             pull_sub=PullSub(batch_size=1, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(jetstream_handler(InboundMessage, policy)(on_inbound))
+
+    # Core NATS: an administrator changed a channel, an agent or an identity.
+    @broker.subscriber(CONFIG_CHANGED)
+    async def on_config_changed(_body: bytes) -> None:
+        router.caches.clear()
 
 
 async def sweep_queues(router: InboundRouter, interval_s: float) -> None:
@@ -86,7 +104,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         ),
     )
     redis = connect_redis(settings)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pre_ping=False)
 
     async def cancel(run_id: str) -> None:
         await broker.publish(CancelRequest(run_id=run_id).model_dump_json().encode(), cancel_subject(run_id))

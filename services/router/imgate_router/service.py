@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common import telemetry
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
+from imgate_common.config_cache import ConfigCache, ConfigCaches
 from imgate_common.consume import Failure
 from imgate_common.conversation_queue import Admission, ConversationQueue
 from imgate_common.db.models import Agent, Channel, Message, utcnow
@@ -37,7 +38,7 @@ from imgate_router.metrics import (
     ROUTE_SECONDS,
     type_label,
 )
-from imgate_router.rate_limit import InboundRateLimiter, Limited, RateLimits
+from imgate_router.rate_limit import InboundRateLimiter, Limited, RateLimits, Seen
 from imgate_router.settings import RouterSettings
 
 log = structlog.get_logger()
@@ -49,6 +50,11 @@ GAVE_UP_SEQ = 2_000_000
 
 def channel_language(channel: Channel) -> str:
     return channel.language or "zh-CN"
+
+
+def _runnable(message: InboundMessage) -> bool:
+    """Whether the message can be answered at all (else the user is told it is unsupported)."""
+    return message.kind != MessageKind.UNSUPPORTED and bool(message.text or message.attachments)
 
 
 def run_id_for(message: InboundMessage) -> str:
@@ -72,6 +78,9 @@ class InboundRouter:
         self._redis = redis
         self._publish = publish
         self._cancel = cancel
+        # Channels as routing reads them (and the identities' users, in the resolver), from
+        # memory: emptied by `config_changed` when an administrator changes anything.
+        self._channels: ConfigCache[int, Channel] = ConfigCache()
         self._users = IdentityResolver(
             redis,
             settings.redis_prefix,
@@ -92,6 +101,7 @@ class InboundRouter:
             ),
         )
         self._runs_requested = 0
+        self.caches = ConfigCaches(self._channels, self._users.users, self._users.mappings)
 
     def _seen_key(self, message: InboundMessage) -> str:
         prefix = self._settings.redis_prefix
@@ -100,38 +110,54 @@ class InboundRouter:
         # run died in the runner); each replay is seen once.
         return f"{key}:replay:{message.replay}" if message.replay else key
 
-    async def handle(self, message: InboundMessage) -> None:
+    async def handle(self, message: InboundMessage, redelivered: bool = True) -> None:
+        """Route one message. `redelivered`: the bus may have handed it out before (then an
+        earlier try may have stored its turn); False only on a first delivery."""
         run_id = run_id_for(message)
         span = trace.get_current_span()  # the bus consumer's span, continuing the message's trace
-        span.set_attributes(
-            {
-                telemetry.CHANNEL_ID: message.channel_id,
-                telemetry.PLATFORM: message.platform,
-                telemetry.CONVERSATION_ID: message.target.conversation_id,
-                telemetry.MESSAGE_ID: message.message_id,
-                telemetry.MESSAGE_TYPE: message.platform_type,
-                telemetry.RUN_ID: run_id,
-            }
-        )
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    telemetry.CHANNEL_ID: message.channel_id,
+                    telemetry.PLATFORM: message.platform,
+                    telemetry.CONVERSATION_ID: message.target.conversation_id,
+                    telemetry.MESSAGE_ID: message.message_id,
+                    telemetry.MESSAGE_TYPE: message.platform_type,
+                    telemetry.RUN_ID: run_id,
+                }
+            )
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(
             channel_id=message.channel_id, msg_id=message.message_id, run_id=run_id
         ):
             bound = log.bind()
-            if await self._redis.exists(self._seen_key(message)):
+            # Seen already, and the rate limits, in one round trip. A /stop is never limited (a
+            # flood can always be stopped); a message nothing is run for is not counted.
+            count = parse_command(message.text) != Command.STOP and _runnable(message)
+            first = await self._rate.seen_or_take(message, self._seen_key(message), count)
+            if first == Seen.SEEN:
                 bound.info("inbound_duplicate_dropped")
                 span.add_event("dedup_hit")
                 DEDUP_HITS.labels(message.platform).inc()
                 return
             if message.replay:
                 bound.info("inbound_replayed", replay=message.replay)
-            result = await self._route(message, bound)
+            result = await self._route(message, bound, first, redelivered)
             self._chaos_exit(result)
             # Marked only once everything above is durable: a crash before this is redelivered.
             await self._redis.set(self._seen_key(message), "1", ex=self._settings.dedup_ttl_s)
         span.set_attribute("imgate.route.result", result)
         MESSAGES.labels(message.platform, type_label(message.platform_type), result).inc()
         ROUTE_SECONDS.observe(time.perf_counter() - started)
+
+    async def _channel(self, session: AsyncSession, channel_id: int) -> Channel | None:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = await session.get(Channel, channel_id)
+            if channel is not None:
+                session.expunge(channel)  # read only, shared by every message of the channel
+                self._channels.put(channel_id, channel)
+        return channel
 
     def _chaos_exit(self, result: str) -> None:
         """The chaos scenario's crash between publishing a run and marking its message seen."""
@@ -192,30 +218,34 @@ class InboundRouter:
     async def _publish_run(self, request: RunRequest) -> None:
         await self._publish(run_subject(request.channel_id), RUNS_STREAM, request, request.run_id)
 
-    async def _route(self, message: InboundMessage, bound: structlog.BoundLogger) -> str:
+    async def _route(
+        self,
+        message: InboundMessage,
+        bound: structlog.BoundLogger,
+        limited: Limited | None,
+        redelivered: bool,
+    ) -> str:
         """Routes one message; returns what became of it (a metric label)."""
         run_id = run_id_for(message)
         async with self._sessions() as session:
-            channel = await session.get(Channel, message.channel_id)
+            channel = await self._channel(session, message.channel_id)
             if channel is None:
                 bound.warning("inbound_for_unknown_channel")
                 return "unknown_channel"
-            if message.kind == MessageKind.UNSUPPORTED or not (message.text or message.attachments):
+            if not _runnable(message):
                 bound.info("inbound_unsupported", platform_type=message.platform_type)
                 await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
                 return "unsupported"
             assert channel.id is not None
             language = channel_language(channel)
-            if parse_command(message.text) != Command.STOP:  # a flood can always be stopped
-                limited = await self._rate.take(message)
-                if limited is not None:
-                    bound.warning("inbound_rate_limited", limit=limited.value, sender=message.sender.id)
-                    RATE_LIMITED.labels(limited.value).inc()
-                    key = "rate_limited_user" if limited == Limited.USER else "rate_limited_channel"
-                    await self._notice(message, run_id, reply(key, language))
-                    return "rate_limited"
+            if limited is not None:
+                bound.warning("inbound_rate_limited", limit=limited.value, sender=message.sender.id)
+                RATE_LIMITED.labels(limited.value).inc()
+                key = "rate_limited_user" if limited == Limited.USER else "rate_limited_channel"
+                await self._notice(message, run_id, reply(key, language))
+                return "rate_limited"
             try:
-                user = await self._users.resolve(session, channel, message)
+                resolved = await self._users.resolve(session, channel, message)
             except NotRegistered:
                 bound.info("sender_not_registered", sender=message.sender.id)
                 await self._notice(message, run_id, reply("not_registered", language))
@@ -231,7 +261,7 @@ class InboundRouter:
             if command == Command.NEW:
                 await self._conversations.close(session, channel.id, key)
                 await session.commit()
-                bound.info("conversation_reset", user_id=user.id)
+                bound.info("conversation_reset", user_id=resolved.id)
                 await self._notice(message, run_id, reply("new", language))
                 return "command_new"
             if command == Command.STOP:
@@ -253,16 +283,24 @@ class InboundRouter:
                 await session.commit()
                 await self._notice(message, run_id, reply("help", language))
                 return "command_help"
-            existing = (
-                await session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user"))
-            ).first()
+            existing = None
+            if redelivered or message.replay:
+                # Only an earlier try can have stored this turn. On a first delivery the look is
+                # skipped: should a turn exist all the same, the insert below meets the unique
+                # (run_id, role), fails, and the message comes back as a redelivery.
+                existing = (
+                    await session.exec(
+                        select(Message).where(Message.run_id == run_id, Message.role == "user")
+                    )
+                ).first()
             if existing is None and message.replay:
                 existing = await self._unanswered_turn(session, message, run_id)
             if existing is not None:  # redelivered: the turn is stored, keep its conversation
                 conversation_id = existing.conversation_id
             else:
-                conversation, reopened = await self._conversations.open(session, channel.id, key, user.id)
-                conversation_id = conversation.id
+                conversation_id, reopened = await self._conversations.open(
+                    session, channel.id, key, resolved.id
+                )
                 if reopened:
                     bound.info("conversation_idle_reopened", conversation_id=conversation_id)
                     # Its own id: the answer's card stays the answer's.
@@ -276,13 +314,14 @@ class InboundRouter:
             )
             session.add(user_message)
             await session.commit()
-            assert user_message.id is not None and user.id is not None
+            self._users.remember(channel, message, resolved)
+            assert user_message.id is not None
             request = RunRequest(
                 run_id=run_id,
                 channel_id=channel.id,
                 conversation_id=conversation_id,
                 agent_id=channel.default_agent_id,
-                user_id=user.id,
+                user_id=resolved.id,
                 user_message_id=user_message.id,
                 text=message.text,
                 target=message.target,

@@ -21,7 +21,7 @@ from imgate_admin.destinations import require_secrets_follow, unmask_url
 from imgate_admin.errors import invalid_field
 from imgate_common.db.models import Agent, Channel, utcnow
 from imgate_common.errors import Conflict, NotFound
-from imgate_common.messages import ControlAction
+from imgate_common.messages import ConfigKind, ControlAction
 from imgate_common.secrets import MASK, SecretBox
 
 log = structlog.get_logger()
@@ -169,6 +169,7 @@ async def update_agent(
         await session.rollback()
         raise Conflict(f"an agent named {body.name!r} already exists") from None
     log.info("agent_updated", agent_id=agent.id, changed=changed)
+    await control.announce(ConfigKind.AGENT, agent.id)  # runners cache agents
     # Runners load the agent for every run, so the change applies to the next message anyway;
     # the reload tells each connector using it to re-read its channel at once.
     for channel in await _channels_using(session, agent_id):

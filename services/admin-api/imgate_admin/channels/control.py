@@ -11,7 +11,8 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from imgate_common.bus import control_subject
-from imgate_common.messages import ControlAction, ControlReply, ControlRequest
+from imgate_common.config_cache import announce_change
+from imgate_common.messages import ConfigKind, ControlAction, ControlReply, ControlRequest
 
 log = structlog.get_logger()
 tracer = trace.get_tracer("imgate.admin_api")
@@ -35,7 +36,18 @@ class ChannelControl:
         self._timeout_s = timeout_s
         self._counter = counter
 
+    async def announce(self, kind: ConfigKind, record_id: int | None = None) -> None:
+        """Tell routers and runners to drop the configuration they cached; never raises (their
+        caches also expire on their own)."""
+        try:
+            await announce_change(self._nc, kind, record_id)
+        except (NatsError, OSError) as exc:
+            log.warning("config_change_not_announced", kind=str(kind), error_type=type(exc).__name__)
+
     async def send(self, channel_id: int, action: ControlAction) -> ControlResult:
+        # Every control request follows a change of the channel (or of its agent): routers and
+        # runners hear of it first, so the connector's reload and the next message agree.
+        await self.announce(ConfigKind.CHANNEL, channel_id)
         with tracer.start_as_current_span("channel_control", record_exception=False) as span:
             span.set_attributes({"imgate.channel_id": channel_id, "imgate.control_action": str(action)})
             result = await self._request(channel_id, action)

@@ -5,11 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from imgate_admin.auth import ActorDep
-from imgate_admin.deps import SessionDep
+from imgate_admin.deps import ResourcesDep, SessionDep
 from imgate_admin.errors import ErrorBody, Responses
 from imgate_admin.schemas import TOTAL_COUNT_HEADER, IdPath, Limit, Offset, QueryText
 from imgate_admin.users import service
 from imgate_admin.users.schemas import IdentityLink, IdentityRead, UserCreate, UserRead
+from imgate_common.messages import ConfigKind
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -56,15 +57,24 @@ async def get_user(user_id: IdPath, session: SessionDep) -> UserRead:
     },
 )
 async def link_identity(
-    user_id: IdPath, body: IdentityLink, session: SessionDep, response: Response, actor: ActorDep
+    user_id: IdPath,
+    body: IdentityLink,
+    session: SessionDep,
+    response: Response,
+    actor: ActorDep,
+    resources: ResourcesDep,
 ) -> IdentityRead:
     """Link an IM identity to this user: 201 when it is new, 200 when it moved from another user."""
     identity, created = await service.link_identity(session, actor, user_id, body)
+    await resources.control.announce(ConfigKind.IDENTITY, identity.id)  # routers cache links
     if not created:
         response.status_code = 200
     return IdentityRead.from_row(identity)
 
 
 @router.delete("/{user_id}/identities/{identity_id}", status_code=204, responses=NOT_FOUND)
-async def unlink_identity(user_id: IdPath, identity_id: IdPath, session: SessionDep, actor: ActorDep) -> None:
+async def unlink_identity(
+    user_id: IdPath, identity_id: IdPath, session: SessionDep, actor: ActorDep, resources: ResourcesDep
+) -> None:
     await service.unlink_identity(session, actor, user_id, identity_id)
+    await resources.control.announce(ConfigKind.IDENTITY, identity_id)
