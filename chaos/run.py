@@ -30,7 +30,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.fleet import Driver, Fleet, FleetConfig, Report, Sent
+from imgate_common.messages import run_id_for
+from tools.fleet import PLATFORM, Driver, Fleet, FleetConfig, Report, Sent
 
 MESSAGES = 100
 RATE_PER_S = 5.0
@@ -62,6 +63,7 @@ class Lane:
     client_ids: list[str]
     driver: Driver | None = None
     fault_at: float | None = None  # epoch seconds
+    extra: list[Sent] = field(default_factory=list)  # sent by the fault, judged like the traffic
 
     def sent_so_far(self) -> list[Sent]:
         return self.driver.so_far() if self.driver else []
@@ -365,6 +367,54 @@ def dead_letters_match_failures(lane: Lane, report: Report) -> list[str]:
     return notes
 
 
+# -- poison reply events ---------------------------------------------------------------------------
+
+# A final answer containing this fails in the connector's reply consumer on every try
+# (CONNECTOR_CHAOS_POISON_REPLY_MARK), as a renderer bug would; modelsim quotes the user's text.
+POISON_REPLY_MARK = "poison-reply"
+POISON_REPLIES = 6
+
+
+def poison_replies(lane: Lane) -> None:
+    """A few messages on the second channel, in the conversations the traffic uses, whose
+    answers fail in the connector: each ends as a dead letter and a failed card, and the
+    messages after them in their conversations are answered all the same."""
+    lane.hit()
+    client_id = lane.client_ids[1]
+    for n in range(POISON_REPLIES):
+        user = f"user{n % CONVERSATIONS_PER_CHANNEL + 1}"
+        lane.extra.append(lane.fleet.send(client_id, user, f"{POISON_REPLY_MARK} {n}"))
+        time.sleep(1 / RATE_PER_S)
+
+
+def poisoned_replies_dead_lettered(lane: Lane, report: Report) -> list[str]:
+    """Exactly the poisoned messages failed, each with one dead letter of the reply consumer."""
+    fleet = lane.fleet
+    poisoned = {run_id_for(PLATFORM, fleet.channel_ids[s.client_id], s.msg_id) for s in lane.extra}
+    with fleet.admin_api() as api:
+        letters = api.get("/api/v1/dead-letters", params={"limit": 500}).json()
+    channels = {fleet.channel_ids[c] for c in lane.client_ids}
+    mine = [d for d in letters if d["channel_id"] in channels]
+    filed = {d["run_id"] for d in mine if d["consumer"].startswith("replies-")}
+    failed = {o.sent.msg_id for o in report.failed}
+    notes = [f"{len(mine)} dead letters for {len(lane.extra)} poisoned answers, {len(failed)} failed"]
+    # A final that failed holds no later final of its conversation (rendering.py), so a later
+    # answer can show before the poisoned card's failure sentence: counted apart.
+    poisoned_at = {(s.client_id, s.conversation_id): s.sent_at for s in lane.extra}
+    overtook = [
+        o
+        for o in report.out_of_order
+        if o.sent.sent_at > poisoned_at.get((o.sent.client_id, o.sent.conversation_id), float("inf"))
+    ]
+    if overtook:
+        notes.append(
+            f"{len(overtook)} of those out of order came before a poisoned answer's failure sentence"
+        )
+    if filed != poisoned or len(mine) != len(poisoned) or failed != {s.msg_id for s in lane.extra}:
+        notes.append("MISMATCH: a poisoned answer without its dead letter, or another message hit")
+    return notes
+
+
 # -- media flood --------------------------------------------------------------------------------
 
 # The media bucket's cap in this scenario (CONNECTOR_MEDIA_BUCKET_MAX_BYTES), far below the
@@ -496,6 +546,14 @@ SCENARIOS = [
         check=dead_letters_match_failures,
     ),
     Scenario(
+        "poison-reply",
+        f"{POISON_REPLIES} answers on one channel fail in the connector's reply consumer on every try",
+        poison_replies,
+        failures_expected=True,
+        env={"CONNECTOR_CHAOS_POISON_REPLY_MARK": POISON_REPLY_MARK},
+        check=poisoned_replies_dead_lettered,
+    ),
+    Scenario(
         "media-flood",
         f"{MEDIA_FLOOD_PICTURES} large pictures into a media bucket capped at "
         f"{MEDIA_FLOOD_BUCKET_BYTES // 2**20} MiB, beside the text traffic",
@@ -586,6 +644,8 @@ def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
         sent = {s.name: lane.driver.result() for s, lane in zip(scenarios, lanes, strict=True) if lane.driver}
         for thread in faults:
             thread.result()
+        for scenario, lane in zip(scenarios, lanes, strict=True):
+            sent[scenario.name] += lane.extra
         probes = {s.name: probe(lane, sent[s.name]) for s, lane in zip(scenarios, lanes, strict=True)}
         for name, extra in probes.items():
             sent[name] += extra

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import dataclasses
 
+import httpx
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -22,11 +23,13 @@ from imgate_common.bus import (
     reply_consumer_spec,
     reply_subject,
 )
-from imgate_common.messages import DeadLetter, InboundMessage, RunCompleted, run_id_for
+from imgate_common.errors import PlatformError
+from imgate_common.messages import DeadLetter, InboundMessage, ReplyEvent, RunCompleted, run_id_for
 from imgate_common.status import ChannelStatusStore
+from imgate_connector.lease import LeaseExpired
 from imgate_connector.mending import MendPolicy
 from imgate_connector.rendering import CardRenderer
-from imgate_connector.replies import ReplyConsumer
+from imgate_connector.replies import POISON_TRIES, ReplyConsumer, may_pass
 from imgate_connector.wording import WORDINGS
 from tests.connector.conftest import Start
 from tests.connector.sim import Sim, until
@@ -133,3 +136,113 @@ async def test_an_answer_no_path_takes_is_dead_lettered_reported_and_its_card_en
         await cards.close()
         with contextlib.suppress(Exception):
             await js.delete_consumer(REPLIES_STREAM, spec.durable)
+
+
+async def test_a_final_that_fails_the_same_way_every_time_is_dead_lettered_after_a_few_tries(
+    sim: Sim,
+    run_adapter: Start,
+    bus: tuple[NATS, JetStreamContext],
+    redis_client: Redis,
+    key_prefix: str,
+) -> None:
+    """A poison event (here a renderer bug on one run's final) is not given the half hour a
+    platform outage gets: after POISON_TRIES it is filed, its card ends with the sentence, and
+    the channel's other answers never wait for it."""
+    _, js = bus
+    accepted: list[InboundMessage] = []
+
+    async def stored(message: InboundMessage) -> bool:
+        return False
+
+    adapter, health = await run_adapter(stored)
+    channel_id = adapter.spec.id
+    poisoned: set[str] = set()
+
+    class BuggyRenderer(CardRenderer):
+        async def handle(self, event: ReplyEvent) -> None:
+            if event.run_id in poisoned and isinstance(event, RunCompleted):
+                raise KeyError("msgContent")
+            await super().handle(event)
+
+    cards = BuggyRenderer(adapter.surface, health, 0.05, mend=MendPolicy(first_retry_s=0.1, max_retry_s=0.2))
+
+    def opened(message: InboundMessage) -> None:
+        accepted.append(message)
+        cards.accepted(message)
+
+    adapter.on_accepted = opened
+    bad = await sim.send("the poisoned one", sender_staff_id="p1")
+    good = await sim.send("the healthy one", sender_staff_id="h1")
+
+    async def thinking() -> bool:
+        return all([[a["kind"] for a in await sim.answers(m["msg_id"])] == ["card"] for m in (bad, good)])
+
+    await until(thinking)
+    runs = {m.message_id: run_id_for(m.platform, channel_id, m.message_id) for m in accepted}
+    poisoned.add(runs[bad["msg_id"]])
+    spec = reply_consumer_spec(channel_id, 5.0)  # the real policy: 36 tries for what may pass
+    assert spec.max_tries > POISON_TRIES
+    consumer = ReplyConsumer(js, channel_id, cards, ack_wait_s=5.0, spec=spec)
+    consuming = asyncio.create_task(consumer.run())
+    try:
+
+        async def consuming_new_events() -> bool:
+            try:
+                await js.consumer_info(REPLIES_STREAM, spec.durable)
+            except NotFoundError:
+                return False
+            return True
+
+        await until(consuming_new_events)
+        for message in accepted:
+            run_id = runs[message.message_id]
+            event = RunCompleted(
+                run_id=run_id, channel_id=channel_id, seq=9, target=message.target, text=f"answer {run_id}"
+            )
+            await js.publish(
+                reply_subject(channel_id, run_id),
+                event.model_dump_json().encode(),
+                stream=REPLIES_STREAM,
+                headers={MSG_ID_HEADER: f"{run_id}:1:completed:9"},
+            )
+
+        async def answered() -> bool:
+            [card] = await sim.answers(good["msg_id"])
+            return bool(card["finalized"]) and card["flow_status"] == "3"
+
+        await until(answered, within=5)
+
+        async def mine() -> list[DeadLetter]:  # the channel id (durable) is reused across tests
+            return [d for d in await dead_letters(js, spec.durable) if d.run_id in runs.values()]
+
+        async def filed() -> bool:
+            return bool(await mine())
+
+        await until(filed, within=30)
+        [letter] = await mine()
+        assert letter.run_id == runs[bad["msg_id"]] and letter.deliveries == POISON_TRIES
+        assert "KeyError" in letter.reason and letter.error_type == "KeyError" and letter.permanent
+
+        async def card_ended() -> bool:
+            [card] = await sim.answers(bad["msg_id"])
+            return card["flow_status"] == "5"
+
+        await until(card_ended, within=10)
+        [card] = await sim.answers(bad["msg_id"])
+        assert card["content"] == WORDINGS["zh"].undelivered, "the user is told, not left with thinking…"
+    finally:
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        await cards.close()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(REPLIES_STREAM, spec.durable)
+
+
+def test_failures_of_what_is_out_of_reach_may_pass_others_do_not() -> None:
+    assert may_pass(PlatformError("card API 503", 503, "ServiceUnavailable"))
+    assert may_pass(httpx.ConnectError("refused"))
+    assert may_pass(TimeoutError())
+    assert may_pass(LeaseExpired("moved"))
+    assert not may_pass(KeyError("msgContent"))
+    assert not may_pass(ValueError("cannot render"))

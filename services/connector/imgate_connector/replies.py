@@ -2,10 +2,12 @@
 
 Events of different runs are handled concurrently, events of one run in order. An event is
 acknowledged once the renderer is done with it (a final one: once the answer is delivered), and
-kept alive meanwhile; one that fails is redelivered later, with back-off, for as many tries as
-the consumer's spec allows (about half an hour: a platform outage). A final that still could not
-be delivered is filed as a dead letter, counted, shown on the channel's status, and its card
-ends with a sentence; nothing is dropped silently. When the channel stops here, what is in hand
+kept alive meanwhile; one that fails to reach the platform (or Redis, or NATS) is redelivered
+later, with back-off, for as many tries as the consumer's spec allows (about half an hour: a
+platform outage). One that fails any other way (a poison event: it fails the same way every
+time) gets `POISON_TRIES` tries. A final that still could not be delivered is filed as a dead
+letter, counted, shown on the channel's status, and its card ends with a sentence; nothing is
+dropped silently. When the channel stops here, what is in hand
 goes back to JetStream at once, so the channel's next owner carries on without waiting.
 """
 
@@ -14,6 +16,7 @@ import base64
 import contextlib
 import dataclasses
 
+import httpx
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,9 +33,12 @@ from imgate_common.bus import (
     reply_consumer_spec,
     reply_subject,
 )
-from imgate_common.messages import REPLY_EVENT, TERMINAL_KINDS, DeadLetter, ReplyEvent, RunDelta
+from imgate_common.consume import classify
+from imgate_common.errors import PlatformError
+from imgate_common.messages import REPLY_EVENT, TERMINAL_KINDS, DeadLetter, ReplyEvent, RunCompleted, RunDelta
 from imgate_common.publish import Publish, jetstream_publisher
 from imgate_common.status import ChannelStatusStore
+from imgate_connector.lease import LeaseExpired
 from imgate_connector.rendering import CardRenderer
 
 log = structlog.get_logger()
@@ -45,6 +51,14 @@ POLL_S = 5.0
 MAX_IN_FLIGHT = 256
 # Runs idle this long are forgotten by the renderer (checked this often).
 SWEEP_EVERY_S = 60.0
+# Tries of an event that fails otherwise than by not reaching something (a bug, a payload the
+# renderer cannot show): a few, in case it was a race, then it ends like a final nobody could
+# deliver, in a minute rather than after the half hour a platform outage is given.
+POISON_TRIES = 3
+
+
+class PoisonedForChaos(Exception):
+    """The chaos scenario's poison event (`CONNECTOR_CHAOS_POISON_REPLY_MARK`)."""
 
 
 class ReplyConsumer:
@@ -59,6 +73,7 @@ class ReplyConsumer:
         spec: ConsumerSpec | None = None,
         status: ChannelStatusStore | None = None,
         dead_letters: Publish | None = None,
+        poison_mark: str = "",
     ) -> None:
         self._js = js
         self._channel_id = channel_id
@@ -68,6 +83,7 @@ class ReplyConsumer:
         self._spec = spec or reply_consumer_spec(channel_id, ack_wait_s)
         self._status = status
         self._dead_letters = dead_letters or jetstream_publisher(js)
+        self._poison_mark = poison_mark
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._log = log.bind(channel_id=channel_id)
@@ -159,6 +175,8 @@ class ReplyConsumer:
                 return
             keep_alive = asyncio.create_task(self._keep_alive(msg))
             with self._span(msg, event), structlog.contextvars.bound_contextvars(run_id=event.run_id):
+                if self._poison_mark and isinstance(event, RunCompleted) and self._poison_mark in event.text:
+                    raise PoisonedForChaos(f"a final containing {self._poison_mark!r} (chaos)")
                 await self._renderer.handle(event)
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -172,12 +190,16 @@ class ReplyConsumer:
                 await msg.nak(delay=2.0)
             return
         except Exception as exc:
-            self._log.exception("reply_render_failed", run_id=event.run_id, kind=event.kind, error=str(exc))
-            if deliveries < self._spec.max_tries:
+            passing = may_pass(exc)
+            self._log.exception(
+                "reply_render_failed", run_id=event.run_id, kind=event.kind, error=str(exc), passing=passing
+            )
+            if deliveries < (self._spec.max_tries if passing else min(POISON_TRIES, self._spec.max_tries)):
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._spec.retry_delay(deliveries))
                 return
-            await self._give_up(msg, event, deliveries, f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._give_up(msg, event, deliveries, reason, type(exc).__name__, permanent=not passing)
             return
         finally:
             if keep_alive is not None:
@@ -187,14 +209,23 @@ class ReplyConsumer:
         except Exception as exc:  # redelivered later; the renderer knows it answered
             self._log.warning("reply_ack_failed", run_id=event.run_id, error=str(exc))
 
-    async def _give_up(self, msg: Msg, event: ReplyEvent, deliveries: int, reason: str) -> None:
+    async def _give_up(
+        self,
+        msg: Msg,
+        event: ReplyEvent,
+        deliveries: int,
+        reason: str,
+        error_type: str = "",
+        *,
+        permanent: bool = False,
+    ) -> None:
         """The last try failed. A final answer is filed as a dead letter, reported and its card
         ended; any other event only ends. If filing fails while deliveries remain, the event
         comes back and filing is tried again."""
         reason = " ".join(reason.split())[:500]
         if event.kind in TERMINAL_KINDS:
             try:
-                await self._file(msg, event, deliveries, reason)
+                await self._file(msg, event, deliveries, reason, error_type, permanent)
             except Exception as exc:
                 if deliveries < self._spec.max_deliver:
                     self._log.warning("dead_letter_retry", run_id=event.run_id, error=str(exc)[:300])
@@ -212,7 +243,9 @@ class ReplyConsumer:
         with contextlib.suppress(Exception):
             await msg.term()
 
-    async def _file(self, msg: Msg, event: ReplyEvent, deliveries: int, reason: str) -> None:
+    async def _file(
+        self, msg: Msg, event: ReplyEvent, deliveries: int, reason: str, error_type: str, permanent: bool
+    ) -> None:
         seq = msg.metadata.sequence.stream
         letter = DeadLetter(
             consumer=self._spec.durable,
@@ -222,7 +255,8 @@ class ReplyConsumer:
             headers=dict(msg.headers or {}),
             data_b64=base64.b64encode(msg.data).decode(),
             reason=reason,
-            permanent=False,
+            error_type=error_type,
+            permanent=permanent,  # a poison event; False: the platform stayed out of reach
             deliveries=deliveries,
             channel_id=event.channel_id,
             run_id=event.run_id,
@@ -248,6 +282,19 @@ class ReplyConsumer:
             await asyncio.sleep(self._ack_wait / 2)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+
+def may_pass(exc: BaseException) -> bool:
+    """Whether a failure may pass with time: the platform (or Redis, NATS, the lease) out of
+    reach or refusing for now. Anything else fails the same way on every try."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PlatformError | httpx.HTTPError | LeaseExpired):
+            return True
+        current = current.__cause__
+    return not classify(exc).permanent
 
 
 def _deliveries(msg: Msg) -> int:

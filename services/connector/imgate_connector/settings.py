@@ -100,3 +100,6 @@ class ConnectorSettings(CommonSettings):
     final_order_wait_s: float = 30.0
     # A run whose events stopped this long ago is forgotten (its card stays as it is).
     run_idle_forget_s: float = 3600.0
+    # Chaos testing only (chaos/run.py poison-reply): a final answer containing this text fails
+    # in the reply consumer on every try, as a renderer bug would. Empty: off.
+    chaos_poison_reply_mark: str = ""

@@ -329,6 +329,7 @@ class ChannelSupervisor:
             ack_wait_s=settings.reply_ack_wait_s,
             forget_idle_s=settings.run_idle_forget_s,
             status=self._status,
+            poison_mark=settings.chaos_poison_reply_mark,
         )
         replies = asyncio.create_task(consumer.run(), name=f"replies-{spec.id}")
         await adapter.start()
