@@ -13,7 +13,7 @@ async def test_cards_never_closed_here_are_not_remembered_forever(sim: Sim, run_
     adapter, _ = await run_adapter(sink)
     surface = adapter.surface
 
-    async def granted(calls: object) -> bool:  # the platform took the update
+    async def granted(card_id: str, call: object, since: float | None) -> bool:  # the platform took it
         return True
 
     surface._may = granted  # type: ignore[attr-defined,method-assign]

@@ -44,7 +44,10 @@ async def test_a_card_streams_and_finishes(sim: Sim, run_adapter: Start) -> None
     shown = await card(sim, "run-1")
     assert shown["content"] == "Hello world" and shown["flow_status"] == "3" and shown["finalized"]
     ops = [u["op"] for u in shown["updates"]]
-    assert ops == ["create", "deliver", "update", "full", "full", "full", "update"]
+    # The first text switches the card to "inputing" in the same call: one call after the first token.
+    assert ops == ["create", "deliver", "update", "full", "full", "update"]
+    first = shown["updates"][2]
+    assert first["flow_status"] == "2" and first["len"] == len("Hel")
     with pytest.raises(CardExists):
         await surface.open_card("run-1", target)
 

@@ -59,13 +59,13 @@ class RecordingSurface(ReplySurface):
         self.budget_left -= 1
         return True
 
-    async def show_status(self, card_id: str, text: str) -> bool:
+    async def show_status(self, card_id: str, text: str, *, since: float | None = None) -> bool:
         if not self._spend():
             return False
         self.calls.append(("status", card_id, text))
         return True
 
-    async def update_card(self, card_id: str, text: str) -> bool:
+    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
         if not self._spend():
             return False
         self.calls.append(("update", card_id, text))
@@ -427,7 +427,7 @@ async def test_a_handler_cancelled_while_the_card_opens_does_not_cancel_the_open
 
 async def test_no_streaming_update_lands_after_the_final_one() -> None:
     class SlowUpdates(RecordingSurface):
-        async def update_card(self, card_id: str, text: str) -> bool:
+        async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
             await asyncio.sleep(0.1)
             return await super().update_card(card_id, text)
 

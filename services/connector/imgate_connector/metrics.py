@@ -70,3 +70,30 @@ CARDS_MENDED = Counter(
     "(closed), or given up on after the retry window (left_open)",
     ["platform", "result"],
 )
+CARD_MODE = Gauge(
+    "imgate_card_mode",
+    "How an app's answers use its card budget now: 0 full (open, stream, final), 1 thin (fewer "
+    "streaming updates), 2 one-call (no thinking card: each new answer is one message)",
+    ["app"],
+)
+CARD_CALL_WAIT_SECONDS = Histogram(
+    "imgate_card_call_wait_seconds",
+    "How long a card call waited for its turn under the app's rate, by class (final, open, stream)",
+    ["cls"],
+    buckets=LATENCY_BUCKETS,
+)
+CARD_BUDGET_ROUND_TRIPS = Counter(
+    "imgate_card_budget_round_trips",
+    "Redis round trips of the card-call schedulers (reserving several slots each, handing unused "
+    "ones back, slowing down after throttling)",
+)
+CARD_SLOTS_UNUSED = Counter(
+    "imgate_card_slots_unused",
+    "Reserved card-call slots no call used (their time passed, or throttling voided them)",
+)
+ONE_CALL_ANSWERS = Counter(
+    "imgate_one_call_answers",
+    "Answers sent as one plain message without a card because the app's card budget had no "
+    "room for a card's open and final calls (one-call mode)",
+    ["platform"],
+)

@@ -2,10 +2,12 @@
 
 A run's card (outTrackId = run id) is opened the moment its message is accepted, in parallel
 with routing and the model's first token. Reply events then drive it: a queued line while the
-message waits, the growing text (whole text each time, at most once per interval per card and
-only while the app's budget allows), and one final update that always happens. When the card
-cannot be made or finalized, the answer goes out once as plain text (markdown) instead. Answers
-longer than a card holds continue in further cards.
+message waits, the growing text (whole text each time, at most once per interval per card, when
+the app's card-call scheduler has a slot for it: the card whose reader waited longest first),
+and one final update that always happens. When the card cannot be made or finalized, the answer
+goes out once as plain text (markdown) instead. While the app's card budget has no room for a
+card's open and final calls, a new answer gets no card at all and goes out as one message.
+Answers longer than a card holds continue in further cards.
 """
 
 import asyncio
@@ -42,7 +44,13 @@ from imgate_common.messages import (
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import FinalsOrder, ReplyLedger, ReplyState
 from imgate_connector.mending import CardMender, MendPolicy
-from imgate_connector.metrics import FALLBACKS, FINAL_SECONDS, FIRST_TEXT_SECONDS, UNDELIVERABLE
+from imgate_connector.metrics import (
+    FALLBACKS,
+    FINAL_SECONDS,
+    FIRST_TEXT_SECONDS,
+    ONE_CALL_ANSWERS,
+    UNDELIVERABLE,
+)
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
 from imgate_connector.wording import WORDINGS, Wording, split_long
 
@@ -111,6 +119,9 @@ class RunCard:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # the final update is next
     touched: float = field(default_factory=time.monotonic)
+    # When the card last changed on screen (monotonic): its reader has waited since for more.
+    changed: float = field(default_factory=time.monotonic)
+    one_call: bool = False  # no card: the budget had no room for one; the answer is one message
     arrived: float | None = None  # when the message arrived (epoch seconds), if this replica saw it
     tracked_at: float = field(default_factory=time.time)  # when this replica first heard of it
     # The card's own span, current in its background tasks: the span that made the card (the
@@ -288,6 +299,11 @@ class CardRenderer:
             return True
         if state in (ReplyState.PLAIN, ReplyState.DONE):
             return False
+        if not self._surface.card_admitted():
+            # The app's card calls are saturated: this answer goes out in one message.
+            run.one_call = True
+            await self._mark(run.run_id, ReplyState.PLAIN)
+            return False
         await self._mark(run.run_id, ReplyState.OPENING)
         try:
             await self._surface.open_card(run.run_id, run.target)
@@ -300,6 +316,7 @@ class CardRenderer:
             await self._mark(run.run_id, ReplyState.PLAIN)
             return False
         self.mender.platform_back()
+        run.changed = time.monotonic()
         await self._mark(run.run_id, ReplyState.CARD)
         return True
 
@@ -380,15 +397,16 @@ class CardRenderer:
             kind, text = display
             try:
                 if kind == "text":
-                    shown = await self._surface.update_card(run.run_id, text)
+                    shown = await self._surface.update_card(run.run_id, text, since=run.changed)
                 else:
-                    shown = await self._surface.show_status(run.run_id, text)
+                    shown = await self._surface.show_status(run.run_id, text, since=run.changed)
             except Exception as exc:
                 self._platform_error(exc, "card_update_failed", run.run_id)
                 shown = False
             last = time.monotonic()
             if shown:
                 self.mender.platform_back()
+                run.changed = last
                 if kind == "text" and run.shown[0] != "text":
                     self._first_text_shown(run)
                 run.shown = display
@@ -525,6 +543,7 @@ class CardRenderer:
         run_id = run.run_id
         run.closing.set()
         run.dirty.set()
+        self._surface.withdraw(run_id)  # an update still waiting for its turn: the final is next
         if run.flusher is not None:
             await asyncio.wait([run.flusher])  # its update in flight lands before the final one
         card = await run.has_card()
@@ -532,11 +551,15 @@ class CardRenderer:
         sent = 0
         if card:
             sent = await self._finish_cards(run, parts, failed=failed)
-        if sent < len(parts):
+        if run.one_call:
+            ONE_CALL_ANSWERS.labels(run.target.platform).inc()
+            trace.get_current_span().add_event("answered_in_one_message", {"parts": len(parts)})
+        elif sent < len(parts):
             # The card could not show (all of) the answer: plain text, once, for what is missing.
             self._health.fallback_replies += 1
             FALLBACKS.labels(run.target.platform).inc()
             trace.get_current_span().add_event("fallback_to_plain_reply", {"parts": len(parts) - sent})
+        if sent < len(parts):
             for part in self._marked(parts)[sent:]:
                 await self._surface.send_text(run.target, part, markdown=True)
             if card and sent == 0:

@@ -77,8 +77,9 @@ class ConnectorSettings(CommonSettings):
     language: str = "zh-CN"
     # Card text updates per card at most this often: smooth to the eye, far under platform limits.
     card_update_interval_s: float = 0.25
-    # Card API calls per second per app, shared by every replica (DingTalk throttles at ~20-50).
-    # A channel's own `card_qps` column overrides it.
+    # Card API calls per second per app, shared by every replica (DingTalk throttles at ~20-50):
+    # set it to the app's limit; the card-call scheduler paces 95 % of it, so a second never holds
+    # more calls than the limit. A channel's own `card_qps` column overrides it.
     card_qps: float = 20.0
     # Longer answers continue in a further card (or message); markdown cards get sluggish past it.
     card_max_chars: int = 5000

@@ -58,12 +58,21 @@ class ReplySurface(ABC):
         """Show a card in its "thinking…" state; `CardExists` when it is already there."""
 
     @abstractmethod
-    async def show_status(self, card_id: str, text: str) -> bool:
-        """Optional: a line in a card that is still waiting (e.g. queued behind another run)."""
+    async def show_status(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+        """Optional: a line in a card that is still waiting (e.g. queued behind another run).
+        `since` (monotonic): when the card last changed; the longest-waiting reader goes first."""
 
     @abstractmethod
-    async def update_card(self, card_id: str, text: str) -> bool:
-        """Optional: replace the card's text with the answer so far."""
+    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+        """Optional: replace the card's text with the answer so far (`since` as above)."""
+
+    def card_admitted(self) -> bool:
+        """Whether a new answer may have a card now; False while the app's card budget has no
+        room for one (the answer then goes out as one plain message)."""
+        return True
+
+    def withdraw(self, card_id: str) -> None:
+        """An optional update of this card still waiting for its turn is not wanted any more."""
 
     @abstractmethod
     async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:

@@ -39,12 +39,11 @@ from imgate_common.messages import (
     ReplyTarget,
     run_id_for,
 )
-from imgate_connector.budget import CardBudget
 from imgate_connector.lease import CALL_TIMEOUT_SHARE
 from imgate_connector.media import MediaPolicy, fetch_attachments
 from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
 from imgate_connector.platforms.base import InboundRejected, PlatformAdapter
-from imgate_connector.platforms.dingtalk.cards import DingTalkReplySurface
+from imgate_connector.platforms.dingtalk.cards import CARD_CALLS, DingTalkReplySurface
 from imgate_connector.platforms.dingtalk.config import (
     BOT_MESSAGE_TOPIC,
     DingTalkConfig,
@@ -52,6 +51,7 @@ from imgate_connector.platforms.dingtalk.config import (
 )
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
 from imgate_connector.platforms.dingtalk.translate import PLATFORM, TRANSLATORS, translate
+from imgate_connector.scheduler import CardSchedulers
 from imgate_connector.wording import wording_for
 
 log = structlog.get_logger()
@@ -150,14 +150,18 @@ class DingTalkAdapter(PlatformAdapter):
             openapi_endpoint(self.config, self.settings.dingtalk_openapi_endpoint),
             self.resources.shared(DingTalkTokens),
         )
-        budget = CardBudget(
+        # Card calls are budgeted per app: every channel of the app in this process shares one.
+        scheduler = self.resources.shared(CardSchedulers).get(
             self.resources.redis,
             self.resources.redis_prefix,
             self.config.client_id,
             self.settings.card_qps,
             call_timeout_s=self.settings.lease_ttl_s * CALL_TIMEOUT_SHARE,
+            card_calls=CARD_CALLS,
         )
-        self._surface = DingTalkReplySurface(self.api, http, self.config, budget, self.health, self.settings)
+        self._surface = DingTalkReplySurface(
+            self.api, http, self.config, scheduler, self.health, self.settings
+        )
         self._wording = wording_for(self.settings.language)
         self._log = log.bind(channel_id=self.spec.id, platform=self.name)
         self._supervisor: asyncio.Task[None] | None = None

@@ -1,10 +1,12 @@
 """DingTalk's reply surface: AI cards through the card OpenAPI, plain text through webhooks.
 
-Every card call draws from the app's shared budget. Optional calls (streaming updates, the
-queued line) skip when the budget is low or the platform throttles; the calls that must happen
-(create, finalize) wait for the budget, back off on 403 QpsLimit / 429 and retry, and give up
-only after `card_rate_limit_patience_s`. Card calls that keep failing switch cards off for a
-while (a circuit breaker), so answers go out as plain text at once instead of after retries.
+Every card call waits for its turn in the app's card-call scheduler (finals first, then opens,
+then streaming updates). Optional calls (streaming updates, the queued line) skip when a newer
+one replaces them or the platform throttles; the calls that must happen (create, finalize) wait,
+back off on 403 QpsLimit / 429 and retry, and give up only after `card_rate_limit_patience_s`.
+The first text of a card goes with its switch to "inputing" in one call. Card calls that keep
+failing switch cards off for a while (a circuit breaker), so answers go out as plain text at once
+instead of after retries.
 """
 
 import asyncio
@@ -21,13 +23,13 @@ import structlog
 from imgate_common.bounded import BoundedSet
 from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.messages import ConversationType, ReplyTarget
-from imgate_connector.budget import CardBudget
 from imgate_connector.health import ChannelHealth
 from imgate_connector.metrics import RATE_LIMITED
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, CardsUnavailable, ReplySurface
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check, transient
 from imgate_connector.platforms.dingtalk.translate import PLATFORM
+from imgate_connector.scheduler import CallClass, CardCallScheduler
 from imgate_connector.settings import ConnectorSettings
 
 log = structlog.get_logger()
@@ -38,6 +40,9 @@ TRANSIENT_ATTEMPTS = 3
 STREAMING_CARDS_KEPT = 4096
 # The text of a card that has not shown anything yet.
 THINKING = ""
+# Card calls an answer costs at least: the card's open, and its final (text finalized, then the
+# flow status): what answering in one message saves when the app's budget is saturated.
+CARD_CALLS = 3
 
 
 class FlowStatus:
@@ -104,14 +109,14 @@ class DingTalkReplySurface(ReplySurface):
         api: DingTalkOpenApi,
         http: httpx.AsyncClient,
         config: DingTalkConfig,
-        budget: CardBudget,
+        scheduler: CardCallScheduler,
         health: ChannelHealth,
         settings: ConnectorSettings,
     ) -> None:
         self._api = api
         self._http = http
         self._config = config
-        self.budget = budget
+        self.scheduler = scheduler
         self._health = health
         self._patience = settings.card_rate_limit_patience_s
         self._circuit = CardCircuit(settings.card_failures_to_trip, settings.card_cooldown_s)
@@ -131,21 +136,30 @@ class DingTalkReplySurface(ReplySurface):
         self._health.error(f"card API throttled: {exc}")
         log.warning("card_api_throttled", path=path, status=exc.status, code=exc.code)
 
-    async def _must(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A call that has to happen: waits for the budget, retries throttling and blips."""
+    async def _must(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        cls: CallClass = CallClass.FINAL,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """A call that has to happen: waits for its turn, retries throttling and blips. Calls of
+        one final share `since`, so a final begun goes on before finals begun after it."""
         if self._circuit.open:
             raise CardsUnavailable("card calls are paused after repeated failures")
-        deadline = time.monotonic() + self._patience
+        started = time.monotonic()
+        deadline = started + self._patience
         throttled = failed = 0
         while True:
-            await self.budget.take()
+            await self.scheduler.acquire(cls, order=started if since is None else since)
             self._check_fence()
             self.card_calls += 1
             try:
                 result = await self._api.call(method, path, body)
             except RateLimited as exc:
                 self._throttled(exc, path)
-                await self.budget.penalize()
+                await self.scheduler.penalize()
                 throttled += 1
                 if time.monotonic() >= deadline:
                     raise
@@ -164,26 +178,27 @@ class DingTalkReplySurface(ReplySurface):
             self._circuit.success()
             return result
 
-    async def _may(self, calls: list[tuple[str, str, dict[str, Any]]]) -> bool:
-        """Optional calls, all or none: skipped when the budget is low; False if they did not go."""
-        if self._circuit.open or not await self.budget.try_take(len(calls)):
+    async def _may(self, card_id: str, call: tuple[str, str, dict[str, Any]], since: float | None) -> bool:
+        """An optional call: waits for a slot left by the calls that must happen, the card whose
+        reader waited longest (`since`) first; False if it did not go."""
+        if self._circuit.open or not await self.scheduler.acquire(CallClass.STREAM, key=card_id, order=since):
             return False
         if self.fence is not None and not self.fence.valid():
             return False
-        for method, path, body in calls:
-            self.card_calls += 1
-            try:
-                await self._api.call(method, path, body)
-            except RateLimited as exc:
-                self._throttled(exc, path)
-                await self.budget.penalize()
-                return False
-            except PlatformError as exc:
-                self._health.error(f"card update failed: {exc}")
-                log.warning("card_update_failed", path=path, error=str(exc))
-                if transient(exc):
-                    self._circuit.failure()
-                return False
+        method, path, body = call
+        self.card_calls += 1
+        try:
+            await self._api.call(method, path, body)
+        except RateLimited as exc:
+            self._throttled(exc, path)
+            await self.scheduler.penalize()
+            return False
+        except PlatformError as exc:
+            self._health.error(f"card update failed: {exc}")
+            log.warning("card_update_failed", path=path, error=str(exc))
+            if transient(exc):
+                self._circuit.failure()
+            return False
         return True
 
     def _params(self, text: str | None, status: str) -> dict[str, Any]:
@@ -214,7 +229,9 @@ class DingTalkReplySurface(ReplySurface):
         }
         return "PUT", "/v1.0/card/streaming", body
 
-    async def _create(self, card_id: str, target: ReplyTarget, text: str, status: str) -> None:
+    async def _create(
+        self, card_id: str, target: ReplyTarget, text: str, status: str, cls: CallClass = CallClass.FINAL
+    ) -> None:
         space_id, models = open_space(target)
         body = {
             "cardTemplateId": self._template,
@@ -225,41 +242,52 @@ class DingTalkReplySurface(ReplySurface):
             "userIdType": 1,
             **models,
         }
-        await self._must("POST", "/v1.0/card/instances/createAndDeliver", body)
+        await self._must("POST", "/v1.0/card/instances/createAndDeliver", body, cls)
 
     async def open_card(self, card_id: str, target: ReplyTarget) -> None:
-        await self._create(card_id, target, THINKING, FlowStatus.PROCESSING)
+        await self._create(card_id, target, THINKING, FlowStatus.PROCESSING, CallClass.OPEN)
 
-    async def show_status(self, card_id: str, text: str) -> bool:
-        return await self._may([self._status_call(card_id, text, FlowStatus.PROCESSING)])
+    def card_admitted(self) -> bool:
+        return self.scheduler.admit()
 
-    async def update_card(self, card_id: str, text: str) -> bool:
-        calls = [self._stream_call(card_id, text, final=False)]
-        if card_id not in self._streaming:
-            calls.insert(0, self._status_call(card_id, None, FlowStatus.INPUTING))
-        if not await self._may(calls):
+    def withdraw(self, card_id: str) -> None:
+        self.scheduler.withdraw(card_id)
+
+    async def show_status(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+        return await self._may(card_id, self._status_call(card_id, text, FlowStatus.PROCESSING), since)
+
+    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+        if card_id in self._streaming:
+            call = self._stream_call(card_id, text, final=False)
+        else:
+            # The first text switches the card to "inputing" in the same call (the card data
+            # carries both), so the first visible text costs one call after the first token.
+            call = self._status_call(card_id, text, FlowStatus.INPUTING)
+        if not await self._may(card_id, call, since):
             return False
         self._streaming.add(card_id)
         return True
 
     async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
-        await self._must(*self._stream_call(card_id, text, final=True, error=failed))
+        since = time.monotonic()
+        await self._must(*self._stream_call(card_id, text, final=True, error=failed), since=since)
         self._streaming.discard(card_id)
         status = FlowStatus.FAILED if failed else FlowStatus.FINISHED
         try:
-            await self._must(*self._status_call(card_id, text, status))
+            await self._must(*self._status_call(card_id, text, status), since=since)
         except Exception as exc:
             # The card shows the final text already; failing here would send it again as a
             # plain reply, and the user would see the answer twice.
             log.warning("card_state_not_updated", card_id=card_id, error=str(exc))
 
     async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
+        since = time.monotonic()
         try:
             await self._create(card_id, target, text, FlowStatus.FINISHED)
         except CardExists:
             pass  # posted before (a redelivered final): finalize it again, harmlessly
         try:
-            await self._must(*self._stream_call(card_id, text, final=True))
+            await self._must(*self._stream_call(card_id, text, final=True), since=since)
         except Exception as exc:
             # Created with its text: the user sees it already.
             raise CardNotFinalized(f"continuation shown but not finalized: {exc}") from exc
