@@ -8,6 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from imgate_common.messages import InboundMessage, ReplyTarget, RunStarted, run_id_for
+from imgate_connector.platforms.base import CardText
 from imgate_connector.scheduler import CallClass, CardCallScheduler, CardMode
 from tests.connector.conftest import Start
 from tests.connector.sim import Sim
@@ -33,7 +34,7 @@ class ScheduledSurface(RecordingSurface):
         await self._turn(CallClass.OPEN)
         await super().open_card(card_id, target)
 
-    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+    async def update_card(self, card_id: str, text: CardText, *, since: float | None = None) -> bool:
         if not await self._turn(CallClass.STREAM, card_id, since):
             return False
         return await super().update_card(card_id, text)
@@ -116,3 +117,21 @@ async def test_a_budget_set_to_the_platforms_limit_is_never_throttled(sim: Sim, 
     await asyncio.gather(*(adapter.surface.open_card(f"lim-{i}", target) for i in range(100)))
     assert adapter.health.rate_limit_hits == 0
     assert (await sim.counters())["throttled"]["403"] == 0
+
+
+async def test_an_update_that_waited_for_its_turn_shows_the_newest_text(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=2)
+    surface = ScheduledSurface(scheduler=scheduler)
+    cards, _ = renderer(surface, interval=0.01)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await until_true(lambda: surface.kinds() == ["open"])
+    await cards.handle(delta(1, "One", 3))
+    await asyncio.sleep(0.05)
+    assert scheduler.waiting == 1  # the next slot is half a second away
+    await cards.handle(delta(2, " two", 7))
+    await cards.handle(delta(3, " three", 13))
+    await until_true(lambda: "update" in surface.kinds())
+    assert [c[2] for c in surface.calls if c[0] == "update"] == ["One two three"]
+    await cards.close()

@@ -26,7 +26,7 @@ from imgate_common.messages import (
 from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import FinalsOrder, ReplyState
 from imgate_connector.mending import MendPolicy
-from imgate_connector.platforms.base import CardExists, CardNotFinalized, ReplySurface
+from imgate_connector.platforms.base import CardExists, CardNotFinalized, CardText, ReplySurface
 from imgate_connector.rendering import CardRenderer
 from imgate_connector.wording import WORDINGS
 from tests.connector.sim import until
@@ -65,10 +65,10 @@ class RecordingSurface(ReplySurface):
         self.calls.append(("status", card_id, text))
         return True
 
-    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+    async def update_card(self, card_id: str, text: CardText, *, since: float | None = None) -> bool:
         if not self._spend():
             return False
-        self.calls.append(("update", card_id, text))
+        self.calls.append(("update", card_id, text() if callable(text) else text))
         return True
 
     async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
@@ -427,7 +427,7 @@ async def test_a_handler_cancelled_while_the_card_opens_does_not_cancel_the_open
 
 async def test_no_streaming_update_lands_after_the_final_one() -> None:
     class SlowUpdates(RecordingSurface):
-        async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+        async def update_card(self, card_id: str, text: CardText, *, since: float | None = None) -> bool:
             await asyncio.sleep(0.1)
             return await super().update_card(card_id, text)
 

@@ -13,6 +13,7 @@ Answers longer than a card holds continue in further cards.
 import asyncio
 import contextlib
 import contextvars
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -395,9 +396,12 @@ class CardRenderer:
             if display == run.shown:
                 continue
             kind, text = display
+            sent = [display]  # what the update shows: the newest text once its turn came
             try:
                 if kind == "text":
-                    shown = await self._surface.update_card(run.run_id, text, since=run.changed)
+                    newest = functools.partial(self._newest_text, run, sent)
+                    shown = await self._surface.update_card(run.run_id, newest, since=run.changed)
+                    display = sent[0]
                 else:
                     shown = await self._surface.show_status(run.run_id, text, since=run.changed)
             except Exception as exc:
@@ -412,6 +416,14 @@ class CardRenderer:
                 run.shown = display
             else:
                 run.dirty.set()
+
+    def _newest_text(self, run: RunCard, sent: list[Display]) -> str:
+        """The run's text as it is now (an update may wait for its turn while the answer grows);
+        `sent` keeps what was read."""
+        now = self._display(run)
+        if now[0] == "text":
+            sent[0] = now
+        return sent[0][1]
 
     @staticmethod
     def _first_text_shown(run: RunCard) -> None:

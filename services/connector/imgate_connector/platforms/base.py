@@ -22,6 +22,9 @@ log = structlog.get_logger()
 InboundSink = Callable[[InboundMessage], Awaitable[bool]]
 # Told about every message the platform got its ACK for (the renderer opens its card then).
 AcceptedHook = Callable[[InboundMessage], None]
+# A card's text, or how to read the newest text at the moment the call goes out (an update may
+# wait for its turn while the answer grows).
+CardText = str | Callable[[], str]
 
 
 class InboundRejected(Exception):
@@ -63,7 +66,7 @@ class ReplySurface(ABC):
         `since` (monotonic): when the card last changed; the longest-waiting reader goes first."""
 
     @abstractmethod
-    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
+    async def update_card(self, card_id: str, text: CardText, *, since: float | None = None) -> bool:
         """Optional: replace the card's text with the answer so far (`since` as above)."""
 
     def card_admitted(self) -> bool:

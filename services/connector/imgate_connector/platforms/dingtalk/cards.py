@@ -14,6 +14,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,13 @@ from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_connector.health import ChannelHealth
 from imgate_connector.metrics import RATE_LIMITED
-from imgate_connector.platforms.base import CardExists, CardNotFinalized, CardsUnavailable, ReplySurface
+from imgate_connector.platforms.base import (
+    CardExists,
+    CardNotFinalized,
+    CardsUnavailable,
+    CardText,
+    ReplySurface,
+)
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig, card_template
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check, transient
 from imgate_connector.platforms.dingtalk.translate import PLATFORM
@@ -43,6 +50,10 @@ THINKING = ""
 # Card calls an answer costs at least: the card's open, and its final (text finalized, then the
 # flow status): what answering in one message saves when the app's budget is saturated.
 CARD_CALLS = 3
+
+
+# One OpenAPI call: method, path, body.
+Call = tuple[str, str, dict[str, Any]]
 
 
 class FlowStatus:
@@ -178,14 +189,15 @@ class DingTalkReplySurface(ReplySurface):
             self._circuit.success()
             return result
 
-    async def _may(self, card_id: str, call: tuple[str, str, dict[str, Any]], since: float | None) -> bool:
+    async def _may(self, card_id: str, call: Callable[[], Call], since: float | None) -> bool:
         """An optional call: waits for a slot left by the calls that must happen, the card whose
-        reader waited longest (`since`) first; False if it did not go."""
+        reader waited longest (`since`) first; made (`call()`) only once its turn came, so it
+        carries what is newest then. False if it did not go."""
         if self._circuit.open or not await self.scheduler.acquire(CallClass.STREAM, key=card_id, order=since):
             return False
         if self.fence is not None and not self.fence.valid():
             return False
-        method, path, body = call
+        method, path, body = call()
         self.card_calls += 1
         try:
             await self._api.call(method, path, body)
@@ -254,15 +266,19 @@ class DingTalkReplySurface(ReplySurface):
         self.scheduler.withdraw(card_id)
 
     async def show_status(self, card_id: str, text: str, *, since: float | None = None) -> bool:
-        return await self._may(card_id, self._status_call(card_id, text, FlowStatus.PROCESSING), since)
+        return await self._may(
+            card_id, lambda: self._status_call(card_id, text, FlowStatus.PROCESSING), since
+        )
 
-    async def update_card(self, card_id: str, text: str, *, since: float | None = None) -> bool:
-        if card_id in self._streaming:
-            call = self._stream_call(card_id, text, final=False)
-        else:
+    async def update_card(self, card_id: str, text: CardText, *, since: float | None = None) -> bool:
+        def call() -> Call:
+            newest = text() if callable(text) else text
+            if card_id in self._streaming:
+                return self._stream_call(card_id, newest, final=False)
             # The first text switches the card to "inputing" in the same call (the card data
             # carries both), so the first visible text costs one call after the first token.
-            call = self._status_call(card_id, text, FlowStatus.INPUTING)
+            return self._status_call(card_id, newest, FlowStatus.INPUTING)
+
         if not await self._may(card_id, call, since):
             return False
         self._streaming.add(card_id)
