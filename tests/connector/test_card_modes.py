@@ -135,3 +135,12 @@ async def test_an_update_that_waited_for_its_turn_shows_the_newest_text(
     await until_true(lambda: "update" in surface.kinds())
     assert [c[2] for c in surface.calls if c[0] == "update"] == ["One two three"]
     await cards.close()
+
+
+async def test_the_channels_status_says_how_its_apps_cards_are_used(sim: Sim, run_adapter: Start) -> None:
+    adapter, health = await run_adapter(card_qps=40)
+    assert health.snapshot().card_mode == "full"
+    scheduler = adapter.surface.scheduler
+    while scheduler.admit():  # answers arriving far faster than 40 calls/s carry cards
+        pass
+    assert health.snapshot().card_mode == "one-call"

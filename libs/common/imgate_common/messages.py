@@ -290,6 +290,9 @@ class ChannelStatus(Contract):
     messages_malformed: int = 0
     publish_failures: int = 0
     fallback_replies: int = 0
+    # How the app's card budget is used now: full, thin (fewer streaming updates) or one-call
+    # (new answers without a card, one message each); None where the platform has no cards.
+    card_mode: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 
     def uptime_seconds(self, now: datetime | None = None) -> float | None:

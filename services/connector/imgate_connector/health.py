@@ -27,6 +27,8 @@ class ChannelHealth:
     fallback_replies: int = 0
     # Called when the state changes, so the status store hears of it at once.
     on_change: Callable[[], None] | None = field(default=None, repr=False)
+    # Reads how the app's card budget is used now (the reply surface's scheduler sets it).
+    card_mode: Callable[[], str] | None = field(default=None, repr=False)
 
     def connected(self) -> None:
         CHANNEL_UP.labels(str(self.channel_id)).set(1)
@@ -81,4 +83,5 @@ class ChannelHealth:
             messages_malformed=self.messages_malformed,
             publish_failures=self.publish_failures,
             fallback_replies=self.fallback_replies,
+            card_mode=self.card_mode() if self.card_mode is not None else None,
         )

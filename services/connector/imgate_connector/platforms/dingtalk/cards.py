@@ -129,6 +129,7 @@ class DingTalkReplySurface(ReplySurface):
         self._config = config
         self.scheduler = scheduler
         self._health = health
+        health.card_mode = lambda: str(scheduler.mode)
         self._patience = settings.card_rate_limit_patience_s
         self._circuit = CardCircuit(settings.card_failures_to_trip, settings.card_cooldown_s)
         # Cards already switched to "inputing". A card never closed here (its run forgotten, its
