@@ -216,3 +216,19 @@ async def test_streaming_thins_while_updates_wait_and_returns_to_full(
     assert scheduler.admit(), "cards still open while only streaming is short"
     await asyncio.sleep(1.0)
     assert scheduler.mode is CardMode.FULL
+
+
+async def test_updates_withdrawn_while_finals_keep_coming_do_not_pile_up(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=2)
+    assert await scheduler.acquire(CallClass.FINAL)
+    final = asyncio.create_task(scheduler.acquire(CallClass.FINAL))  # waits half a second
+    for n in range(500):  # cards whose update waited, then their final came
+        update = asyncio.create_task(scheduler.acquire(CallClass.STREAM, key=f"card-{n}"))
+        await asyncio.sleep(0)
+        scheduler.withdraw(f"card-{n}")
+        assert await update is False
+    assert scheduler.waiting == 1
+    assert len(scheduler._heap) <= 2 * scheduler.waiting + scheduling.HEAP_SLACK + 1
+    assert await final

@@ -53,6 +53,8 @@ SLOT_GRACE_S = 0.025
 # Slots are reserved at most this far ahead: new calls of higher priority still find slots soon,
 # and another replica of the app gets its turn within a horizon.
 HORIZON_S = 0.25
+# Entries of calls that left the queue, beyond twice those waiting, before the heap is rebuilt.
+HEAP_SLACK = 64
 # Buckets of apps nobody uses any more disappear.
 BUCKET_TTL_MS = 10 * 60 * 1000
 # After a Redis call that timed out, the queue asks again after about this long.
@@ -258,7 +260,13 @@ class CardCallScheduler:
         if waiter.key is not None and self._streams.get(waiter.key) is waiter:
             del self._streams[waiter.key]
         if not self._waiting:
+            self._heap.clear()  # only calls that left are in it
             self._wake.set()  # the queue may stop (and hand its slots back) now
+        elif len(self._heap) > 2 * len(self._waiting) + HEAP_SLACK:
+            # Calls that left the queue are dropped from the heap lazily; withdrawn updates at
+            # its bottom would stay as long as finals keep coming: rebuild it from those waiting.
+            self._heap = [(w.rank, w) for w in self._waiting.values()]
+            heapq.heapify(self._heap)
 
     def _next_waiter(self) -> _Waiter | None:
         while self._heap:
@@ -291,6 +299,9 @@ class CardCallScheduler:
                     self._grant(waiter, now)
                 if not self._waiting and self._slots:
                     await self._release()
+        except Exception as exc:  # a bug here must not leave calls waiting for ever
+            log.exception("card_queue_failed", app=self.app, error=str(exc))
+            self._fail(exc)
         finally:
             self._pump = None
 
