@@ -27,7 +27,7 @@ from imgate_connector.health import ChannelHealth
 from imgate_connector.ledger import FinalsOrder, ReplyState
 from imgate_connector.mending import MendPolicy
 from imgate_connector.platforms.base import CardExists, CardNotFinalized, CardText, ReplySurface
-from imgate_connector.rendering import CardRenderer
+from imgate_connector.rendering import ORDER_POLL_S, CardRenderer
 from imgate_connector.wording import WORDINGS
 from tests.connector.sim import until
 from tests.support.factories import reply_target
@@ -642,6 +642,36 @@ async def test_a_new_owner_holds_a_later_final_until_the_earlier_run_the_last_ow
     second = asyncio.create_task(new.handle(done("two", run="r2").model_copy(update={"target": later})))
     await until_true(lambda: new.finals_held == 1)
     assert not second.done()  # held back for r1, which this replica has not heard of
+    await new.handle(done("one", run="r1").model_copy(update={"target": earlier}))
+    await second
+    assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]
+    await new.close()
+
+
+async def test_a_later_final_still_waits_when_the_earlier_run_arrives_here_before_its_final(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    """After the hand-over the earlier run's events reach the new owner one by one: a delta
+    first (now the run is known here, no longer "elsewhere"), its final later. The later final
+    waits for that final, not only until the run is heard of."""
+    ledger = MemoryLedger()
+    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
+    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
+    old_surface = RecordingSurface()
+    old, _ = renderer(old_surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    await old.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
+    await old.handle(RunStarted(run_id="r2", channel_id=1, target=later))
+    await until_true(lambda: len([c for c in old_surface.calls if c[0] == "open"]) == 2)
+    await old.close()
+
+    surface = RecordingSurface()
+    new, _ = renderer(surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    second = asyncio.create_task(new.handle(done("two", run="r2").model_copy(update={"target": later})))
+    await until_true(lambda: new.finals_held == 1)
+    await new.handle(delta(1, "on", 2).model_copy(update={"target": earlier}))
+    await asyncio.sleep(ORDER_POLL_S * 3)  # the held final has seen r1 arrive here
+    assert not second.done(), "r2 was shown while r1, now known here, had not shown its final"
     await new.handle(done("one", run="r1").model_copy(update={"target": earlier}))
     await second
     assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]
