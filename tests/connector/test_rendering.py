@@ -286,7 +286,7 @@ async def test_cancelled_keeps_the_partial_text() -> None:
     surface = RecordingSurface()
     cards, _ = renderer(surface)
     await cards.handle(RunCancelled(run_id="r1", channel_id=1, target=TARGET, partial_text="So far"))
-    assert surface.calls[-1] == ("close", "r1", "So far\n\n(stopped)")
+    assert surface.calls[-1] == ("close", "r1", "So far\n\n（已停止）")  # the channel speaks zh
 
 
 async def test_notice_is_a_plain_reply() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
+from imgate_common.wording import say
 from tests.e2e.conftest import CLIENT_ID, Running, send, wait_for_items
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,7 @@ def test_stop_ends_the_answer_and_keeps_what_was_written(running: Running, chann
         running.model.word_delay_s = 0.03
         running.model.answer = type(running.model)().answer
     assert card["kind"] == "card" and card["finalized"] and card["flow_status"] == "3"
-    assert card["content"].startswith("w0 w1 w2") and card["content"].endswith("(stopped)")
+    assert card["content"].startswith("w0 w1 w2") and card["content"].endswith(say("stopped", "zh-CN"))
     assert "w79" not in card["content"]
     items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{cid}").json()["items"]
     assert [i["kind"] for i in items if i["kind"] != "user"] == ["card"], "one answer, no extra replies"

@@ -22,7 +22,7 @@ from imgate_common.bus import (
 )
 from imgate_common.messages import REPLY_EVENT, DeadLetter, InboundMessage, RunFailed
 from imgate_common.status import ChannelStatusStore
-from imgate_router.commands import reply
+from imgate_common.wording import say
 from imgate_router.service import run_id_for
 from tests.router.conftest import bus_router, inbound, make_channel
 from tests.router.test_identity_mappers import ldap_mapping, set_mapping
@@ -76,7 +76,7 @@ async def test_a_misconfigured_channels_message_is_dead_lettered_and_the_partiti
     assert "(uid={uid})" in first.reason
     events = [REPLY_EVENT.validate_json(raw) for raw in await messages(js, REPLIES_STREAM)]
     assert [e.run_id for e in events if isinstance(e, RunFailed)] == [run_id_for(poison), letters[1].run_id]
-    assert events[0].text == reply("misconfigured", "en-US")  # type: ignore[union-attr]
+    assert events[0].text == say("failure.misconfigured", "en-US")  # type: ignore[union-attr]
     assert await messages(js, RUNS_STREAM) == []
     status = await ChannelStatusStore(redis_client, key_prefix).read(broken, enabled=True)
     assert status.last_error is not None and status.last_error.startswith("router: configuration: LDAP")

@@ -8,8 +8,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM
 from imgate_common.db.models import Channel, Conversation, ImIdentity, Message, User
-from imgate_common.errors import USER_MESSAGES, FailureCategory
+from imgate_common.errors import FailureCategory
 from imgate_common.messages import Notice, RunQueued, RunRequest
+from imgate_common.wording import failure_sentence
 from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_router.service import InboundRouter
 from tests.router.conftest import Published, inbound
@@ -78,7 +79,7 @@ async def test_unsupported_message_gets_a_clear_reply_and_no_run(
     await router.handle(translate(unknown, channel_id, None))
     assert published.of(RunRequest) == []
     [notice] = published.of(Notice)
-    assert notice.text == USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE]
+    assert notice.text == failure_sentence(FailureCategory.UNSUPPORTED_MESSAGE, "zh-CN")
 
 
 async def test_taken_username_gets_a_stable_different_name_never_the_strangers_account(

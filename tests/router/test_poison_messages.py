@@ -21,7 +21,7 @@ from imgate_common.errors import ConfigurationError, FailureCategory
 from imgate_common.messages import RunFailed, RunRequest
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
-from imgate_router.commands import reply
+from imgate_common.wording import say
 from imgate_router.service import InboundRouter, run_id_for
 from imgate_router.settings import RouterSettings
 from tests.router.conftest import IdentityService, Published, inbound, make_channel
@@ -143,7 +143,7 @@ async def test_giving_up_ends_the_card_shows_the_error_and_frees_the_conversatio
     await pg_router.give_up(inbound(pg_channel, "g1", "first"), failure)
     [failed] = published.of(RunFailed)
     assert failed.run_id == first.run_id and failed.category == FailureCategory.MISCONFIGURED
-    assert failed.text == reply("misconfigured", "en-US")
+    assert failed.text == say("failure.misconfigured", "en-US")
     [following] = published.of(RunRequest)
     assert following.run_id == run_id_for(inbound(pg_channel, "g2"))
     queue = ConversationQueue(redis_client, key_prefix, active_ttl_s=60)

@@ -9,7 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.db.models import Message
 from imgate_common.messages import InboundMessage, Notice, RunQueued, RunRequest
-from imgate_router.commands import reply
+from imgate_common.wording import say
 from imgate_router.rate_limit import InboundRateLimiter, Limited, RateLimits
 from imgate_router.service import InboundRouter
 from tests.router.conftest import Published, inbound
@@ -51,7 +51,7 @@ async def test_a_sender_past_the_limit_is_told_and_not_run(
         await limited_router.handle(inbound(channel_id, f"flood-{n}", f"message {n}"))
     outcomes = list(answered(published).values())
     assert outcomes[:3] == ["run", "queued", "queued"]
-    assert outcomes[3:] == [reply("rate_limited_user", "zh-CN")] * 2
+    assert outcomes[3:] == [say("rate_limited_user", "zh-CN")] * 2
     async with sessions() as session:
         stored = (await session.exec(select(Message.content).where(Message.role == "user"))).all()
     assert sorted(stored) == ["message 0", "message 1", "message 2"], "a limited message is not stored"
@@ -64,7 +64,7 @@ async def test_a_sender_past_the_limit_is_told_and_not_run(
         await limited_router.handle(from_sender(inbound(channel_id, f"calm-{n}", "hi"), "calm-user"))
     last = list(answered(published).values())[-3:]
     assert all(outcome in ("run", "queued") for outcome in last[:2])
-    assert last[2] == reply("rate_limited_channel", "zh-CN")
+    assert last[2] == say("rate_limited_channel", "zh-CN")
 
 
 async def test_limits_are_shared_between_replicas_and_end_with_their_window(
@@ -90,5 +90,5 @@ async def test_no_limits_means_no_redis_call(key_prefix: str) -> None:
 
 def test_the_sentences_exist_in_both_languages() -> None:
     for key in ("rate_limited_user", "rate_limited_channel"):
-        assert reply(key, "zh-CN") != reply(key, "en-US")
-        assert "again" in reply(key, "en-US")
+        assert say(key, "zh-CN") != say(key, "en-US")
+        assert "again" in say(key, "en-US")

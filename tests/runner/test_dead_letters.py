@@ -21,10 +21,11 @@ from imgate_common.bus import (
 )
 from imgate_common.consume import DeliveryPolicy, settle
 from imgate_common.conversation_queue import ConversationQueue
-from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory
+from imgate_common.errors import ConfigurationError, FailureCategory
 from imgate_common.messages import REPLY_EVENT, DeadLetter, RunFailed, RunRequest
 from imgate_common.publish import jetstream_publisher
 from imgate_common.status import ChannelStatusStore
+from imgate_common.wording import failure_sentence
 from imgate_runner.main import RunConsumer
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
@@ -116,7 +117,8 @@ async def test_a_run_that_can_never_succeed_is_dead_lettered_at_once_and_the_nex
     assert "cannot be decrypted" in letter.reason
     failed = [e for e in map(REPLY_EVENT.validate_json, await stream_messages(js, REPLIES_STREAM))]
     assert [(e.run_id, e.kind) for e in failed] == [(poison.run_id, "failed")]
-    assert isinstance(failed[0], RunFailed) and failed[0].text == USER_MESSAGES[FailureCategory.MISCONFIGURED]
+    assert isinstance(failed[0], RunFailed)
+    assert failed[0].text == failure_sentence(FailureCategory.MISCONFIGURED, "zh-CN")
     shown = await status.read(7, enabled=True)
     assert shown.last_error == "agent-runner: configuration: agent 1: its API key cannot be decrypted"
     after = REGISTRY.get_sample_value(

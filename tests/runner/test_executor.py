@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.consume import classify
 from imgate_common.db.models import Agent, Message
-from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory
+from imgate_common.errors import ConfigurationError, FailureCategory
 from imgate_common.messages import (
     RunCancelled,
     RunCompleted,
@@ -23,6 +23,7 @@ from imgate_common.messages import (
     RunFailed,
     RunStarted,
 )
+from imgate_common.wording import failure_sentence
 from imgate_runner.service import RunExecutor
 from imgate_runner.settings import RunnerSettings
 from tests.runner.conftest import Events, noop, openai_agent, setup_run
@@ -99,7 +100,7 @@ async def test_channel_without_agent_answers_not_configured(
     await make_executor(events).execute(await setup_run(sessions, None, "hi"), noop)
     [failed] = events
     assert isinstance(failed, RunFailed) and failed.category == FailureCategory.NOT_CONFIGURED
-    assert failed.text == USER_MESSAGES[FailureCategory.NOT_CONFIGURED]
+    assert failed.text == failure_sentence(FailureCategory.NOT_CONFIGURED, "zh-CN")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ async def test_provider_http_errors_become_user_sentences(
     await make_executor(events).execute(await setup_run(sessions, openai_agent(url), "x"), noop)
     failed = events[-1]
     assert isinstance(failed, RunFailed) and failed.category == category
-    assert failed.text == USER_MESSAGES[category]
+    assert failed.text == failure_sentence(category, "zh-CN")
 
 
 async def test_model_server_down_is_a_provider_error_not_a_crash(

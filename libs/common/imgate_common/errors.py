@@ -1,4 +1,5 @@
-"""The project's error hierarchy and the user-facing sentence for each failure category."""
+"""The project's error hierarchy and the failure categories a chat user is told about
+(their sentences: `imgate_common.wording`)."""
 
 from enum import StrEnum
 
@@ -19,32 +20,11 @@ class FailureCategory(StrEnum):
     INTERNAL = "internal"
 
 
-USER_MESSAGES: dict[FailureCategory, str] = {
-    FailureCategory.NOT_CONFIGURED: "This bot has no AI agent configured yet. "
-    "Please ask your administrator to set one up.",
-    FailureCategory.AUTH_FAILED: "The AI service rejected our credentials. "
-    "Please ask your administrator to check the agent's API key.",
-    FailureCategory.RATE_LIMITED: "The AI service is busy right now. Please try again in a minute.",
-    FailureCategory.TIMED_OUT: "The AI service took too long to answer. Please try again.",
-    FailureCategory.CONTEXT_TOO_LONG: "This conversation has grown too long for the model. "
-    "Send /new to start a fresh one.",
-    FailureCategory.PROVIDER_ERROR: "The AI service returned an error. Please try again later.",
-    FailureCategory.UNSUPPORTED_MESSAGE: "Sorry, I can't handle this kind of message yet. Please send text.",
-    FailureCategory.MISCONFIGURED: "This bot is not set up correctly, so your message could not be "
-    "answered. Your administrator has been told; please try again later.",
-    FailureCategory.INTERNAL: "Something went wrong on our side. Please try again.",
-}
-
-
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
     category: FailureCategory = FailureCategory.INTERNAL
     status_code: int = 500
-
-    @property
-    def user_message(self) -> str:
-        return USER_MESSAGES[self.category]
 
 
 class ConfigurationError(GatewayError):

@@ -162,6 +162,8 @@ class RunRequest(Contract):
     trace_context: dict[str, str] = Field(default_factory=dict)
     # Which replay of the user's message this run answers (InboundMessage.replay), 0 for none.
     replay: int = Field(default=0, ge=0)
+    # The channel's language: the runner's own sentences (a failure) are written in it.
+    language: str = Field(default="zh-CN", max_length=16)
 
 
 class ReplyEventBase(Contract):

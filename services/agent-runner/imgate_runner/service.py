@@ -21,7 +21,7 @@ from imgate_common.bus import REPLIES_STREAM, reply_subject
 from imgate_common.channels import agent_api_key
 from imgate_common.consume import Failure
 from imgate_common.db.models import Agent, Conversation, Message, utcnow
-from imgate_common.errors import USER_MESSAGES, ConfigurationError, FailureCategory, ProviderError
+from imgate_common.errors import ConfigurationError, FailureCategory, ProviderError
 from imgate_common.messages import (
     AnyReplyEvent,
     MessageKind,
@@ -35,6 +35,7 @@ from imgate_common.messages import (
 from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_common.telemetry import fail, set_content, tracer
+from imgate_common.wording import failure_sentence
 from imgate_runner.batching import DeltaBatcher
 from imgate_runner.history import build_prompt, history_limit, load_history
 from imgate_runner.media import MediaReader
@@ -299,7 +300,7 @@ class RunExecutor:
             target=request.target,
             seq=GAVE_UP_SEQ,
             category=failure.category,
-            text=USER_MESSAGES[failure.category],
+            text=failure_sentence(failure.category, request.language),
         )
         await self._publish(
             reply_subject(request.channel_id, request.run_id),
@@ -393,7 +394,7 @@ class RunExecutor:
             **progress.common,  # type: ignore[arg-type]
             seq=progress.next_seq(),
             category=category,
-            text=USER_MESSAGES[category],
+            text=failure_sentence(category, progress.request.language),
             partial_text=progress.batcher.text,
         )
         await self._emit(event)

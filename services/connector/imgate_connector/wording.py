@@ -1,11 +1,15 @@
 """What the connector itself says in a chat, per channel language, and how long answers split."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from imgate_common.wording import SENTENCES, language_of
 
 
 @dataclass(frozen=True)
 class Wording:
+    """The connector's sentences of one language (from the catalog in `imgate_common.wording`)."""
+
     queued: str  # {position}: messages ahead of this one
     continued: str  # ends a part of an answer that goes on in the next message
     stopped: str  # ends an answer the user stopped
@@ -14,33 +18,17 @@ class Wording:
     undelivered: str  # ends a card whose answer the platform would not take, however long we tried
     media_skipped: str  # a file the connector could not take (media storage full); the text went on
 
+    @classmethod
+    def of(cls, table: dict[str, str]) -> "Wording":
+        return cls(**{f.name: table[f.name] for f in fields(cls)})
 
-WORDINGS = {
-    "zh": Wording(
-        queued="排队中，前面还有 {position} 条消息…",
-        continued="（未完，见下一条）",
-        stopped="(stopped)",
-        unreadable="抱歉，这条消息无法读取，请换一种方式重新发送。",
-        sent_below="回答已作为单独的消息发送。",
-        undelivered="抱歉，回答未能送达，请重新发送您的消息。",
-        media_skipped="抱歉，文件存储空间暂时已满，您发送的图片或文件未能接收，请稍后再发送。",
-    ),
-    "en": Wording(
-        queued="Queued: {position} message(s) ahead of this one…",
-        continued="(continued in the next message)",
-        stopped="(stopped)",
-        unreadable="Sorry, I could not read that message. Please send it again another way.",
-        sent_below="The answer was sent as a separate message.",
-        undelivered="Sorry, the answer could not be delivered. Please send your message again.",
-        media_skipped="Sorry, your picture or file could not be taken: file storage is full right now. "
-        "Please send it again later.",
-    ),
-}
+
+WORDINGS = {language: Wording.of(table) for language, table in SENTENCES.items()}
 
 
 def wording_for(language: str | None) -> Wording:
-    """zh-CN, zh-TW… → zh; anything unknown → zh (DingTalk's users mostly read Chinese)."""
-    return WORDINGS.get((language or "zh").split("-")[0].lower(), WORDINGS["zh"])
+    """zh-CN, zh-TW… → zh; anything unknown → zh (most of the platforms' users read Chinese)."""
+    return WORDINGS[language_of(language)]
 
 
 FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$", re.MULTILINE)

@@ -15,17 +15,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common import telemetry
 from imgate_common.bus import REPLIES_STREAM, RUNS_STREAM, reply_subject, run_subject
+from imgate_common.commands import Command, parse_command
 from imgate_common.config_cache import ConfigCache, ConfigCaches
 from imgate_common.consume import Failure
 from imgate_common.conversation_queue import Admission, ConversationQueue
 from imgate_common.db.models import Agent, Channel, Message, utcnow
-from imgate_common.errors import USER_MESSAGES, FailureCategory
+from imgate_common.errors import FailureCategory
 from imgate_common.messages import InboundMessage, MessageKind, Notice, RunFailed, RunQueued, RunRequest
 from imgate_common.messages import run_id_for as message_run_id
 from imgate_common.publish import Publish
 from imgate_common.secrets import SecretBox
 from imgate_common.status import ChannelStatusStore
-from imgate_router.commands import Command, parse_command, reply
+from imgate_common.wording import failure_sentence, say
 from imgate_router.conversations import ConversationStore, scope_key
 from imgate_router.identity import AutoUserMapper, IdentityResolver, NotRegistered
 from imgate_router.mappers import MapperUnavailable
@@ -50,6 +51,13 @@ GAVE_UP_SEQ = 2_000_000
 
 def channel_language(channel: Channel) -> str:
     return channel.language or "zh-CN"
+
+
+def _gave_up_sentence(failure: Failure, language: str) -> str:
+    """A configuration mistake says so; anything else that kept failing was set aside."""
+    if failure.category == FailureCategory.MISCONFIGURED:
+        return failure_sentence(FailureCategory.MISCONFIGURED, language)
+    return say("gave_up", language)
 
 
 def _runnable(message: InboundMessage) -> bool:
@@ -176,14 +184,13 @@ class InboundRouter:
             return  # unreadable: no one to tell (the dead letter and the metric say it)
         run_id = run_id_for(message)
         bound = log.bind(channel_id=message.channel_id, run_id=run_id)
-        key = "misconfigured" if failure.category == FailureCategory.MISCONFIGURED else "gave_up"
         event = RunFailed(
             run_id=run_id,
             channel_id=message.channel_id,
             target=message.target,
             seq=GAVE_UP_SEQ,
             category=failure.category,
-            text=reply(key, await self._language(message.channel_id)),
+            text=_gave_up_sentence(failure, await self._language(message.channel_id)),
         )
         await self._publish(
             reply_subject(message.channel_id, run_id), REPLIES_STREAM, event, f"{run_id}:gave-up"
@@ -234,7 +241,8 @@ class InboundRouter:
                 return "unknown_channel"
             if not _runnable(message):
                 bound.info("inbound_unsupported", platform_type=message.platform_type)
-                await self._notice(message, run_id, USER_MESSAGES[FailureCategory.UNSUPPORTED_MESSAGE])
+                unsupported = failure_sentence(FailureCategory.UNSUPPORTED_MESSAGE, channel_language(channel))
+                await self._notice(message, run_id, unsupported)
                 return "unsupported"
             assert channel.id is not None
             language = channel_language(channel)
@@ -242,19 +250,19 @@ class InboundRouter:
                 bound.warning("inbound_rate_limited", limit=limited.value, sender=message.sender.id)
                 RATE_LIMITED.labels(limited.value).inc()
                 key = "rate_limited_user" if limited == Limited.USER else "rate_limited_channel"
-                await self._notice(message, run_id, reply(key, language))
+                await self._notice(message, run_id, say(key, language))
                 return "rate_limited"
             try:
                 resolved = await self._users.resolve(session, channel, message)
             except NotRegistered:
                 bound.info("sender_not_registered", sender=message.sender.id)
-                await self._notice(message, run_id, reply("not_registered", language))
+                await self._notice(message, run_id, say("not_registered", language))
                 return "not_registered"
             except MapperUnavailable as exc:
                 # Answered and visible to operators; the user can send again when it is back.
                 bound.warning("identity_lookup_failed", error=str(exc))
                 await self._channel_status.record_error(channel.id, "identity", str(exc))
-                await self._notice(message, run_id, reply("identity_down", language))
+                await self._notice(message, run_id, say("identity_down", language))
                 return "identity_failed"
             key = scope_key(message, channel.session_scope)
             command = parse_command(message.text)
@@ -262,14 +270,14 @@ class InboundRouter:
                 await self._conversations.close(session, channel.id, key)
                 await session.commit()
                 bound.info("conversation_reset", user_id=resolved.id)
-                await self._notice(message, run_id, reply("new", language))
+                await self._notice(message, run_id, say("new", language))
                 return "command_new"
             if command == Command.STOP:
                 current = await self._conversations.current(session, channel.id, key)
                 await session.commit()
                 running = await self._queue.active(current.id) if current else None
                 if running is None:
-                    await self._notice(message, run_id, reply("stop_nothing", language))
+                    await self._notice(message, run_id, say("stop_nothing", language))
                 else:
                     bound.info("run_stop_requested", run_id=running)
                     await self._cancel(running)
@@ -281,7 +289,7 @@ class InboundRouter:
                 return "command_status"
             if command == Command.HELP:
                 await session.commit()
-                await self._notice(message, run_id, reply("help", language))
+                await self._notice(message, run_id, say("help", language))
                 return "command_help"
             existing = None
             if redelivered or message.replay:
@@ -304,7 +312,7 @@ class InboundRouter:
                 if reopened:
                     bound.info("conversation_idle_reopened", conversation_id=conversation_id)
                     # Its own id: the answer's card stays the answer's.
-                    await self._notice(message, f"{run_id}:idle", reply("idle", language))
+                    await self._notice(message, f"{run_id}:idle", say("idle", language))
             user_message = existing or Message(
                 conversation_id=conversation_id,
                 role="user",
@@ -329,6 +337,7 @@ class InboundRouter:
                 # A queued run starts later, from another process: it keeps this message's trace.
                 trace_context=telemetry.carrier(),
                 replay=message.replay,
+                language=language,
             )
         trace.get_current_span().set_attribute(telemetry.CONVERSATION_ID, conversation_id)
         return await self._admit(message, request, user_message.id, bound, language)
@@ -389,18 +398,18 @@ class InboundRouter:
                 await session.delete(stored)
                 await session.commit()
         bound.warning("run_refused_queue_full", conversation_id=request.conversation_id)
-        await self._notice(message, request.run_id, reply("queue_full", language))
+        await self._notice(message, request.run_id, say("queue_full", language))
         return "queue_full"
 
     async def _status(self, session: AsyncSession, channel: Channel, key: str, language: str) -> str:
         agent = await session.get(Agent, channel.default_agent_id) if channel.default_agent_id else None
         conversation = await self._conversations.current(session, channel.id or 0, key)
         if conversation is None:
-            age, turns, queued = reply("no_conversation", language), 0, 0
+            age, turns, queued = say("no_conversation", language), 0, 0
         else:
             opened = conversation.opened_at
             opened = opened.replace(tzinfo=UTC) if opened.tzinfo is None else opened
-            age = reply("minutes", language, n=int((utcnow() - opened).total_seconds() // 60))
+            age = say("minutes", language, n=int((utcnow() - opened).total_seconds() // 60))
             turns = len(
                 (
                     await session.exec(
@@ -411,10 +420,10 @@ class InboundRouter:
                 ).all()
             )
             queued = await self._queue.waiting(conversation.id)
-        return reply(
+        return say(
             "status",
             language,
-            agent=agent.name if agent else reply("no_agent", language),
+            agent=agent.name if agent else say("no_agent", language),
             model=f"{agent.provider}/{agent.model}" if agent else "-",
             age=age,
             turns=turns,
