@@ -146,7 +146,9 @@ async def test_periodic_disconnects_during_100_messages_lose_and_double_nothing(
             for i in range(100):
                 message = await sim.send(f"m{i}", sender_staff_id=f"u{i}")
                 sent.append(message["msg_id"])
-                await asyncio.sleep(0.04)
+                # The traffic spans more than three disconnect periods of its own (answers come
+                # at once, so the test's time is the sending's).
+                await asyncio.sleep(0.06)
             answers = await all_answered(sim, sent, within=90)
             await sim.faults(disconnect_every=None)
             await asyncio.sleep(2.5)  # past redeliver_after: anything un-ACKed comes back now
