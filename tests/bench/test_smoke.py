@@ -14,14 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-# Figures where the SDK-style baseline is measured too (memory: one baseline variant only).
+# Figures where both SDK-style baselines are measured too, and those where the SDK-pattern bots
+# of the cost run are (the 0.8 s variant only; memory: the every-chunk process only).
 COMPARED = (
     "thinking_ms_p50",
     "first_text_ms_p50",
+    "first_text_ms_p50_first_contact",
     "card_calls_per_reply",
     "throttled_403_429",
-    "replies_per_s",
+    "card_budget_used_at_2",
 )
+COMPARED_COST = ("answered", "answers_per_s", "final_p50", "final_p99", "cpu_ms_per_answer", "cpu_machine")
 
 
 def _number(value: object) -> bool:
@@ -47,22 +50,37 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert latest["parameters"]["rates"]
     figures = {f["key"]: f for f in latest["figures"]}
     rate = latest["parameters"]["rates"][0]
+    cost_rate = latest["parameters"]["cost_rates"][0]
     expected = [
         *(
             f"{name}_{share}"
             for name in ("thinking_ms", "first_text_ms", "final_ms")
             for share in ("p50", "p99")
         ),
+        "first_text_ms_p50_first_contact",
         "card_calls_per_reply",
         "throttled_403_429",
         *(
             f"{name}_at_{rate:g}"
-            for name in ("complete", "lost", "doubled", "first_text_p99_ms", "throttled")
+            for name in (
+                "complete",
+                "lost",
+                "doubled",
+                "first_text_p99_ms",
+                "final_p99_ms",
+                "throttled",
+                "card_budget_used",
+            )
         ),
-        "replies_per_s",
-        "cpu_bot_cores",
-        *(f"cpu_{name}_cores" for name in ("connector", "router", "agent-runner", "admin-api")),
-        *(f"cpu_{name}_cores" for name in ("imsim", "model", "nats", "machine")),
+        *(f"cost_{name}_at_{cost_rate:g}" for name in COMPARED_COST),
+        *(
+            f"cost_cpu_ms_{name}_at_{cost_rate:g}"
+            for name in ("connector", "router", "agent-runner", "admin-api")
+        ),
+        "cost_answers_per_s_two_replicas",
+        f"sqlite_answers_per_s_at_{cost_rate:g}",
+        f"sqlite_final_p50_at_{cost_rate:g}",
+        "sqlite_locked",
         "memory_idle_mb",
         "memory_busy_mb",
     ]
@@ -71,5 +89,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert _number(figure["imgate"]), f"{key}: {figure}"
     for key in COMPARED:
         assert _number(figures[key]["baseline"]) and _number(figures[key]["baseline_interval"]), figures[key]
+    for name in COMPARED_COST:
+        assert _number(figures[f"cost_{name}_at_{cost_rate:g}"]["baseline_interval"]), name
     assert _number(figures["memory_idle_mb"]["baseline"])
     assert "figure" in done.stdout and "imgate" in done.stdout and "baseline" in done.stdout
