@@ -235,7 +235,12 @@ async def _live(data: Path, quick: bool) -> list[Row]:
         for _, msg_id in sent:
             view = views[msg_id]
             card = view["answers"][0]
-            first = next(u["at"] for u in card["updates"] if u["op"] == "full" and u["len"] > 0)
+            # The first text goes either by streaming or with the switch to "inputing" (flowStatus 2).
+            first = next(
+                u["at"]
+                for u in card["updates"]
+                if u["len"] > 0 and (u["op"] == "full" or (u["op"] == "update" and u["flow_status"] == "2"))
+            )
             visible.append(first - view["created_at"])
             floor.append(model.first_token_at[msg_id] - view["created_at"])
         card_calls = 0

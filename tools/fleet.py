@@ -625,8 +625,12 @@ def _card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float
             created = at
         if update["op"] == "deliver" and delivered is None:
             delivered = at
-        # Streaming ops carry answer text only; the queued line goes through card params.
-        if update["op"] in ("full", "append") and update["len"] and first_text is None:
+        # Streaming ops carry answer text; so does the card-params update that switches the card
+        # to "inputing" (flowStatus 2) with the first text. The queued line stays "processing".
+        shows_text = update["op"] in ("full", "append") or (
+            update["op"] == "update" and update["flow_status"] == "2"
+        )
+        if shows_text and update["len"] and first_text is None:
             first_text = at
         ends = update["finalize"] or update["error"] or update["flow_status"] in FINAL_FLOW
         if ends and final is None and update["op"] != "create":

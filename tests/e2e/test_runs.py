@@ -17,7 +17,10 @@ LONG = " ".join(f"w{i}" for i in range(80))
 def streaming_started(running: Running, conversation_id: str, chars: int = 1) -> bool:
     items = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/conversations/{conversation_id}").json()["items"]
     cards = [i for i in items if i["kind"] == "card"]
-    return bool(cards) and any(u["op"] == "full" and u["len"] >= chars for u in cards[-1]["updates"])
+    return bool(cards) and any(
+        u["len"] >= chars and (u["op"] == "full" or (u["op"] == "update" and u["flow_status"] == "2"))
+        for u in cards[-1]["updates"]
+    )
 
 
 def wait(check: Any, timeout: float = 20) -> None:

@@ -10,6 +10,13 @@ from tests.e2e.conftest import CLIENT_ID, LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, 
 pytestmark = pytest.mark.e2e
 
 
+def shows_text(update: dict[str, Any]) -> bool:
+    """A card update that shows answer text: streaming, or the switch to "inputing" (flowStatus 2)
+    that carries the first text."""
+    shown = update["op"] == "full" or (update["op"] == "update" and update["flow_status"] == "2")
+    return shown and bool(update["len"])
+
+
 def test_message_becomes_a_streamed_card_with_the_model_answer(
     running: Running, channel: dict[str, Any]
 ) -> None:
@@ -18,7 +25,7 @@ def test_message_becomes_a_streamed_card_with_the_model_answer(
     assert card["kind"] == "card"
     assert card["content"] == running.model.answers[-1]
     assert card["flow_status"] == "3" and not card["error"]
-    lengths = [u["len"] for u in card["updates"] if u["op"] == "full" and u["len"]]
+    lengths = [u["len"] for u in card["updates"] if shows_text(u)]
     assert len(lengths) >= 2 and lengths == sorted(lengths), f"text must grow step by step: {card['updates']}"
     acks = httpx.get(f"{running.imsim}/sim/apps/{CLIENT_ID}/acks").json()
     assert [a["code"] for a in acks if a["msg_id"] == sent["msg_id"]] == [200]
@@ -91,5 +98,5 @@ def test_local_model_answers_for_real(running: Running) -> None:
     [card] = wait_for_items(running, LOCAL_CLIENT_ID, sent["conversation_id"], 1, timeout=120)
     assert card["kind"] == "card" and card["flow_status"] == "3"
     assert card["content"].strip(), "the local model wrote nothing"
-    growing = [u["len"] for u in card["updates"] if u["op"] == "full" and u["len"]]
+    growing = [u["len"] for u in card["updates"] if shows_text(u)]
     assert growing[-1] == len(card["content"])
