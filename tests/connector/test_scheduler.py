@@ -232,3 +232,16 @@ async def test_updates_withdrawn_while_finals_keep_coming_do_not_pile_up(
     assert scheduler.waiting == 1
     assert len(scheduler._heap) <= 2 * scheduler.waiting + scheduling.HEAP_SLACK + 1
     assert await final
+
+
+@pytest.mark.usefixtures("quick_load_window")
+async def test_cards_come_back_while_a_load_that_fits_goes_on(redis_client: Redis, key_prefix: str) -> None:
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=40, card_calls=3)
+    for _ in range(12):  # a burst far beyond 40 calls/s
+        scheduler.admit()
+    assert scheduler.mode is CardMode.ONE_CALL
+    admitted = []
+    for _ in range(15):  # then 10 answers/s: 30 calls/s for their cards, under 40
+        await asyncio.sleep(0.1)
+        admitted.append(scheduler.admit())
+    assert admitted[-5:] == [True] * 5, admitted

@@ -59,11 +59,15 @@ HEAP_SLACK = 64
 BUCKET_TTL_MS = 10 * 60 * 1000
 # After a Redis call that timed out, the queue asks again after about this long.
 REDIS_RETRY_S = 0.25
-# Degradation: a card costs its open and final calls; when offered answers need more than this
-# share of the rate, or calls that must happen wait longer than `MUST_LAG_S`, new answers go out
-# in one call each; streaming is thin while its updates wait longer than `STREAM_LAG_S`.
-ONE_CALL_ABOVE = 0.9
-FULL_BELOW = 0.7
+# Degradation: a card costs its open and final calls. New answers go out in one call each when
+# the calls that must happen wait longer than `MUST_LAG_S` (the queue of opens and finals grows:
+# the app's calls, on all replicas, do not carry the cards), or at once when the answers arriving
+# need more than `ONE_CALL_ABOVE` times the rate for them (no queue absorbs that; below it, a
+# rate estimated from a few seconds of arrivals is too noisy to turn cards off by). Cards come
+# back once they need less than `CARDS_BACK_BELOW` of the rate and the waits are short again,
+# for a load window at least. Streaming is thin while its updates wait longer than `STREAM_LAG_S`.
+ONE_CALL_ABOVE = 1.5
+CARDS_BACK_BELOW = 0.85
 MUST_LAG_S = 1.0
 STREAM_LAG_S = 0.5
 # Seconds over which arrival rates and waits are averaged (and a degraded mode lasts at least).
@@ -394,8 +398,9 @@ class CardCallScheduler:
         mode: the answer goes out in a single message). Counted either way: the arrival rate
         decides when cards come back."""
         now = time.monotonic()
+        admitted = self._update_mode(now) is not CardMode.ONE_CALL  # decided on the load before it
         self._offered.add(1.0, now)
-        return self._update_mode(now) is not CardMode.ONE_CALL
+        return admitted
 
     @property
     def mode(self) -> CardMode:
@@ -410,7 +415,7 @@ class CardCallScheduler:
         if needed > ONE_CALL_ABOVE * capacity or must_lag > MUST_LAG_S:
             mode = CardMode.ONE_CALL
         elif self._mode is CardMode.ONE_CALL and (
-            needed > FULL_BELOW * capacity
+            needed > CARDS_BACK_BELOW * capacity
             or must_lag > MUST_LAG_S / 4
             or now - self._mode_since < LOAD_WINDOW_S
         ):
