@@ -91,6 +91,7 @@ async def test_a_replayed_run_answers_on_a_new_run_once_its_cause_is_fixed(
             agent.api_key_enc = executor._box.encrypt("sk-entered-again")
             session.add(agent)
             await session.commit()
+        executor.agents.clear()  # as admin-api's change notice does
         admin = AdminSettings(redis_prefix=key_prefix, data_dir=tmp_path)
         async with sessions() as session:
             _, outcome = await dead_letters.replay(js, redis_client, admin, session, "ops", seq)

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from imgate_common import telemetry
 from imgate_common.bus import (
     CANCEL_ALL,
+    CONFIG_CHANGED,
     RUNS_STREAM,
     ConsumerSpec,
     ensure_consumer,
@@ -24,6 +25,7 @@ from imgate_common.bus import (
     runner_consumer_spec,
 )
 from imgate_common.channels import load_secret_box
+from imgate_common.config_cache import ConfigCaches
 from imgate_common.consume import DeliveryPolicy, Failure, settle
 from imgate_common.conversation_queue import Claim, ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
@@ -222,7 +224,9 @@ class RunConsumer:
 
 async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
     nc, js = await connect_nats(settings, "agent-runner")
-    engine = create_engine(settings.database_url)
+    # No pre-ping round trip per session: a connection that died in the pool fails its
+    # statement, and the run goes back to JetStream and is done again (as on any database error).
+    engine = create_engine(settings.database_url, pre_ping=False)
     redis = connect_redis(settings)
     queue = ConversationQueue(
         redis,
@@ -253,12 +257,15 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
                 log.info("run_cancel_requested", run_id=request.run_id)
 
         cancels = await nc.subscribe(CANCEL_ALL, cb=on_cancel)
+        # An administrator changed an agent (or a channel): read agents afresh.
+        changes = await nc.subscribe(CONFIG_CHANGED, cb=ConfigCaches(executor.agents).on_notice)
         try:
             log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
             status = ChannelStatusStore(redis, settings.redis_prefix)
             await RunConsumer(js, executor, settings, queue, status).run(stop)
         finally:
             await cancels.unsubscribe()
+            await changes.unsubscribe()
             await close_nats(nc)
             await redis.aclose()
             await engine.dispose()

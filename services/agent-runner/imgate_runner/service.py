@@ -10,15 +10,17 @@ import nats.errors
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from imgate_common.bounded import BoundedSet
 from imgate_common.bus import REPLIES_STREAM, reply_subject
 from imgate_common.channels import agent_api_key
+from imgate_common.config_cache import ConfigCache
 from imgate_common.consume import Failure
 from imgate_common.db.models import Agent, Conversation, Message, utcnow
 from imgate_common.errors import ConfigurationError, FailureCategory, ProviderError
@@ -175,6 +177,17 @@ class RunExecutor:
         # first to take it must find it cancelled), or run elsewhere and never come here. So the
         # id is kept only as long as a run can wait for a runner, and at most so many of them.
         self._cancelled = BoundedSet(settings.cancelled_runs_max, ttl_s=settings.conversation_active_ttl_s)
+        self.agents: ConfigCache[int, Agent] = ConfigCache()
+
+    async def _agent(self, session: AsyncSession, agent_id: int) -> Agent | None:
+        """The run's agent, from memory when it was read lately (emptied on a change notice)."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = await session.get(Agent, agent_id)
+            if agent is not None:
+                session.expunge(agent)  # read only, shared by the agent's runs
+                self.agents.put(agent_id, agent)
+        return agent
 
     async def _emit(self, event: AnyReplyEvent) -> None:
         subject = reply_subject(event.channel_id, event.run_id)
@@ -202,7 +215,7 @@ class RunExecutor:
                 bound.info("run_already_answered")
                 await self._emit(RunCompleted(**progress.common, seq=1_000_000, text=done.content))  # type: ignore[arg-type]
                 return
-            agent = await session.get(Agent, request.agent_id) if request.agent_id else None
+            agent = await self._agent(session, request.agent_id) if request.agent_id else None
             limit = history_limit(agent, self._settings.history_max_messages)
             history = await load_history(session, request.conversation_id, request.user_message_id, limit)
         span = trace.get_current_span()
@@ -345,7 +358,7 @@ class RunExecutor:
     async def _stream_chunks(
         self, agent: Agent, api_key: str | None, prompt: list[ChatMessage], progress: RunProgress, span: Span
     ) -> None:
-        async with asyncio.timeout(agent.timeout_s):
+        async with asyncio.timeout(agent.timeout_s) as deadline:
             chunks = stream_with_retry(
                 self._providers[agent.provider],
                 agent,
@@ -363,6 +376,11 @@ class RunExecutor:
                 batch = progress.batcher.add(chunk)
                 if batch is not None:
                     await self._delta(progress, batch)
+                if deadline.expired():
+                    # The deadline's cancellation was swallowed on the way (nats-py's request,
+                    # asyncio.wait_for on 3.11, returns a reply that landed as it was cancelled),
+                    # and it never comes twice: the run ends here all the same.
+                    raise TimeoutError
 
     async def _delta(self, progress: RunProgress, batch: str) -> None:
         await self._emit(
@@ -419,6 +437,14 @@ class RunExecutor:
     async def _store(self, progress: RunProgress, answer: str, finish_reason: str | None) -> None:
         usage = progress.generation.usage
         async with self._sessions() as session:
+            # One statement, no row read first; before the answer is added, so that no
+            # autoflush inserts it outside the try below.
+            await session.exec(
+                update(Conversation)
+                .where(col(Conversation.id) == progress.request.conversation_id)
+                .values(last_activity_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
             session.add(
                 Message(
                     conversation_id=progress.request.conversation_id,
@@ -432,10 +458,6 @@ class RunExecutor:
                     finish_reason=finish_reason,
                 )
             )
-            conversation = await session.get(Conversation, progress.request.conversation_id)
-            if conversation is not None:
-                conversation.last_activity_at = utcnow()
-                session.add(conversation)
             try:
                 await session.commit()
             except IntegrityError:
