@@ -34,12 +34,12 @@ def test_token_budget_drops_old_turns_but_keeps_the_newest_message() -> None:
     assert [m.content for m in prompt] == ["z" * 400]
 
 
-def test_batcher_flushes_on_size_and_keeps_everything() -> None:
+def test_batcher_sends_the_first_chunk_at_once_then_flushes_on_size() -> None:
     batcher = DeltaBatcher(interval_s=60, max_chars=5)
-    out = [b for b in (batcher.add(c) for c in ["ab", "cd", "ef", "g"]) if b]
-    assert out == ["abcdef"]
-    assert batcher.flush() == "g"
-    assert batcher.text == "abcdefg"
+    out = [b for b in (batcher.add(c) for c in ["ab", "cd", "ef", "g", "h"]) if b]
+    assert out == ["ab", "cdefg"]
+    assert batcher.flush() == "h"
+    assert batcher.text == "abcdefgh"
     assert batcher.flush() is None
 
 

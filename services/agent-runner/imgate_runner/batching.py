@@ -1,4 +1,9 @@
-"""Groups model chunks into deltas: flushed after an interval or a size, whichever comes first."""
+"""Groups model chunks into deltas: flushed after an interval or a size, whichever comes first.
+
+The first chunk goes out alone and at once: it is what the user waits for (first visible text),
+and holding it for the interval would add up to `interval_s` to every answer whose model
+answers faster than that. Only what follows is coalesced.
+"""
 
 import time
 
@@ -16,8 +21,9 @@ class DeltaBatcher:
         """Take a chunk; return the batch to send now, or None to keep collecting."""
         self._pending.append(chunk)
         self._pending_chars += len(chunk)
+        first = not self.text
         due = time.monotonic() - self._last_flush >= self._interval
-        if due or self._pending_chars >= self._max_chars:
+        if first or due or self._pending_chars >= self._max_chars:
             return self.flush()
         return None
 
