@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import nats.errors
@@ -102,7 +102,7 @@ async def stream_with_retry(
     prompt: list[ChatMessage],
     generation: Generation,
     attempts: int,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Retry transient provider errors with back-off until the first token; never after it,
     because the user would see the answer start twice."""
     stream: AsyncIterator[str] | None = None
@@ -368,19 +368,20 @@ class RunExecutor:
                 self._settings.provider_attempts,
             )
             asked = time.monotonic()
-            async for chunk in chunks:
-                if progress.first_token is None:
-                    progress.first_token = time.monotonic()
-                    span.add_event("first_token")
-                    TIME_TO_FIRST_TOKEN.labels(agent.provider).observe(progress.first_token - asked)
-                batch = progress.batcher.add(chunk)
-                if batch is not None:
-                    await self._delta(progress, batch)
-                if deadline.expired():
-                    # The deadline's cancellation was swallowed on the way (nats-py's request,
-                    # asyncio.wait_for on 3.11, returns a reply that landed as it was cancelled),
-                    # and it never comes twice: the run ends here all the same.
-                    raise TimeoutError
+            async with contextlib.aclosing(chunks):  # the model's stream closes with the run
+                async for chunk in chunks:
+                    if progress.first_token is None:
+                        progress.first_token = time.monotonic()
+                        span.add_event("first_token")
+                        TIME_TO_FIRST_TOKEN.labels(agent.provider).observe(progress.first_token - asked)
+                    batch = progress.batcher.add(chunk)
+                    if batch is not None:
+                        await self._delta(progress, batch)
+                    if deadline.expired():
+                        # The deadline's cancellation was swallowed on the way (nats-py's request,
+                        # asyncio.wait_for on 3.11, returns a reply that landed as it was
+                        # cancelled), and it never comes twice: the run ends here all the same.
+                        raise TimeoutError
 
     async def _delta(self, progress: RunProgress, batch: str) -> None:
         await self._emit(
