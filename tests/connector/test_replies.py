@@ -54,6 +54,23 @@ async def dead_letters(js: JetStreamContext, durable: str) -> list[DeadLetter]:
     return [DeadLetter.model_validate_json(m.data) for m in msgs]
 
 
+async def consumer_exists(js: JetStreamContext, durable: str) -> bool:
+    try:
+        await js.consumer_info(REPLIES_STREAM, durable)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def publish_final(js: JetStreamContext, event: RunCompleted) -> None:
+    await js.publish(
+        reply_subject(event.channel_id, event.run_id),
+        event.model_dump_json().encode(),
+        stream=REPLIES_STREAM,
+        headers={MSG_ID_HEADER: f"{event.run_id}:{event.attempt}:completed:{event.seq}"},
+    )
+
+
 async def test_an_answer_no_path_takes_is_dead_lettered_reported_and_its_card_ends_failed(
     sim: Sim,
     run_adapter: Start,
@@ -93,20 +110,8 @@ async def test_an_answer_no_path_takes_is_dead_lettered_reported_and_its_card_en
     try:
         event = RunCompleted(run_id=run_id, channel_id=channel_id, seq=9, target=message.target, text="42")
 
-        async def consuming_new_events() -> bool:  # the consumer starts at new events
-            try:
-                await js.consumer_info(REPLIES_STREAM, spec.durable)
-            except NotFoundError:
-                return False
-            return True
-
-        await until(consuming_new_events)
-        await js.publish(
-            reply_subject(channel_id, run_id),
-            event.model_dump_json().encode(),
-            stream=REPLIES_STREAM,
-            headers={MSG_ID_HEADER: f"{run_id}:1:completed:9"},
-        )
+        await until(lambda: consumer_exists(js, spec.durable))  # the consumer starts at new events
+        await publish_final(js, event)
 
         async def filed() -> bool:
             return bool(await dead_letters(js, spec.durable))
@@ -185,25 +190,18 @@ async def test_a_final_that_fails_the_same_way_every_time_is_dead_lettered_after
     consumer = ReplyConsumer(js, channel_id, cards, ack_wait_s=5.0, spec=spec)
     consuming = asyncio.create_task(consumer.run())
     try:
-
-        async def consuming_new_events() -> bool:
-            try:
-                await js.consumer_info(REPLIES_STREAM, spec.durable)
-            except NotFoundError:
-                return False
-            return True
-
-        await until(consuming_new_events)
+        await until(lambda: consumer_exists(js, spec.durable))
         for message in accepted:
             run_id = runs[message.message_id]
-            event = RunCompleted(
-                run_id=run_id, channel_id=channel_id, seq=9, target=message.target, text=f"answer {run_id}"
-            )
-            await js.publish(
-                reply_subject(channel_id, run_id),
-                event.model_dump_json().encode(),
-                stream=REPLIES_STREAM,
-                headers={MSG_ID_HEADER: f"{run_id}:1:completed:9"},
+            await publish_final(
+                js,
+                RunCompleted(
+                    run_id=run_id,
+                    channel_id=channel_id,
+                    seq=9,
+                    target=message.target,
+                    text=f"answer {run_id}",
+                ),
             )
 
         async def answered() -> bool:
