@@ -10,6 +10,7 @@ from imgate_admin.deps import ResourcesDep, SessionDep
 from imgate_admin.errors import ErrorBody, Responses
 from imgate_admin.schemas import IdPath
 from imgate_common.channels import agent_api_key
+from imgate_common.messages import ConfigKind
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -56,8 +57,11 @@ async def update_agent(
     status_code=204,
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "A channel uses the agent"}},
 )
-async def delete_agent(agent_id: IdPath, session: SessionDep, actor: ActorDep) -> None:
+async def delete_agent(
+    agent_id: IdPath, session: SessionDep, actor: ActorDep, resources: ResourcesDep
+) -> None:
     await service.delete_agent(session, actor, agent_id)
+    await resources.control.announce(ConfigKind.AGENT, agent_id)  # runners cache agents
 
 
 @router.post("/{agent_id}/test", response_model=AgentTestResult, responses=NOT_FOUND)
