@@ -64,11 +64,12 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                     stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             load = load_average()
+            began = time.monotonic()
             meter.start()
             sent = sender.drive(apps, count, args.rate, args.users, "i")
             report = collect_outcomes(fleet.imsim, sent, timeout_s=60, settle_s=0.5)
             cpu = meter.stop()
-            elapsed = time.monotonic() - meter._started_at
+            elapsed = time.monotonic() - began
             if profiler is not None:
                 profiler.wait(timeout=120)
         finally:
