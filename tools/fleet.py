@@ -332,14 +332,18 @@ class Fleet:
                 json={"name": "modelsim", "provider": "openai", "model": "modelsim", "base_url": self.model},
             )
             agent.raise_for_status()
+            channel: dict[str, Any] = {"platform": "dingtalk", "default_agent_id": agent.json()["id"]}
+            # A channel's card_qps (the admin API stores 20 unless told) overrides the connector's
+            # CONNECTOR_CARD_QPS: a budget given to the fleet goes to its channels too.
+            if budget := self.config.extra_env.get("CONNECTOR_CARD_QPS"):
+                channel["card_qps"] = round(float(budget))
             for client_id in self.client_ids:
                 response = api.post(
                     "/api/v1/channels",
                     json={
+                        **channel,
                         "name": client_id,
-                        "platform": "dingtalk",
                         "config": {"client_id": client_id, "client_secret": f"{client_id}-secret"},
-                        "default_agent_id": agent.json()["id"],
                         "enabled": True,
                     },
                 )
