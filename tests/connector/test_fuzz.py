@@ -342,11 +342,13 @@ async def test_frames_in_flight_together_are_each_handled_once(
     publishes = h.of("publish")
     confirmed = [p for p in publishes if not p.failed]
     assert len(publishes) <= len(bots), "more publishes than bot messages"
-    for publish in confirmed:
-        consumed(publish)
-    assert len(h.of("accepted")) == len(confirmed) == h.health.messages_in
+    # A frame of a message whose publish is under way joins that publish (one publish per
+    # message at a time), so it is frames, not publishes, that are accepted or left un-ACKed.
+    stored = {consumed(publish).message_id for publish in confirmed}
+    assert {m.message_id for m in h.of("accepted")} == stored
+    assert len(h.of("accepted")) == h.health.messages_in >= len(confirmed)
     unacked = [e for e in bots if not acks[e.message_id]]
-    assert len(unacked) == len(publishes) - len(confirmed) == h.health.publish_failures
+    assert len(unacked) == h.health.publish_failures >= len(publishes) - len(confirmed)
     assert len(h.of("reply")) <= h.health.messages_malformed
 
 
@@ -356,16 +358,33 @@ async def test_a_redelivered_message_is_published_with_the_same_dedup_id_each_ti
     resources: ConnectorResources, payload: dict[str, Any], redeliveries: int
 ) -> None:
     """DingTalk redelivers an un-ACKed message in a new frame with the same msgId: every frame
-    is ACKed once, and each publish carries the one `Nats-Msg-Id` JetStream deduplicates on."""
+    is ACKed once, a frame that comes while the message is being published joins that publish,
+    and each publish carries the one `Nats-Msg-Id` JetStream deduplicates on."""
     h = Harness(resources)
     await h.feed(*(bot_frame(payload, f"frame-{i}") for i in range(redeliveries + 1)))
     assert sorted(a["headers"]["messageId"] for a in h.of("ack")) == [
         f"frame-{i}" for i in range(redeliveries + 1)
     ]
     publishes = h.of("publish")
-    assert len(publishes) == redeliveries + 1
+    assert 1 <= len(publishes) <= redeliveries + 1
     assert len({p.headers[MSG_ID_HEADER] for p in publishes}) == 1
     assert len({consumed(p).message_id for p in publishes}) == 1
+
+
+@fuzz(20)
+@given(payload=strategies.valid_payloads(), refused=st.booleans())
+async def test_frames_of_a_message_being_published_share_that_publish_and_its_outcome(
+    resources: ConnectorResources, payload: dict[str, Any], refused: bool
+) -> None:
+    """Frames that come while their message is being published (DingTalk redelivering it) start
+    no publish of their own: each is ACKed once the one publish is confirmed, none if it failed."""
+    h = Harness(resources, failures=[refused])
+    await h.feed(*(bot_frame(payload, f"frame-{i}") for i in range(3)))
+    [publish] = h.of("publish")
+    assert publish.failed == refused
+    acked = sorted(a["headers"]["messageId"] for a in h.of("ack"))
+    assert acked == ([] if refused else ["frame-0", "frame-1", "frame-2"])
+    assert h.health.publish_failures == (3 if refused else 0)
 
 
 @fuzz(30)
@@ -396,7 +415,7 @@ async def test_frames_beyond_the_in_flight_limit_wait_unacked_for_redelivery(
     h = Harness(resources, options=options)
     await h.feed(*(bot_frame(payload, f"frame-{i}") for i in range(4)))
     assert sorted(a["headers"]["messageId"] for a in h.of("ack")) == ["frame-0", "frame-1"]
-    assert len(h.of("publish")) == 2
+    assert 1 <= len(h.of("publish")) <= 2  # the second frame may join the first one's publish
 
 
 # -- the translator -----------------------------------------------------------------------------
