@@ -17,9 +17,8 @@ case "${1:-}" in
   *) echo "usage: $0 run|dev" >&2; exit 2 ;;
 esac
 
-# The local model needs only llama.cpp itself, not its multimodal tools: skipping them saves
-# about a third of the compile.
-export CMAKE_ARGS=${CMAKE_ARGS:--DLLAVA_BUILD=OFF}
+# How llama.cpp is compiled (a portable CPU level, without its multimodal tools) is set in
+# pyproject.toml's [tool.uv.extra-build-variables], so that uv's cache tells the builds apart.
 # llama.cpp compiles on every core.
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}
 
