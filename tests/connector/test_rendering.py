@@ -678,6 +678,24 @@ async def test_a_later_final_still_waits_when_the_earlier_run_arrives_here_befor
     await new.close()
 
 
+async def test_an_undeliverable_final_ends_its_card_before_a_later_final_shows() -> None:
+    """A reply event that kept failing (poisoned, not the platform) is given up: its card says so
+    at once, and only then does the conversation's next answer show."""
+    surface = RecordingSurface()
+    cards, _ = renderer(surface)
+    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
+    await cards.handle(RunStarted(run_id="r2", channel_id=1, target=TARGET))
+    await until_true(lambda: len([c for c in surface.calls if c[0] == "open"]) == 2)
+    later = asyncio.create_task(cards.handle(done("two", run="r2")))
+    await until_true(lambda: cards.finals_held == 1)
+    await cards.undeliverable(done("one", run="r1"), "poisoned")
+    await later
+    closes = [(c[0], c[1]) for c in surface.calls if c[0].startswith("close")]
+    assert closes == [("close-failed", "r1"), ("close", "r2")]
+    assert cards.mender.pending == 0, "nothing left to close later"
+    await cards.close()
+
+
 async def test_a_run_the_last_owner_showed_but_did_not_strike_off_holds_nothing_back(
     redis_client: Redis, key_prefix: str
 ) -> None:

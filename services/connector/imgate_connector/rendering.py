@@ -625,6 +625,16 @@ class CardRenderer:
             card = not run.card.cancelled() and run.card.exception() is None and run.card.result()
         else:
             card = self._ledger is not None and await self._ledger.get(event.run_id) == ReplyState.CARD
+        if card:
+            # Once now, before later runs of the conversation may show theirs: the event may
+            # have been the trouble, not the platform. Else later, when the platform lets us.
+            try:
+                await self._surface.close_card(event.run_id, self._wording.undelivered, failed=True)
+                card = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._platform_error(exc, "card_close_failed", event.run_id)
         if run is not None:
             self._settle(run)
             await self._drop_shared(run.key, run.run_id)
