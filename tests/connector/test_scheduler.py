@@ -245,3 +245,18 @@ async def test_cards_come_back_while_a_load_that_fits_goes_on(redis_client: Redi
         await asyncio.sleep(0.1)
         admitted.append(scheduler.admit())
     assert admitted[-5:] == [True] * 5, admitted
+
+
+@pytest.mark.usefixtures("quick_load_window")
+async def test_under_lasting_overload_as_many_answers_get_a_card_as_the_rate_carries(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=40, card_calls=3)
+    admitted = []
+    for _ in range(60):  # 30 answers/s for 2 s: 90 calls/s for their cards, of 40
+        admitted.append(scheduler.admit())
+        await asyncio.sleep(1 / 30)
+    assert scheduler.mode is CardMode.ONE_CALL
+    later = admitted[20:]
+    # About 0.75 x 38 / 3 = 9.5 cards/s of the 30 answers/s; the others go in one message each.
+    assert 0.15 * len(later) <= sum(later) <= 0.5 * len(later), admitted

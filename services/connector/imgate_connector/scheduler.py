@@ -68,6 +68,10 @@ REDIS_RETRY_S = 0.25
 # for a load window at least. Streaming is thin while its updates wait longer than `STREAM_LAG_S`.
 ONE_CALL_ABOVE = 1.5
 CARDS_BACK_BELOW = 0.85
+# In one-call mode some answers still get a card, as many as this share of the rate carries for
+# their open and final calls (while those are served quickly): the budget is spent, and as many
+# readers as it allows see "thinking…".
+CARDS_IN_ONE_CALL = 0.75
 MUST_LAG_S = 1.0
 STREAM_LAG_S = 0.5
 # Seconds over which arrival rates and waits are averaged (and a degraded mode lasts at least).
@@ -206,6 +210,7 @@ class CardCallScheduler:
         self._pump: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._offered = _Decaying()  # answers asking for a card, per LOAD_WINDOW_S
+        self._carded = _Decaying()  # answers given one
         self._must_lag = _Decaying()  # longest recent wait of a call that must happen
         self._stream_lag = _Decaying()
         self._mode = CardMode.FULL
@@ -398,9 +403,18 @@ class CardCallScheduler:
         mode: the answer goes out in a single message). Counted either way: the arrival rate
         decides when cards come back."""
         now = time.monotonic()
-        admitted = self._update_mode(now) is not CardMode.ONE_CALL  # decided on the load before it
+        # Decided on the load before this answer.
+        admitted = self._update_mode(now) is not CardMode.ONE_CALL or self._room_for_a_card(now)
         self._offered.add(1.0, now)
+        if admitted:
+            self._carded.add(1.0, now)
         return admitted
+
+    def _room_for_a_card(self, now: float) -> bool:
+        """In one-call mode: whether the cards given so far leave room for one more."""
+        cards = self._carded.read(now) / LOAD_WINDOW_S * self.card_calls  # their calls/s
+        must_lag = max(self._must_lag.read(now), self._oldest_wait(now, must=True))
+        return cards < CARDS_IN_ONE_CALL * self.rate * PACED_SHARE and must_lag < MUST_LAG_S / 2
 
     @property
     def mode(self) -> CardMode:
