@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from imgate_common.messages import InboundMessage, ReplyTarget, RunStarted, run_id_for
 from imgate_connector.platforms.base import CardText
+from imgate_connector.rendering import CardRenderer
 from imgate_connector.scheduler import CallClass, CardCallScheduler, CardMode
 from tests.connector.conftest import Start
 from tests.connector.sim import Sim
@@ -53,14 +54,22 @@ class ScheduledSurface(RecordingSurface):
         self.scheduler.withdraw(card_id)
 
 
-async def test_a_final_does_not_wait_behind_its_cards_waiting_update(
-    redis_client: Redis, key_prefix: str
-) -> None:
-    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=2)
+async def card_opened_at_two_calls_a_second(
+    redis: Redis, prefix: str
+) -> tuple[CardCallScheduler, ScheduledSurface, CardRenderer]:
+    """A run's card, open: its app's next slot is half a second away."""
+    scheduler = CardCallScheduler(redis, prefix, "app", rate=2)
     surface = ScheduledSurface(scheduler=scheduler)
     cards, _ = renderer(surface, interval=0.01)
     await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
     await until_true(lambda: surface.kinds() == ["open"])
+    return scheduler, surface, cards
+
+
+async def test_a_final_does_not_wait_behind_its_cards_waiting_update(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    scheduler, surface, cards = await card_opened_at_two_calls_a_second(redis_client, key_prefix)
     await cards.handle(delta(1, "Part", 4))
     await asyncio.sleep(0.05)  # the update waits for the next slot, half a second away
     assert scheduler.waiting == 1
@@ -123,11 +132,7 @@ async def test_a_budget_set_to_the_platforms_limit_is_never_throttled(sim: Sim, 
 async def test_an_update_that_waited_for_its_turn_shows_the_newest_text(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=2)
-    surface = ScheduledSurface(scheduler=scheduler)
-    cards, _ = renderer(surface, interval=0.01)
-    await cards.handle(RunStarted(run_id="r1", channel_id=1, target=TARGET))
-    await until_true(lambda: surface.kinds() == ["open"])
+    scheduler, surface, cards = await card_opened_at_two_calls_a_second(redis_client, key_prefix)
     await cards.handle(delta(1, "One", 3))
     await asyncio.sleep(0.05)
     assert scheduler.waiting == 1  # the next slot is half a second away
