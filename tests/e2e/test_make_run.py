@@ -83,7 +83,10 @@ def answered(imsim: str, conversation_id: str) -> list[dict[str, object]]:
     return [
         i
         for i in items
-        if i["kind"] == "text" or (i["kind"] == "card" and i["finalized"] and i["flow_status"] == "3")
+        # A plain or markdown message (an answer without a card: the app's card budget was
+        # spent), or a finished card.
+        if i["kind"] in ("text", "markdown")
+        or (i["kind"] == "card" and i["finalized"] and i["flow_status"] == "3")
     ]
 
 
