@@ -621,11 +621,9 @@ async def test_cards_waiting_to_be_closed_try_again_as_soon_as_a_card_call_gets_
     await cards.close()
 
 
-async def test_a_new_owner_holds_a_later_final_until_the_earlier_run_the_last_owner_left_is_shown(
-    redis_client: Redis, key_prefix: str
-) -> None:
-    """The channel moved mid-answer: the old owner had both runs; the later one's final reaches
-    the new owner first, the earlier one's only after its ack wait. Redis keeps the order."""
+async def handed_over(redis_client: Redis, key_prefix: str) -> tuple[MemoryLedger, ReplyTarget, ReplyTarget]:
+    """Two runs of one conversation opened by a channel's old owner, which then stops (SIGTERM:
+    the channel moves on, nothing shown yet): the ledger and the two messages' targets."""
     ledger = MemoryLedger()
     sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
@@ -635,7 +633,16 @@ async def test_a_new_owner_holds_a_later_final_until_the_earlier_run_the_last_ow
     await old.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
     await old.handle(RunStarted(run_id="r2", channel_id=1, target=later))
     await until_true(lambda: len([c for c in old_surface.calls if c[0] == "open"]) == 2)
-    await old.close()  # SIGTERM: the channel moves on, nothing shown yet
+    await old.close()
+    return ledger, earlier, later
+
+
+async def test_a_new_owner_holds_a_later_final_until_the_earlier_run_the_last_owner_left_is_shown(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    """The channel moved mid-answer: the old owner had both runs; the later one's final reaches
+    the new owner first, the earlier one's only after its ack wait. Redis keeps the order."""
+    ledger, earlier, later = await handed_over(redis_client, key_prefix)
 
     surface = RecordingSurface()
     new, _ = renderer(surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
@@ -654,16 +661,7 @@ async def test_a_later_final_still_waits_when_the_earlier_run_arrives_here_befor
     """After the hand-over the earlier run's events reach the new owner one by one: a delta
     first (now the run is known here, no longer "elsewhere"), its final later. The later final
     waits for that final, not only until the run is heard of."""
-    ledger = MemoryLedger()
-    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
-    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
-    old_surface = RecordingSurface()
-    old, _ = renderer(old_surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
-    await old.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
-    await old.handle(RunStarted(run_id="r2", channel_id=1, target=later))
-    await until_true(lambda: len([c for c in old_surface.calls if c[0] == "open"]) == 2)
-    await old.close()
+    ledger, earlier, later = await handed_over(redis_client, key_prefix)
 
     surface = RecordingSurface()
     new, _ = renderer(surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
