@@ -48,6 +48,10 @@ FAULT_FOR_S = 20.0
 OUTAGE_S = 15 * 60.0
 # Long enough for DingTalk's own redelivery (about a minute after a lost ACK) to land.
 COLLECT_TIMEOUT_S = 150.0
+# A card left open beside its plain answer (card calls failed) must be closed once the platform
+# is back: card calls resume after the connector's cool-down (15 s), a close that failed
+# otherwise is tried again within 36 s. Only a card still open after this long counts.
+CARD_CLOSE_WINDOW_S = 60.0
 # A fault that outlasts the traffic is followed by probe messages (same pace) for at most this
 # long, until one gets a good answer: that is when the scenario recovered.
 PROBE_FOR_S = 60.0
@@ -650,7 +654,9 @@ def run_together(scenarios: list[Scenario], data_dir: Path) -> list[Result]:
         for name, extra in probes.items():
             sent[name] += extra
         everything = [m for messages in sent.values() for m in messages]
-        report = fleet.collect(everything, timeout_s=COLLECT_TIMEOUT_S, settle_s=3.0)
+        report = fleet.collect(
+            everything, timeout_s=COLLECT_TIMEOUT_S, settle_s=3.0, close_window_s=CARD_CLOSE_WINDOW_S
+        )
         took = time.monotonic() - started
         by_id = {o.sent.msg_id: o for o in report.outcomes}
         results = []

@@ -454,9 +454,13 @@ class Fleet:
             if s.client_id in self.channel_ids
         }
 
-    def collect(self, sent: list[Sent], timeout_s: float = 120.0, settle_s: float = 2.0) -> "Report":
+    def collect(
+        self, sent: list[Sent], timeout_s: float = 120.0, settle_s: float = 2.0, close_window_s: float = 0.0
+    ) -> "Report":
         """`collect_outcomes` for this fleet's messages, each card tied to its message by id."""
-        return collect_outcomes(self.imsim, sent, timeout_s, settle_s, cards=self.card_ids(sent))
+        return collect_outcomes(
+            self.imsim, sent, timeout_s, settle_s, cards=self.card_ids(sent), close_window_s=close_window_s
+        )
 
     def read(self, sent: list[Sent]) -> "Report":
         """`read_outcomes` right now, each card tied to its message by id."""
@@ -737,9 +741,12 @@ def collect_outcomes(
     timeout_s: float = 120.0,
     settle_s: float = 2.0,
     cards: Mapping[str, str] | None = None,
+    close_window_s: float = 0.0,
 ) -> Report:
     """Wait until every message in `sent` has a final answer (or `timeout_s` passed), then
-    `settle_s` more for any answer that should not come (a second one), and report."""
+    `settle_s` more for any answer that should not come (a second one), and report. With
+    `close_window_s`, a card left open beside its answer (the answer went out as plain text
+    while card calls failed) gets that long to be closed, once the platform is back."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=30) as http:
         while True:
@@ -749,6 +756,10 @@ def collect_outcomes(
             time.sleep(0.5)
         if settle_s > 0:
             time.sleep(settle_s)
+            report = read_outcomes(imsim_url, sent, http, cards)
+        closing_until = time.monotonic() + close_window_s
+        while any(o.open_cards for o in report.outcomes) and time.monotonic() < closing_until:
+            time.sleep(1.0)
             report = read_outcomes(imsim_url, sent, http, cards)
     return report
 

@@ -5,7 +5,8 @@ go on spinning "thinking…" (or show half the answer) beside it. The mender clo
 later, with a line that points to the plain answer, so the user sees one copy of every answer
 and no card that never ends. It retries with back-off, for a bounded time, and reports a card
 it could not close; a card call that succeeds meanwhile (the platform is back) makes every
-waiting card try again at once.
+waiting card try again at once, and while card calls are paused after repeated failures a card
+tries again as soon as they resume.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ import structlog
 
 from imgate_connector.health import ChannelHealth
 from imgate_connector.metrics import CARDS_MENDED
-from imgate_connector.platforms.base import ReplySurface
+from imgate_connector.platforms.base import CardsUnavailable, ReplySurface
 
 log = structlog.get_logger()
 
@@ -71,17 +72,24 @@ class CardMender:
     async def _mend(self, card_id: str, platform: str, text: str, failed: bool) -> None:
         deadline = time.monotonic() + self._policy.retry_for_s
         delay = self._policy.first_retry_s
+        wait = delay * random.uniform(0.8, 1.2)
         while True:
             back = self._back
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(back.wait(), delay * random.uniform(0.8, 1.2))
+                await asyncio.wait_for(back.wait(), wait)
             try:
                 await self._surface.close_card(card_id, text, failed=failed)
             except Exception as exc:
                 if time.monotonic() + delay >= deadline:
                     self._gave_up(card_id, platform, f"{type(exc).__name__}: {exc}")
                     return
+                if isinstance(exc, CardsUnavailable):
+                    # Card calls are paused: try again as they resume (spread over a moment,
+                    # so the waiting cards do not all go at once), not a back-off later.
+                    wait = exc.retry_in_s + random.uniform(0.1, self._policy.first_retry_s)
+                    continue
                 delay = min(delay * 2, self._policy.max_retry_s)
+                wait = delay * random.uniform(0.8, 1.2)
                 continue
             self.platform_back()  # the others may well get through now too
             CARDS_MENDED.labels(platform, "closed").inc()

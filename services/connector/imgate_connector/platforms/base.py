@@ -42,7 +42,12 @@ class CardNotFinalized(PlatformError):
 
 
 class CardsUnavailable(PlatformError):
-    """Card calls are off for now (they kept failing); answer in plain text instead."""
+    """Card calls are off for now (they kept failing); answer in plain text instead.
+    `retry_in_s`: when card calls will be tried again."""
+
+    def __init__(self, message: str, retry_in_s: float) -> None:
+        super().__init__(message)
+        self.retry_in_s = retry_in_s
 
 
 class ReplySurface(ABC):

@@ -96,6 +96,11 @@ class CardCircuit:
     def open(self) -> bool:
         return time.monotonic() < self._open_until
 
+    def check(self) -> None:
+        """Raise `CardsUnavailable` while open."""
+        if (left := self._open_until - time.monotonic()) > 0:
+            raise CardsUnavailable("card calls are paused after repeated failures", retry_in_s=left)
+
     def success(self) -> None:
         self._failures = 0
 
@@ -158,14 +163,14 @@ class DingTalkReplySurface(ReplySurface):
     ) -> dict[str, Any]:
         """A call that has to happen: waits for its turn, retries throttling and blips. Calls of
         one final share `since`, so a final begun goes on before finals begun after it."""
-        if self._circuit.open:
-            raise CardsUnavailable("card calls are paused after repeated failures")
+        self._circuit.check()
         started = time.monotonic()
         deadline = started + self._patience
         throttled = failed = 0
         while True:
             await self.scheduler.acquire(cls, order=started if since is None else since)
             self._check_fence()
+            self._circuit.check()  # tripped while this call waited for its turn
             self.card_calls += 1
             try:
                 result = await self._api.call(method, path, body)
