@@ -5,22 +5,27 @@ the next connection opens first and the old one drains (the platform closes it, 
 `drain_timeout_s`). A watchdog replaces a socket that went half-dead (no frame and no pong for
 `stale_after_s`), and failures back off exponentially with jitter from `reconnect_min_s` to
 `reconnect_max_s`. A platform supplies how a connection opens (its handshake: the socket's URI)
-and what a frame means.
+and what a frame means; `SocketAdapter` wires a link and the inbound pipeline into an adapter.
 """
 
 import asyncio
 import contextlib
 import random
 import time
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import structlog
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from imgate_common.errors import PlatformError
+from imgate_common.messages import Attachment, InboundMessage
 from imgate_connector.health import ChannelHealth
+from imgate_connector.pipeline import InboundPipeline
+from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.settings import ConnectorSettings
 
 log = structlog.get_logger()
@@ -206,3 +211,48 @@ class ReconnectingLink:
                 except websockets.ConnectionClosed:
                     return
                 asyncio.ensure_future(pong).add_done_callback(link.pong)
+
+
+class SocketAdapter(PlatformAdapter):
+    """A platform adapter whose messages come over one websocket the core keeps up (`link`) and
+    go through the core's inbound pipeline (`inbound`). A platform supplies the handshake, what
+    a frame means, and where an attachment downloads from."""
+
+    # The largest frame the platform sends; a bigger one closes the socket.
+    max_frame_bytes: ClassVar[int] = 4 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbound = InboundPipeline(self, self.name, self._media_url)
+        self.link = ReconnectingLink(
+            self.name,
+            self.spec.id,
+            self.settings,
+            self.health,
+            open_link=self._open_link,
+            on_frame=self._on_frame,
+            max_frame_bytes=self.max_frame_bytes,
+        )
+
+    @abstractmethod
+    async def _open_link(self) -> str:
+        """The platform's handshake: the URI of the next websocket."""
+
+    @abstractmethod
+    async def _on_frame(self, ws: ClientConnection, raw: str | bytes, replace: asyncio.Event) -> None:
+        """One frame; message frames go to `self.inbound.take`, and `replace.set()` asks for
+        the next connection (the platform moves us)."""
+
+    @abstractmethod
+    async def _media_url(self, message: InboundMessage, attachment: Attachment) -> str:
+        """Where an attachment of a message can be downloaded from now."""
+
+    async def start(self) -> None:
+        await self.link.start()
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        await self.inbound.drain(drain_s)
+        await self.link.stop(also=self.inbound.in_flight)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        return await self.link.wait_connected(timeout_s)

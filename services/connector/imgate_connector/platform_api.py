@@ -13,7 +13,7 @@ from imgate_connector.cardcalls import (
     with_retries,
 )
 from imgate_connector.health import ChannelHealth
-from imgate_connector.link import ReconnectingLink
+from imgate_connector.link import ReconnectingLink, SocketAdapter
 from imgate_connector.metrics import PLATFORM_API_CALLS
 from imgate_connector.pipeline import MALFORMED, InboundFrame, InboundPipeline, MediaUrl
 from imgate_connector.platforms.base import (
@@ -45,6 +45,7 @@ __all__ = [
     "PlatformAdapter",
     "ReconnectingLink",
     "ReplySurface",
+    "SocketAdapter",
     "app_scheduler",
     "transient",
     "with_retries",

@@ -2,7 +2,7 @@
 
 Nothing here blocks the event loop: the gateway handshake and every OpenAPI call go through
 httpx, the websocket is the `websockets` asyncio client (kept up by the core's
-`ReconnectingLink`), and the SDK contributes only its frame classes. On SYSTEM `disconnect` the
+`SocketAdapter`), and the SDK contributes only its frame classes. On SYSTEM `disconnect` the
 next connection opens first and the old one drains (the server closes it ~10 s later).
 
 Bot messages go through the core's `InboundPipeline` (ACKed only after the bus confirmed them);
@@ -27,9 +27,7 @@ from imgate_common.errors import PlatformError
 from imgate_common.messages import Attachment, InboundMessage, ReplyTarget
 from imgate_connector.platform_api import (
     InboundFrame,
-    InboundPipeline,
-    PlatformAdapter,
-    ReconnectingLink,
+    SocketAdapter,
     app_scheduler,
 )
 from imgate_connector.platforms.dingtalk.cards import CARD_CALLS, DingTalkReplySurface
@@ -39,14 +37,12 @@ from imgate_connector.platforms.dingtalk.config import (
     openapi_endpoint,
 )
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
-from imgate_connector.platforms.dingtalk.translate import PLATFORM, TRANSLATORS, reply_target_of, translate
+from imgate_connector.platforms.dingtalk.translate import TRANSLATORS, reply_target_of, translate
 
 log = structlog.get_logger()
 
 SYSTEM_PING = "ping"
 SYSTEM_DISCONNECT = "disconnect"
-# Frames up to 4 MB (DingTalk's bot messages are far smaller; anything bigger is not ours).
-MAX_FRAME_BYTES = 4 * 1024 * 1024
 
 
 def ack_frame(
@@ -121,8 +117,10 @@ class BotMessageFrame(InboundFrame):
         return reply_target_of(self._data, adapter.spec.id, adapter.config.robot_code)
 
 
-class DingTalkAdapter(PlatformAdapter):
+class DingTalkAdapter(SocketAdapter):
     name: ClassVar[str] = "dingtalk"
+    # Frames up to 4 MB (DingTalk's bot messages are far smaller; anything bigger is not ours).
+    max_frame_bytes: ClassVar[int] = 4 * 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,36 +137,14 @@ class DingTalkAdapter(PlatformAdapter):
             self.api, http, self.config, scheduler, self.health, self.settings
         )
         self._log = log.bind(channel_id=self.spec.id, platform=self.name)
-        self.inbound = InboundPipeline(self, PLATFORM, self._download_url)
-        self.link = ReconnectingLink(
-            PLATFORM,
-            self.spec.id,
-            self.settings,
-            self.health,
-            open_link=self._open,
-            on_frame=self._on_frame,
-            max_frame_bytes=MAX_FRAME_BYTES,
-        )
 
     @property
     def surface(self) -> DingTalkReplySurface:
         return self._surface
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self.link.start()
-
-    async def stop(self, drain_s: float = 0.0) -> None:
-        await self.inbound.drain(drain_s)
-        await self.link.stop(also=self.inbound.in_flight)
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        return await self.link.wait_connected(timeout_s)
-
     # -- connections ----------------------------------------------------------------------
 
-    async def _open(self) -> str:
+    async def _open_link(self) -> str:
         body = {
             "clientId": self.config.client_id,
             "clientSecret": self.config.client_secret.get_secret_value(),
@@ -234,7 +210,7 @@ class DingTalkAdapter(PlatformAdapter):
 
     # -- media ----------------------------------------------------------------------------
 
-    async def _download_url(self, message: InboundMessage, attachment: Attachment) -> str:
+    async def _media_url(self, message: InboundMessage, attachment: Attachment) -> str:
         assert attachment.download_code is not None
         robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
         return await self.api.download_url(robot_code, attachment.download_code)
