@@ -184,8 +184,8 @@ class Harness:
         an exception anywhere in it fails the test."""
         for raw in raws:
             await self.adapter._on_frame(self.ws, raw, self.replace)  # type: ignore[arg-type]
-        while self.adapter._frames:
-            await asyncio.gather(*self.adapter._frames)
+        while self.adapter.inbound.in_flight:
+            await asyncio.gather(*self.adapter.inbound.in_flight)
 
     def of(self, kind: str) -> list[Any]:
         return [e.value for e in self.events if e.kind == kind]

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.telemetry import fail, tracer
-from imgate_connector.metrics import PLATFORM_API_CALLS
+from imgate_connector.platform_api import PLATFORM_API_CALLS
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig
 from imgate_connector.platforms.dingtalk.translate import PLATFORM
 
@@ -23,15 +23,6 @@ TOKEN_MARGIN_S = 300
 
 class TokenExpired(PlatformError):
     """401 from an OpenAPI call: fetch a new token and try once more."""
-
-
-def transient(exc: Exception) -> bool:
-    """Worth another try soon: the network, a 5xx, or throttling (after waiting)."""
-    if isinstance(exc, RateLimited):
-        return True
-    if isinstance(exc, PlatformError):
-        return exc.status is None or exc.status >= 500
-    return isinstance(exc, httpx.TransportError)
 
 
 @dataclass

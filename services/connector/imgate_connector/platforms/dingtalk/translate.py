@@ -5,6 +5,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from imgate_common.messages import (
     Attachment,
     ConversationType,
@@ -191,3 +193,32 @@ def translate(
         sent_at=_ms(data.get("createAt")),
         raw=data,
     )
+
+
+def reply_target_of(data: Any, channel_id: int, robot_code: str | None) -> ReplyTarget | None:
+    """Where to answer a payload that could not be translated, if a person (not a system) sent it."""
+    if not isinstance(data, dict):
+        return None
+    staff_id = data.get("senderStaffId") or None
+    sender = staff_id or data.get("senderId")
+    webhook = data.get("sessionWebhook")
+    if not isinstance(sender, str) or not sender or not (isinstance(webhook, str) or staff_id):
+        return None
+    try:
+        return ReplyTarget(
+            platform=PLATFORM,
+            channel_id=channel_id,
+            conversation_id=str(data.get("conversationId") or ""),
+            conversation_type=(
+                ConversationType.GROUP
+                if str(data.get("conversationType")) == "2"
+                else ConversationType.SINGLE
+            ),
+            sender_id=sender,
+            sender_staff_id=staff_id if isinstance(staff_id, str) else None,
+            robot_code=data.get("robotCode") or robot_code,
+            session_webhook=webhook if isinstance(webhook, str) else None,
+            inbound_message_id=str(data.get("msgId") or ""),
+        )
+    except ValidationError:
+        return None
