@@ -1,13 +1,24 @@
 """The chat page in headless Chromium: a user types, the bot (a stream peer in this test that
-ACKs and drives the card API) answers with an AI card, and the page shows it live."""
+ACKs and drives the card API) answers with an AI card, and the page shows it live; with a second
+(toy) platform beside DingTalk, the page lists each platform's chats."""
 
+import asyncio
 import json
+import re
+import socket
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
+import httpx
 import pytest
+import uvicorn
+from echo_platform import EchoPlatform
 from imsim_testkit import CardApi, StreamPeer
 from playwright.async_api import Browser, Page, async_playwright, expect
+
+from imsim.app import create_app
+from imsim.platforms.dingtalk.platform import DingTalkPlatform
+from imsim.settings import AppSpec, Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,6 +73,13 @@ async def test_typed_message_becomes_a_live_ai_card(sim, make_app, stream_peer, 
     await expect(user_row.locator(".bubble")).to_have_text("What is imsim?", timeout=UI_TIMEOUT_MS)
     await peer.ack(frame)
     await expect(user_row.locator(".status-tick")).to_have_text("✓ received", timeout=UI_TIMEOUT_MS)
+    # The chat list groups chats by platform; this one sits under DingTalk, named by its app.
+    dingtalk = page.locator('.platform-group[data-platform="dingtalk"]')
+    await expect(dingtalk.locator("h4")).to_contain_text("DingTalk")
+    listed = dingtalk.locator(f'.conv[data-id="{data["conversationId"]}"]')
+    await expect(listed).to_contain_text("Pat", timeout=UI_TIMEOUT_MS)
+    await expect(listed.locator(".app")).to_have_text(app["client_id"])
+    await expect(listed).to_have_class(re.compile(r"\bon\b"))
 
     card = page.locator('.card[data-out-track-id="answer-1"]')
     assert (await api.create_and_deliver("answer-1", staff_id="pw-user")).status_code == 200
@@ -107,3 +125,52 @@ async def test_group_chat_shows_a_failed_card(sim, make_app, stream_peer, browse
     await expect(card.locator(".body")).to_have_text("Partial answ")
     await expect(card.locator(".foot")).to_contain_text("could not be completed")
     await expect(page.locator("#chat-title")).to_have_text("PW Room")
+
+
+@pytest.fixture
+async def two_platform_url() -> AsyncIterator[str]:
+    """imsim in this process, serving DingTalk and the toy echo platform side by side."""
+    settings = Settings(apps=[AppSpec(client_id="ding-app", client_secret="s")])
+    app = create_app(settings, platforms=[DingTalkPlatform, EchoPlatform])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_chats_are_listed_per_platform(browser, two_platform_url):
+    async with httpx.AsyncClient(base_url=two_platform_url) as sim:
+        await sim.post("/sim/platforms/echo/apps", json={"app_id": "echo-app", "secret": "s"})
+        await sim.post(
+            "/sim/platforms/dingtalk/apps/ding-app/messages", json={"text": "hi", "sender_name": "Dee"}
+        )
+        await sim.post("/sim/platforms/echo/apps/echo-app/messages", json={"text": "ping", "group": "Ops"})
+    page = await browser.new_page()
+    await page.goto(f"{two_platform_url}/?platform=dingtalk&app=ding-app")
+
+    dingtalk = page.locator('.platform-group[data-platform="dingtalk"]')
+    echo = page.locator('.platform-group[data-platform="echo"]')
+    await expect(dingtalk.locator("h4")).to_contain_text("DingTalk", timeout=UI_TIMEOUT_MS)
+    await expect(echo.locator("h4")).to_contain_text("Echo")
+    await expect(dingtalk.locator(".conv")).to_have_count(1)
+    await expect(dingtalk.locator(".conv .t")).to_contain_text("Dee")
+    await expect(echo.locator(".conv")).to_have_count(1)
+    await expect(echo.locator(".conv .t")).to_contain_text("Ops")
+    await expect(echo.locator(".conv .p")).to_have_text("echo: ping")
+
+    # Opening the echo chat switches to that platform's app and shows its timeline.
+    await echo.locator(".conv").click()
+    await expect(page.locator("#app")).to_have_value("echo/echo-app")
+    await expect(page.locator("#chat-title")).to_have_text("Ops")
+    await expect(page.locator("#timeline .bubble").last).to_have_text("echo: ping", timeout=UI_TIMEOUT_MS)
+    await type_message(page, "again")
+    await expect(page.locator("#timeline .bubble").last).to_have_text("echo: again", timeout=UI_TIMEOUT_MS)
+    await expect(echo.locator(".conv .p")).to_have_text("echo: again", timeout=UI_TIMEOUT_MS)

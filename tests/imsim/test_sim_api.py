@@ -81,7 +81,9 @@ async def test_chat_page_is_self_contained(sim):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
-    assert "/sim/apps" in html and "<script>" in html and "<style>" in html
+    # The page reads only the platform-neutral sim API.
+    assert "/sim/chats" in html and "/sim/platforms" in html and "/sim/apps" not in html
+    assert "<script>" in html and "<style>" in html
     # No CDN, fonts or other remote resources.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "@import" not in html

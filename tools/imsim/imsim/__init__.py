@@ -1,4 +1,4 @@
-"""imsim: a local DingTalk simulator (Stream gateway, card OpenAPI, sim API, chat page)."""
+"""imsim: a local IM platform simulator (each platform's servers, a shared sim API, a chat page)."""
 
 from imsim.app import create_app
 from imsim.settings import AppSpec, Settings

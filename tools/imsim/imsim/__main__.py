@@ -12,7 +12,7 @@ from imsim.settings import AppSpec, Settings
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imsim", description="Local DingTalk simulator")
+    parser = argparse.ArgumentParser(prog="imsim", description="Local IM platform simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument(
@@ -21,7 +21,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]",
-        help="pre-create an app (repeatable); env IMSIM_APPS takes a comma-separated list",
+        help="pre-create a DingTalk app (repeatable); env IMSIM_APPS takes a comma-separated list",
     )
     parser.add_argument("--public-url", help="base URL clients use to reach imsim")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")

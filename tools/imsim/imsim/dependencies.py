@@ -1,21 +1,10 @@
-"""FastAPI dependencies that reach the objects `create_app` made."""
+"""FastAPI dependencies every platform's routes share."""
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from imsim.dispatcher import StreamDispatcher
+from imsim.platform import SimPlatform
 from imsim.settings import Settings
-from imsim.state import SimApp, SimState
-
-
-def sim_state(connection: HTTPConnection) -> SimState:
-    state: SimState = connection.app.state.sim
-    return state
-
-
-def dispatcher(connection: HTTPConnection) -> StreamDispatcher:
-    stream: StreamDispatcher = connection.app.state.dispatcher
-    return stream
 
 
 def public_base_url(request: Request) -> str:
@@ -26,8 +15,6 @@ def public_base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def sim_app(client_id: str, request: Request) -> SimApp:
-    app = sim_state(request).apps.get(client_id)
-    if app is None:
-        raise HTTPException(404, f"unknown app {client_id!r}")
-    return app
+def platforms(connection: HTTPConnection) -> dict[str, SimPlatform]:
+    registered: dict[str, SimPlatform] = connection.app.state.platforms
+    return registered

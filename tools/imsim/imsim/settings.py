@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 
 class AppSpec(BaseModel):
-    """An app imsim knows from start-up: `CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]`."""
+    """A DingTalk app imsim knows from start-up: `CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]`."""
 
     client_id: str
     client_secret: str

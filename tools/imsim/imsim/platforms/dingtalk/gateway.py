@@ -13,9 +13,10 @@ from starlette.websockets import WebSocketState
 
 from imsim import identifiers
 from imsim.call_recorder import attribute_call
-from imsim.dependencies import dispatcher, public_base_url, sim_state
-from imsim.dispatcher import StreamDispatcher
-from imsim.state import SimApp, SimState, StreamConnection
+from imsim.dependencies import public_base_url
+from imsim.platforms.dingtalk.dependencies import dispatcher, sim_state
+from imsim.platforms.dingtalk.dispatcher import StreamDispatcher
+from imsim.platforms.dingtalk.state import SimApp, SimState, StreamConnection
 
 log = structlog.get_logger(__name__)
 router = APIRouter()

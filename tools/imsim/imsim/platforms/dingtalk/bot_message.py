@@ -6,7 +6,10 @@ from typing import Any
 
 from imsim import identifiers
 from imsim.identifiers import now_ms
-from imsim.state import Conversation, Media, Session, SimApp, SimState
+from imsim.media import Media
+from imsim.platforms.dingtalk import identifiers as dingtalk_ids
+from imsim.platforms.dingtalk.state import Session, SimApp, SimState
+from imsim.timeline import Conversation
 
 
 def _one_pixel_png() -> bytes:
@@ -110,7 +113,7 @@ def build_bot_message(
         "msgId": msg_id,
         "msgtype": msgtype,
         "senderStaffId": sender_staff_id,
-        "senderId": identifiers.opaque_user_id("staff", app.corp_id, sender_staff_id),
+        "senderId": dingtalk_ids.opaque_user_id("staff", app.corp_id, sender_staff_id),
         "senderNick": sender_nick,
         "senderCorpId": app.corp_id,
         "chatbotUserId": app.chatbot_user_id,

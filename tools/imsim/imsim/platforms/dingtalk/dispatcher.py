@@ -11,10 +11,11 @@ from types import TracebackType
 
 import structlog
 
-from imsim import frames, identifiers
-from imsim.faults import FaultConfig
+from imsim import identifiers
 from imsim.identifiers import now_ms
-from imsim.state import (
+from imsim.platforms.dingtalk import frames
+from imsim.platforms.dingtalk.faults import FaultConfig
+from imsim.platforms.dingtalk.state import (
     AckRecord,
     Delivery,
     InboundMessage,

@@ -3,8 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from imsim.errors import OpenApiError
 from imsim.identifiers import now_ms
+from imsim.platforms.dingtalk.errors import OpenApiError
 
 # The SDK's AI markdown template writes the answer under this key; the page shows it.
 CONTENT_KEY = "msgContent"

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from imsim.errors import OpenApiError
+from imsim.platforms.dingtalk.errors import OpenApiError
 
 CARD_API_PREFIX = "/v1.0/card/"
 QPS_LIMIT_CODE = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
@@ -43,6 +43,27 @@ class FaultConfig(BaseModel):
     def merged(self, changes: dict[str, Any]) -> "FaultConfig":
         """This configuration with `changes` applied, validated as a whole."""
         return FaultConfig.model_validate({**self.model_dump(), **changes})
+
+    def active(self) -> list[str]:
+        """The faults switched on, in words (the chat page's header)."""
+        on = []
+        if self.card_down:
+            on.append("cards down")
+        if self.card_qps_limit:
+            on.append(f"card QPS {self.card_qps_limit} → {self.card_qps_mode}")
+        if self.card_failure_rate:
+            on.append(f"card failures {round(self.card_failure_rate * 100)}%")
+        if self.card_latency_ms or self.card_jitter_ms:
+            on.append(f"card latency {self.card_latency_ms:g}±{self.card_jitter_ms:g} ms")
+        if self.messages_down:
+            on.append("messages down")
+        if self.disconnect_every:
+            on.append(f"disconnect every {self.disconnect_every:g} s")
+        if self.half_dead:
+            on.append("half-dead sockets")
+        if self.open_failure != "none":
+            on.append(f"open: {self.open_failure}")
+        return on
 
 
 class FaultRandom:

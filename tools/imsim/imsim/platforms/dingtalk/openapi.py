@@ -13,18 +13,20 @@ from pydantic.alias_generators import to_camel
 
 from imsim import identifiers
 from imsim.call_recorder import attribute_call, mark_outcome
-from imsim.cards import (
+from imsim.dependencies import public_base_url
+from imsim.identifiers import now_ms
+from imsim.platforms.dingtalk.cards import (
     Card,
     CardDelivery,
     normalize_params,
     param_map_from_card_data,
     parse_open_space_id,
 )
-from imsim.dependencies import public_base_url, sim_state
-from imsim.errors import OpenApiError, invalid_authentication
-from imsim.faults import is_card_call, judge_card_call
-from imsim.identifiers import now_ms
-from imsim.state import CardItem, ReplyItem, SimApp, SimState
+from imsim.platforms.dingtalk.dependencies import sim_state
+from imsim.platforms.dingtalk.errors import OpenApiError, invalid_authentication
+from imsim.platforms.dingtalk.faults import is_card_call, judge_card_call
+from imsim.platforms.dingtalk.state import SimApp, SimState
+from imsim.timeline import CardItem, ReplyItem
 
 log = structlog.get_logger(__name__)
 router = APIRouter()

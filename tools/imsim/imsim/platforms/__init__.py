@@ -1,0 +1,1 @@
+"""One package per simulated platform; `imsim.registry` lists them."""
