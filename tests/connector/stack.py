@@ -209,16 +209,24 @@ def fast_settings(**overrides: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def connector(
-    *, nats_url: str, database_url: str, prefix: str, secret_keys: str, imsim: str, **overrides: Any
+    *,
+    nats_url: str,
+    database_url: str,
+    prefix: str,
+    secret_keys: str,
+    imsim: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ConnectorSettings]:
-    """One connector replica in this process, served until the block ends (then SIGTERM-like)."""
+    """One connector replica in this process, served until the block ends (then SIGTERM-like).
+    Without `imsim`, each channel's own config says where its platform is."""
+    if imsim is not None:
+        overrides["dingtalk_openapi_endpoint"] = imsim
     settings = ConnectorSettings(
         nats_url=nats_url,
         redis_url=REDIS_URL,
         database_url=database_url,
         redis_prefix=prefix,
         secret_keys=secret_keys,
-        dingtalk_openapi_endpoint=imsim,
         instance_id=f"in-process-{uuid.uuid4().hex[:6]}",
         **fast_settings(**overrides),
     )
