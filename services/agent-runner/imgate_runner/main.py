@@ -15,18 +15,11 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from imgate_common import telemetry
-from imgate_common.bus import (
-    CANCEL_ALL,
-    CONFIG_CHANGED,
-    RUNS_STREAM,
-    ConsumerSpec,
-    ensure_consumer,
-    run_subject,
-    runner_consumer_spec,
-)
+from imgate_common.bus import CANCEL_ALL, CONFIG_CHANGED, RUNS_STREAM, run_subject
 from imgate_common.channels import load_secret_box
 from imgate_common.config_cache import ConfigCaches
 from imgate_common.consume import DeliveryPolicy, Failure, settle
+from imgate_common.consumers import ConsumerSpec, ensure_consumer, runner_consumer_spec
 from imgate_common.conversation_queue import Claim, ConversationQueue
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow

@@ -7,21 +7,16 @@ import logging
 import httpx
 import structlog
 from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
 
-from imgate_common.bus import (
-    CONFIG_CHANGED,
-    INBOUND_PARTITIONS,
-    cancel_subject,
-    ensure_consumer,
-    router_consumer_spec,
-)
+from imgate_common.bus import CONFIG_CHANGED, INBOUND_PARTITIONS, cancel_subject
 from imgate_common.channels import load_secret_box
 from imgate_common.consume import DeliveryPolicy, jetstream_handler
+from imgate_common.consumers import ensure_consumer, router_consumer_spec
 from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import Publish, durable_publisher
@@ -57,11 +52,7 @@ def subscribe(broker: NatsBroker, router: InboundRouter, publish: Publish) -> No
             spec.filter_subject,
             stream=JStream(spec.stream, declare=False),
             durable=spec.durable,
-            config=ConsumerConfig(
-                max_ack_pending=spec.max_ack_pending,
-                ack_wait=spec.ack_wait_s,
-                max_deliver=spec.max_deliver,
-            ),
+            config=spec.config(),
             pull_sub=PullSub(batch_size=1, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(jetstream_handler(InboundMessage, policy)(on_inbound))
