@@ -20,9 +20,9 @@ from imgate_common.bus import (
     MSG_ID_HEADER,
     REPLIES_STREAM,
     dead_letter_subject,
-    reply_consumer_spec,
     reply_subject,
 )
+from imgate_common.consumers import reply_consumer_spec
 from imgate_common.errors import PlatformError
 from imgate_common.messages import DeadLetter, InboundMessage, ReplyEvent, RunCompleted, run_id_for
 from imgate_common.status import ChannelStatusStore

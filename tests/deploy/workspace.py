@@ -85,12 +85,13 @@ SERVICE_PACKAGES = {
 
 @cache
 def secret_readers() -> frozenset[str]:
-    """The services whose code opens the key ring (imgate_common.channels.load_secret_box) to
-    decrypt stored secrets: each needs IMGATE_SECRET_KEYS, the same ring the admin API writes with."""
+    """The services whose code opens the key ring (imgate_common.channels.load_secret_box, or
+    `ServiceRuntime.secret_box` in a lifespan) to decrypt stored secrets: each needs
+    IMGATE_SECRET_KEYS, the same ring the admin API writes with."""
     return frozenset(
         service
         for service, package in SERVICE_PACKAGES.items()
-        if any("load_secret_box(" in p.read_text() for p in members()[package].rglob("*.py"))
+        if any("secret_box(" in p.read_text() for p in members()[package].rglob("*.py"))
     )
 
 

@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from imgate_common.bus import INBOUND_PARTITIONS, RUNS_STREAM, ensure_consumer, router_consumer_spec
+from imgate_common.bus import INBOUND_PARTITIONS, RUNS_STREAM
+from imgate_common.consumers import ensure_consumer, router_consumer_spec
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.models import Agent, Channel
 from imgate_common.messages import InboundMessage, RunRequest

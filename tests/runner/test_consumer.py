@@ -5,7 +5,8 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from imgate_common.bus import RUNNER_CONSUMER, RUNS_STREAM, run_subject
+from imgate_common.bus import RUNS_STREAM, run_subject
+from imgate_common.consumers import RUNNER_CONSUMER
 from imgate_common.messages import RunRequest
 from imgate_runner.main import RunConsumer
 from imgate_runner.settings import RunnerSettings

@@ -10,16 +10,9 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from imgate_common.bus import (
-    DEAD_LETTERS_STREAM,
-    REPLIES_STREAM,
-    RUNNER_CONSUMER,
-    RUNS_STREAM,
-    ConsumerSpec,
-    ensure_consumer,
-    run_subject,
-)
+from imgate_common.bus import DEAD_LETTERS_STREAM, REPLIES_STREAM, RUNS_STREAM, run_subject
 from imgate_common.consume import DeliveryPolicy, settle
+from imgate_common.consumers import RUNNER_CONSUMER, ConsumerSpec, ensure_consumer
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.errors import ConfigurationError, FailureCategory
 from imgate_common.messages import REPLY_EVENT, DeadLetter, RunFailed, RunRequest

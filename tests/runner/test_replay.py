@@ -16,13 +16,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_admin.dead_letters import service as dead_letters
 from imgate_admin.settings import AdminSettings
-from imgate_common.bus import (
-    DEAD_LETTERS_STREAM,
-    RUNNER_CONSUMER,
-    RUNS_STREAM,
-    dead_letter_subject,
-    run_subject,
-)
+from imgate_common.bus import DEAD_LETTERS_STREAM, RUNS_STREAM, dead_letter_subject, run_subject
+from imgate_common.consumers import RUNNER_CONSUMER
 from imgate_common.conversation_queue import ConversationQueue
 from imgate_common.db.models import Agent, Message
 from imgate_common.errors import Conflict

@@ -23,7 +23,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
-from imgate_common.bus import DEAD_LETTERS_STREAM, MSG_ID_HEADER, ConsumerSpec, dead_letter_subject
+from imgate_common.bus import DEAD_LETTERS_STREAM, MSG_ID_HEADER, dead_letter_subject
+from imgate_common.consumers import ConsumerSpec
 from imgate_common.errors import FailureCategory, GatewayError
 from imgate_common.messages import DeadLetter
 from imgate_common.publish import Publish

@@ -1,10 +1,13 @@
-"""Process plumbing every service shares: identity, bus connection, signal-driven shutdown."""
+"""Process plumbing every service shares: identity, logging and tracing, the clients of the
+bus, Redis and the database opened in one lifespan, and signal-driven shutdown."""
 
 import asyncio
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import nats
@@ -13,11 +16,16 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_common.bus import provision_streams
+from imgate_common.channels import load_secret_box
+from imgate_common.consumers import ConsumerSpec, ensure_consumer
+from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.logs import configure_logging
 from imgate_common.metrics import MetricsServer
-from imgate_common.secrets import UnreadableSecrets
+from imgate_common.secrets import SecretBox, UnreadableSecrets
 from imgate_common.settings import CommonSettings
 from imgate_common.telemetry import configure_tracing
 
@@ -76,23 +84,69 @@ def connect_redis(settings: CommonSettings) -> Redis:
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
+@dataclass
+class ServiceRuntime:
+    """The clients a service's lifespan opened; `stack` closes them (and whatever the service
+    adds to it) in reverse order when the lifespan ends."""
+
+    settings: CommonSettings
+    nc: NATS
+    js: JetStreamContext
+    redis: Redis
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    stack: AsyncExitStack
+
+    async def secret_box(self) -> SecretBox:
+        """The key ring, refused (`UnreadableSecrets`) when it cannot read what the database holds."""
+        return await load_secret_box(self.settings, self.sessions)
+
+
+@asynccontextmanager
+async def service_lifespan(
+    settings: CommonSettings, name: str, *, consumers: Iterable[ConsumerSpec] = (), pre_ping: bool = True
+) -> AsyncIterator[ServiceRuntime]:
+    """Connect to the bus (streams provisioned, then `consumers` declared or brought to their
+    policy before anybody binds them), Redis and the database; close all of them at the end,
+    and the ones already open when a later one fails at start."""
+    async with AsyncExitStack() as stack:
+        nc, js = await connect_nats(settings, name)
+        stack.push_async_callback(close_nats, nc)
+        for spec in consumers:
+            await ensure_consumer(js, spec)
+        redis = connect_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        engine = create_engine(settings.database_url, pre_ping=pre_ping)
+        stack.push_async_callback(engine.dispose)
+        yield ServiceRuntime(settings, nc, js, redis, engine, session_factory(engine), stack)
+
+
+@contextmanager
+def process_telemetry(service: str, settings: CommonSettings) -> Iterator[None]:
+    """Logging and tracing for the process; spans still buffered go out when it ends."""
+    configure_logging(service, settings.log_format, settings.log_level)
+    provider = configure_tracing(service, instance=instance_id(settings), content=settings.trace_content)
+    try:
+        yield
+    finally:
+        provider.shutdown()
+
+
 S = TypeVar("S", bound=CommonSettings)
 
 
 def service_main(service: str, settings: S, serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
-    """A service process: logging and tracing set up, then `serve` until SIGTERM/SIGINT."""
-    configure_logging(service, settings.log_format, settings.log_level)
-    provider = configure_tracing(service, instance=instance_id(settings), content=settings.trace_content)
-    metrics = MetricsServer(settings.metrics_port, settings.metrics_host)
-    try:
-        run_until_signalled(lambda stop: serve(settings, stop))
-    except UnreadableSecrets as exc:
-        # A configuration error, not a crash: one line for the operator, no traceback.
-        log.error("startup_refused", reason=str(exc))
-        raise SystemExit(2) from None
-    finally:
-        metrics.close()
-        provider.shutdown()  # spans still buffered go out before the process ends
+    """A service process: logging, tracing and metrics set up, then `serve` until SIGTERM/SIGINT."""
+    with process_telemetry(service, settings):
+        metrics = MetricsServer(settings.metrics_port, settings.metrics_host)
+        try:
+            run_until_signalled(lambda stop: serve(settings, stop))
+        except UnreadableSecrets as exc:
+            # A configuration error, not a crash: one line for the operator, no traceback.
+            log.error("startup_refused", reason=str(exc))
+            raise SystemExit(2) from None
+        finally:
+            metrics.close()
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

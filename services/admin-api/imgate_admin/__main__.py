@@ -7,23 +7,20 @@ import uvicorn
 from imgate_admin.errors import StartupError
 from imgate_admin.main import SERVICE, create_app
 from imgate_admin.settings import AdminSettings
-from imgate_common.logs import configure_logging
-from imgate_common.runtime import instance_id
-from imgate_common.telemetry import configure_tracing
+from imgate_common.runtime import process_telemetry
 
 
 def main() -> int:
     settings = AdminSettings()
-    configure_logging(SERVICE, settings.log_format, settings.log_level)
-    configure_tracing(SERVICE, instance=instance_id(settings), content=settings.trace_content)
-    try:
-        app = create_app(settings)
-    except StartupError as exc:
-        print(f"imgate-admin-api: {exc}", file=sys.stderr)
-        return 2
-    # log_config=None: uvicorn's loggers go through the stdlib set-up of configure_logging
-    # instead of installing their own handlers and formats.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    with process_telemetry(SERVICE, settings):
+        try:
+            app = create_app(settings)
+        except StartupError as exc:
+            print(f"imgate-admin-api: {exc}", file=sys.stderr)
+            return 2
+        # log_config=None: uvicorn's loggers go through the stdlib set-up of configure_logging
+        # instead of installing their own handlers and formats.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
 
 

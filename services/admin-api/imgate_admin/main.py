@@ -2,13 +2,11 @@
 every client."""
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import httpx
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from imgate_admin.agents.endpoints import router as agents_router
 from imgate_admin.audit.endpoints import router as audit_router
@@ -28,10 +26,8 @@ from imgate_admin.metrics import AdminMetrics, RequestMetricsMiddleware
 from imgate_admin.settings import AdminSettings
 from imgate_admin.tokens.endpoints import router as tokens_router
 from imgate_admin.users.endpoints import router as users_router
-from imgate_common.channels import load_secret_box
-from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.db.migrate import upgrade_async
-from imgate_common.runtime import connect_nats, connect_redis
+from imgate_common.runtime import ServiceRuntime, service_lifespan
 from imgate_common.secrets import SecretBox, UnreadableSecrets
 from imgate_common.status import ChannelStatusStore
 
@@ -40,9 +36,9 @@ log = structlog.get_logger()
 SERVICE = "admin-api"
 
 
-async def _secret_box(settings: AdminSettings, sessions: async_sessionmaker[AsyncSession]) -> SecretBox:
+async def _secret_box(settings: AdminSettings, runtime: ServiceRuntime) -> SecretBox:
     try:
-        return await load_secret_box(settings, sessions)
+        return await runtime.secret_box()
     except UnreadableSecrets as exc:
         if settings.recover_unreadable_secrets:
             log.warning("unreadable_secrets_recovery", reason=str(exc))
@@ -57,29 +53,24 @@ async def open_resources(
     settings: AdminSettings, metrics: AdminMetrics, outbound: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[Resources]:
     """Create every client, closing the ones already made if a later one fails."""
-    async with AsyncExitStack() as stack:
-        # Migrating here lets a fresh SQLite file (or an empty PostgreSQL) work at first start.
-        await upgrade_async(settings.database_url)
-        engine = create_engine(settings.database_url)
-        stack.push_async_callback(engine.dispose)
-        redis = connect_redis(settings)
-        stack.push_async_callback(redis.aclose)
-        await redis.ping()  # fail at start, not at the first status read
-        nc, _js = await connect_nats(settings, name=f"imgate-{SERVICE}")
-        stack.push_async_callback(nc.close)
+    # Migrating here lets a fresh SQLite file (or an empty PostgreSQL) work at first start.
+    await upgrade_async(settings.database_url)
+    async with service_lifespan(settings, f"imgate-{SERVICE}") as runtime:
+        await runtime.redis.ping()  # fail at start, not at the first status read
         # No redirects: a provider's base URL is called as configured, never elsewhere.
-        http = await stack.enter_async_context(httpx.AsyncClient(transport=outbound, follow_redirects=False))
-        sessions = session_factory(engine)
+        http = await runtime.stack.enter_async_context(
+            httpx.AsyncClient(transport=outbound, follow_redirects=False)
+        )
         yield Resources(
             settings=settings,
-            engine=engine,
-            sessions=sessions,
-            redis=redis,
-            nc=nc,
+            engine=runtime.engine,
+            sessions=runtime.sessions,
+            redis=runtime.redis,
+            nc=runtime.nc,
             http=http,
-            box=await _secret_box(settings, sessions),
-            status_store=ChannelStatusStore(redis, settings.redis_prefix),
-            control=ChannelControl(nc, settings.control_timeout_s, metrics.control_requests),
+            box=await _secret_box(settings, runtime),
+            status_store=ChannelStatusStore(runtime.redis, settings.redis_prefix),
+            control=ChannelControl(runtime.nc, settings.control_timeout_s, metrics.control_requests),
             metrics=metrics,
         )
 

@@ -15,23 +15,14 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from imgate_common import telemetry
-from imgate_common.bus import (
-    CANCEL_ALL,
-    CONFIG_CHANGED,
-    RUNS_STREAM,
-    ConsumerSpec,
-    ensure_consumer,
-    run_subject,
-    runner_consumer_spec,
-)
-from imgate_common.channels import load_secret_box
+from imgate_common.bus import CANCEL_ALL, CONFIG_CHANGED, RUNS_STREAM, run_subject
 from imgate_common.config_cache import ConfigCaches
 from imgate_common.consume import DeliveryPolicy, Failure, settle
+from imgate_common.consumers import ConsumerSpec, ensure_consumer, runner_consumer_spec
 from imgate_common.conversation_queue import Claim, ConversationQueue
-from imgate_common.db.engine import create_engine, session_factory
 from imgate_common.messages import CancelRequest, RunRequest, utcnow
 from imgate_common.publish import jetstream_publisher
-from imgate_common.runtime import close_nats, connect_nats, connect_redis, service_main
+from imgate_common.runtime import service_lifespan, service_main
 from imgate_common.status import ChannelStatusStore
 from imgate_runner.media import MediaReader
 from imgate_runner.metrics import LOCKS_LOST, REDELIVERED_RUNS, RUN_WAIT
@@ -223,28 +214,26 @@ class RunConsumer:
 
 
 async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
-    nc, js = await connect_nats(settings, "agent-runner")
     # No pre-ping round trip per session: a connection that died in the pool fails its
     # statement, and the run goes back to JetStream and is done again (as on any database error).
-    engine = create_engine(settings.database_url, pre_ping=False)
-    redis = connect_redis(settings)
-    queue = ConversationQueue(
-        redis,
-        settings.redis_prefix,
-        settings.conversation_active_ttl_s,
-        lease_ttl_s=settings.conversation_lease_ttl_s,
-    )
-    providers = build_providers(settings)
-    async with contextlib.AsyncExitStack() as stack:
+    async with service_lifespan(settings, "agent-runner", pre_ping=False) as runtime:
+        runtime.stack.callback(log.info, "runner_stopped")
+        queue = ConversationQueue(
+            runtime.redis,
+            settings.redis_prefix,
+            settings.conversation_active_ttl_s,
+            lease_ttl_s=settings.conversation_lease_ttl_s,
+        )
+        providers = build_providers(settings)
         for provider in providers.values():
-            await stack.enter_async_context(provider)
+            await runtime.stack.enter_async_context(provider)
         executor = RunExecutor(
             settings,
-            session_factory(engine),
-            await load_secret_box(settings, session_factory(engine)),
+            runtime.sessions,
+            await runtime.secret_box(),
             providers,
-            jetstream_publisher(js),
-            MediaReader(js),
+            jetstream_publisher(runtime.js),
+            MediaReader(runtime.js),
         )
 
         async def on_cancel(msg: Msg) -> None:
@@ -256,20 +245,14 @@ async def serve(settings: RunnerSettings, stop: asyncio.Event) -> None:
             if executor.cancel(request.run_id):
                 log.info("run_cancel_requested", run_id=request.run_id)
 
-        cancels = await nc.subscribe(CANCEL_ALL, cb=on_cancel)
+        cancels = await runtime.nc.subscribe(CANCEL_ALL, cb=on_cancel)
+        runtime.stack.push_async_callback(cancels.unsubscribe)
         # An administrator changed an agent (or a channel): read agents afresh.
-        changes = await nc.subscribe(CONFIG_CHANGED, cb=ConfigCaches(executor.agents).on_notice)
-        try:
-            log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
-            status = ChannelStatusStore(redis, settings.redis_prefix)
-            await RunConsumer(js, executor, settings, queue, status).run(stop)
-        finally:
-            await cancels.unsubscribe()
-            await changes.unsubscribe()
-            await close_nats(nc)
-            await redis.aclose()
-            await engine.dispose()
-            log.info("runner_stopped")
+        changes = await runtime.nc.subscribe(CONFIG_CHANGED, cb=ConfigCaches(executor.agents).on_notice)
+        runtime.stack.push_async_callback(changes.unsubscribe)
+        log.info("runner_started", providers=sorted(providers), slots=settings.max_concurrent_runs)
+        status = ChannelStatusStore(runtime.redis, settings.redis_prefix)
+        await RunConsumer(runtime.js, executor, settings, queue, status).run(stop)
 
 
 def main() -> None:

@@ -5,9 +5,7 @@ import asyncio
 import httpx
 import structlog
 
-from imgate_common.channels import load_secret_box
-from imgate_common.db.engine import create_engine, session_factory
-from imgate_common.runtime import close_nats, connect_nats, connect_redis, instance_id, service_main
+from imgate_common.runtime import instance_id, service_lifespan, service_main
 from imgate_common.status import ChannelStatusStore
 from imgate_connector.lease import ChannelLease, ReplicaSet
 from imgate_connector.media import AgentVision, MediaStore
@@ -26,26 +24,27 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
     """Run one connector replica until `stop`; `ready` is set once it serves control requests
     and has read the channels."""
     owner = instance_id(settings)
-    nc, js = await connect_nats(settings, f"connector {owner}")
-    redis = connect_redis(settings)
-    engine = create_engine(settings.database_url)
-    http = httpx.AsyncClient(timeout=settings.http_timeout_s, limits=HTTP_LIMITS)
-    try:
+    async with service_lifespan(settings, f"connector {owner}") as runtime:
+        runtime.stack.callback(log.info, "connector_stopped", owner=owner)
+        http = await runtime.stack.enter_async_context(
+            httpx.AsyncClient(timeout=settings.http_timeout_s, limits=HTTP_LIMITS)
+        )
         media = MediaStore(
-            js,
+            runtime.js,
             ttl_s=settings.media_ttl_s,
             max_bytes=settings.media_max_bytes,
             replicas=settings.stream_replicas,
             bucket_max_bytes=settings.media_bucket_max_bytes,
         )
         await media.ensure()  # an existing bucket takes the configured cap at start
-        vision = AgentVision(session_factory(engine), settings.media_agent_check_s)
+        vision = AgentVision(runtime.sessions, settings.media_agent_check_s)
+        redis = runtime.redis
         supervisor = ChannelSupervisor(
             settings,
-            nc,
-            js,
-            session_factory(engine),
-            await load_secret_box(settings, session_factory(engine)),
+            runtime.nc,
+            runtime.js,
+            runtime.sessions,
+            await runtime.secret_box(),
             ChannelLease(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ReplicaSet(redis, settings.redis_prefix, owner, settings.lease_ttl_s),
             ChannelStatusStore(redis, settings.redis_prefix),
@@ -53,12 +52,6 @@ async def serve(settings: ConnectorSettings, stop: asyncio.Event, ready: asyncio
         )
         log.info("connector_started", owner=owner)
         await supervisor.run(stop, ready)
-    finally:
-        await http.aclose()
-        await close_nats(nc)
-        await redis.aclose()
-        await engine.dispose()
-        log.info("connector_stopped", owner=owner)
 
 
 def main() -> None:

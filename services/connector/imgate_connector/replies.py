@@ -14,26 +14,23 @@ goes back to JetStream at once, so the channel's next owner carries on without w
 import asyncio
 import base64
 import contextlib
-import dataclasses
 
 import httpx
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from imgate_common import telemetry
-from imgate_common.bus import (
-    DEAD_LETTERS_STREAM,
-    REPLIES_STREAM,
-    ConsumerSpec,
-    channel_replies,
-    dead_letter_subject,
-    reply_consumer_spec,
-    reply_subject,
-)
+from imgate_common.bus import DEAD_LETTERS_STREAM, REPLIES_STREAM, dead_letter_subject, reply_subject
 from imgate_common.consume import classify
+from imgate_common.consumers import (
+    REPLY_IN_HAND,
+    ConsumerSpec,
+    ensure_consumer,
+    reply_consumer_spec,
+    run_history_config,
+)
 from imgate_common.errors import PlatformError
 from imgate_common.messages import REPLY_EVENT, TERMINAL_KINDS, DeadLetter, ReplyEvent, RunCompleted, RunDelta
 from imgate_common.publish import Publish, jetstream_publisher
@@ -43,12 +40,10 @@ from imgate_connector.rendering import CardRenderer
 
 log = structlog.get_logger()
 
-# Consumers of deleted channels disappear after a day without a reader.
-INACTIVE_THRESHOLD_S = 24 * 3600
 # An idle channel asks for new events this often (one long-poll request at a time).
 POLL_S = 5.0
 # Events in hand at once per channel; JetStream holds back the rest.
-MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT = REPLY_IN_HAND
 # Runs idle this long are forgotten by the renderer (checked this often).
 SWEEP_EVERY_S = 60.0
 # Tries of an event that fails otherwise than by not reaching something (a bug, a payload the
@@ -91,22 +86,14 @@ class ReplyConsumer:
     async def run(self) -> None:
         """Runs until cancelled. The durable consumer keeps the position across owners, and starts
         at new events when first created so an old run is never replayed into a new card."""
-        config = dataclasses.replace(
-            self._spec.config(),
-            deliver_policy=DeliverPolicy.NEW,
-            max_ack_pending=MAX_IN_FLIGHT * 4,
-            inactive_threshold=INACTIVE_THRESHOLD_S,
-        )
+        config = self._spec.config()
         try:
             # Creates the consumer, or brings an existing one's settings up to date.
-            await self._js.add_consumer(REPLIES_STREAM, config)
+            await ensure_consumer(self._js, self._spec)
         except Exception as exc:  # an older consumer that cannot change: use it as it is
             self._log.warning("reply_consumer_not_updated", error=str(exc))
         sub = await self._js.pull_subscribe(
-            channel_replies(self._channel_id),
-            durable=self._spec.durable,
-            stream=REPLIES_STREAM,
-            config=config,
+            self._spec.filter_subject, durable=self._spec.durable, stream=self._spec.stream, config=config
         )
         swept = asyncio.get_running_loop().time()
         try:
@@ -316,12 +303,7 @@ async def run_history(js: JetStreamContext, channel_id: int, run_id: str) -> lis
     sub = await js.pull_subscribe(
         reply_subject(channel_id, run_id),
         stream=REPLIES_STREAM,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=5.0,
-            mem_storage=True,
-        ),
+        config=run_history_config(),
     )
     events: list[ReplyEvent] = []
     try:

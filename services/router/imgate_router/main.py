@@ -7,25 +7,18 @@ import logging
 import httpx
 import structlog
 from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsMessage
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from prometheus_client import REGISTRY
 
-from imgate_common.bus import (
-    CONFIG_CHANGED,
-    INBOUND_PARTITIONS,
-    cancel_subject,
-    ensure_consumer,
-    router_consumer_spec,
-)
-from imgate_common.channels import load_secret_box
+from imgate_common.bus import CONFIG_CHANGED, INBOUND_PARTITIONS, cancel_subject
 from imgate_common.consume import DeliveryPolicy, jetstream_handler
-from imgate_common.db.engine import create_engine, session_factory
+from imgate_common.consumers import router_consumer_spec
 from imgate_common.messages import CancelRequest, InboundMessage
 from imgate_common.publish import Publish, durable_publisher
-from imgate_common.runtime import connect_nats, connect_redis, service_main
+from imgate_common.runtime import service_lifespan, service_main
 from imgate_router.service import InboundRouter, run_id_for
 from imgate_router.settings import RouterSettings
 
@@ -57,11 +50,7 @@ def subscribe(broker: NatsBroker, router: InboundRouter, publish: Publish) -> No
             spec.filter_subject,
             stream=JStream(spec.stream, declare=False),
             durable=spec.durable,
-            config=ConsumerConfig(
-                max_ack_pending=spec.max_ack_pending,
-                ack_wait=spec.ack_wait_s,
-                max_deliver=spec.max_deliver,
-            ),
+            config=spec.config(),
             pull_sub=PullSub(batch_size=1, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
         )(jetstream_handler(InboundMessage, policy)(on_inbound))
@@ -82,61 +71,54 @@ async def sweep_queues(router: InboundRouter, interval_s: float) -> None:
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    nc, js = await connect_nats(settings, "router")  # provisions streams before consumers bind
-    # Declared (or brought to the current policy: tries, ack wait) before FastStream binds them.
-    for partition in range(INBOUND_PARTITIONS):
-        await ensure_consumer(js, router_consumer_spec(partition))
-    await nc.close()
-    # FastStream's middlewares continue each message's trace from its headers (and pass it on
-    # in what the router publishes) and count and time the bus traffic.
-    broker = NatsBroker(
-        settings.nats_url,
-        max_reconnect_attempts=-1,
-        # FastStream's own lines ("waiting for messages", a line per message received and
-        # processed, its shutdown callbacks) are noise beside the router's structured log and
-        # cost time per message: only its warnings and errors pass, through the root logger.
-        logger=logging.getLogger("imgate.router.faststream"),
-        middlewares=(
-            NatsTelemetryMiddleware(),
-            NatsPrometheusMiddleware(
-                registry=REGISTRY, app_name="imgate-router", metrics_prefix="imgate_bus"
+    # The partition consumers are declared (or brought to the current policy: tries, ack wait)
+    # before FastStream binds them.
+    consumers = [router_consumer_spec(partition) for partition in range(INBOUND_PARTITIONS)]
+    async with service_lifespan(settings, "router", consumers=consumers, pre_ping=False) as runtime:
+        runtime.stack.callback(log.info, "router_stopped")
+        # FastStream's middlewares continue each message's trace from its headers (and pass it
+        # on in what the router publishes) and count and time the bus traffic.
+        broker = NatsBroker(
+            settings.nats_url,
+            max_reconnect_attempts=-1,
+            # FastStream's own lines ("waiting for messages", a line per message received and
+            # processed, its shutdown callbacks) are noise beside the router's structured log and
+            # cost time per message: only its warnings and errors pass, through the root logger.
+            logger=logging.getLogger("imgate.router.faststream"),
+            middlewares=(
+                NatsTelemetryMiddleware(),
+                NatsPrometheusMiddleware(
+                    registry=REGISTRY, app_name="imgate-router", metrics_prefix="imgate_bus"
+                ),
             ),
-        ),
-    )
-    redis = connect_redis(settings)
-    engine = create_engine(settings.database_url, pre_ping=False)
+        )
 
-    async def cancel(run_id: str) -> None:
-        await broker.publish(CancelRequest(run_id=run_id).model_dump_json().encode(), cancel_subject(run_id))
+        async def cancel(run_id: str) -> None:
+            request = CancelRequest(run_id=run_id)
+            await broker.publish(request.model_dump_json().encode(), cancel_subject(run_id))
 
-    http = httpx.AsyncClient()
-    publish = durable_publisher(broker)
-    router = InboundRouter(
-        settings,
-        session_factory(engine),
-        redis,
-        publish,
-        cancel,
-        http,
-        await load_secret_box(settings, session_factory(engine)),
-    )
-    subscribe(broker, router, publish)
-    sweeper: asyncio.Task[None] | None = None
-    try:
+        http = await runtime.stack.enter_async_context(httpx.AsyncClient())
+        publish = durable_publisher(broker)
+        router = InboundRouter(
+            settings,
+            runtime.sessions,
+            runtime.redis,
+            publish,
+            cancel,
+            http,
+            await runtime.secret_box(),
+        )
+        subscribe(broker, router, publish)
+        runtime.stack.push_async_callback(broker.stop)
         await broker.start()
         sweeper = asyncio.create_task(sweep_queues(router, settings.queue_sweep_interval_s))
         log.info("router_started")
-        await stop.wait()
-    finally:
-        if sweeper is not None:
+        try:
+            await stop.wait()
+        finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-        await broker.stop()
-        await http.aclose()
-        await redis.aclose()
-        await engine.dispose()
-        log.info("router_stopped")
 
 
 def main() -> None:
