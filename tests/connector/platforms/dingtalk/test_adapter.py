@@ -1,5 +1,6 @@
-"""DingTalkAdapter against imsim over real HTTP and websockets: ACK after the publish, SYSTEM
-frames, the watchdog, back-off, stopping, and what cannot be read."""
+"""DingTalkAdapter against imsim over real HTTP and websockets: what is DingTalk's own beyond the
+platform contract (test_contract.py): SYSTEM frames, pings, the watchdog, back-off, stopping
+beside a half-dead peer, and payloads that cannot be read."""
 
 import asyncio
 import json
@@ -19,54 +20,6 @@ from imgate_connector.lease import ChannelLease, LeaseExpired
 from imgate_connector.link import backoff_delay
 from tests.connector.conftest import Start
 from tests.connector.sim import Sim, until
-
-
-async def test_frame_is_acked_only_after_the_publish_returned(sim: Sim, run_adapter: Start) -> None:
-    gate = asyncio.Event()
-    received: list[InboundMessage] = []
-
-    async def slow_sink(message: InboundMessage) -> None:
-        received.append(message)
-        await gate.wait()
-
-    await run_adapter(slow_sink)
-    sent = await sim.send("hello")
-
-    async def got() -> bool:
-        return bool(received)
-
-    await until(got)
-    await asyncio.sleep(0.3)
-    assert await sim.acks_for(sent["msg_id"]) == [], "ACKed before the bus confirmed"
-    gate.set()
-
-    async def acked() -> bool:
-        return await sim.acks_for(sent["msg_id"]) == [200]
-
-    await until(acked)
-    assert received[0].text == "hello" and received[0].message_id == sent["msg_id"]
-
-
-async def test_failed_publish_is_not_acked_so_dingtalk_redelivers(sim: Sim, run_adapter: Start) -> None:
-    attempts: list[str] = []
-
-    async def flaky_sink(message: InboundMessage) -> None:
-        attempts.append(message.message_id)
-        if len(attempts) == 1:
-            raise ConnectionError("nats unreachable")
-
-    _, health = await run_adapter(flaky_sink)
-    sent = await sim.send("keep me")
-
-    async def acked() -> bool:
-        return await sim.acks_for(sent["msg_id"]) == [200]
-
-    await until(acked)
-    deliveries = [d for d in await sim.get("deliveries") if d["msg_id"] == sent["msg_id"]]
-    assert attempts == [sent["msg_id"], sent["msg_id"]]
-    assert len({d["frame_id"] for d in deliveries}) == 2, "the redelivery is a new frame"
-    assert health.last_error and "nats unreachable" in health.last_error
-    assert health.publish_failures == 1 and health.messages_in == 1
 
 
 async def test_unreadable_payload_is_acked_never_published_and_answered(sim: Sim, run_adapter: Start) -> None:
@@ -183,17 +136,6 @@ async def test_a_half_dead_socket_is_replaced_within_the_configured_time(
         return 200 in await sim.acks_for(sent["msg_id"])
 
     await until(acked)
-
-
-async def test_a_hard_drop_reconnects(sim: Sim, run_adapter: Start) -> None:
-    _, health = await run_adapter()
-    await sim.post("connections/drop")
-
-    async def back() -> bool:
-        return len(await sim.open_connections()) == 1 and health.reconnects >= 1
-
-    await until(back)
-    assert health.state == ChannelState.CONNECTED
 
 
 async def test_failed_opens_back_off_and_show_in_status(sim: Sim, run_adapter: Start) -> None:

@@ -43,8 +43,8 @@ from imgate_connector.platforms.dingtalk.translate import translate
 from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
 from imgate_connector.wording import wording_for
-from tests.connector import strategies
-from tests.connector.strategies import BOT_NAME, BOT_USER_ID
+from tests.connector.platforms.dingtalk import strategies
+from tests.connector.platforms.dingtalk.strategies import BOT_NAME, BOT_USER_ID
 
 CHANNEL_ID = 7
 CHANNEL_ROBOT_CODE = "robot-of-channel"

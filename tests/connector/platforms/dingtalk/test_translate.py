@@ -10,7 +10,7 @@ import pytest
 from imgate_common.messages import ConversationType, InboundMessage, MessageKind
 from imgate_connector.platforms.dingtalk.translate import translate
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "dingtalk"
+FIXTURES = Path(__file__).parents[3] / "fixtures" / "dingtalk"
 
 
 def payload(name: str) -> dict[str, Any]:
