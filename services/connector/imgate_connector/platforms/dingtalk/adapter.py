@@ -39,6 +39,7 @@ from imgate_common.messages import (
     ReplyTarget,
     run_id_for,
 )
+from imgate_common.platforms import DingTalkReplyData, Platform
 from imgate_connector.lease import CALL_TIMEOUT_SHARE
 from imgate_connector.media import MediaPolicy, fetch_attachments
 from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
@@ -138,7 +139,7 @@ class LinkState:
 
 
 class DingTalkAdapter(PlatformAdapter):
-    name: ClassVar[str] = "dingtalk"
+    name: ClassVar[str] = Platform.DINGTALK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -509,9 +510,11 @@ class DingTalkAdapter(PlatformAdapter):
                     else ConversationType.SINGLE
                 ),
                 sender_id=sender,
-                sender_staff_id=staff_id if isinstance(staff_id, str) else None,
-                robot_code=data.get("robotCode") or self.config.robot_code,
-                session_webhook=webhook if isinstance(webhook, str) else None,
+                sender_employee_id=staff_id if isinstance(staff_id, str) else None,
+                platform_data=DingTalkReplyData(
+                    robot_code=data.get("robotCode") or self.config.robot_code,
+                    session_webhook=webhook if isinstance(webhook, str) else None,
+                ),
                 inbound_message_id=str(data.get("msgId") or ""),
             )
         except ValidationError:
@@ -528,7 +531,11 @@ class DingTalkAdapter(PlatformAdapter):
             inline_text_max_bytes=self.settings.media_inline_text_max_bytes,
             images_wanted=vision is None or await vision.supports_images(self.spec.default_agent_id),
         )
-        robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
+        robot_code = (
+            message.target.data_as(DingTalkReplyData).robot_code
+            or self.config.robot_code
+            or self.config.client_id
+        )
 
         async def download_url(attachment: Attachment) -> str:
             assert attachment.download_code is not None
