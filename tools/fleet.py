@@ -37,12 +37,13 @@ import httpx
 from cryptography.fernet import Fernet
 
 from imgate_common.messages import run_id_for
+from imgate_common.platforms import Platform
 from imgate_connector.wording import WORDINGS
 from tools.devstack import PYTHON, ROOT, LocalStack, http_ok, wait_until
 from tools.modelsim import ModelSim, free_port, serve_model
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-PLATFORM = "dingtalk"  # imsim speaks DingTalk
+PLATFORM = Platform.DINGTALK.value  # imsim speaks DingTalk
 SERVICE_OF = {
     "connector": "connector",
     "router": "router",
@@ -332,7 +333,7 @@ class Fleet:
                 json={"name": "modelsim", "provider": "openai", "model": "modelsim", "base_url": self.model},
             )
             agent.raise_for_status()
-            channel: dict[str, Any] = {"platform": "dingtalk", "default_agent_id": agent.json()["id"]}
+            channel: dict[str, Any] = {"platform": PLATFORM, "default_agent_id": agent.json()["id"]}
             # A channel's card_qps (the admin API stores 20 unless told) overrides the connector's
             # CONNECTOR_CARD_QPS: a budget given to the fleet goes to its channels too.
             if budget := self.config.extra_env.get("CONNECTOR_CARD_QPS"):

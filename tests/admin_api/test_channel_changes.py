@@ -357,7 +357,7 @@ async def test_channel_settings_have_defaults_and_user_mapping_secrets_are_encry
     assert created.status_code == 201, created.text
     channel = created.json()
     assert channel["user_mapping"]["bind_password"] == MASK
-    assert channel["user_mapping"]["user_filter"] == "(employeeNumber={staff_id})"
+    assert channel["user_mapping"]["user_filter"] == "(employeeNumber={employee_id})"
     assert BIND_PASSWORD not in created.text
     row = await _row(resources, channel["id"])
     assert "bind_password" not in row.user_mapping

@@ -162,7 +162,7 @@ def identity_service() -> Iterator[IdentityService]:
             return JSONResponse({"error": "broken"}, status_code=service.status)
         if service.answers:
             return JSONResponse(service.answers.pop(0))
-        person = service.people.get(body.get("staff_id") or "")
+        person = service.people.get(body.get("employee_id") or "")
         if person is None:
             return JSONResponse({"found": False}, status_code=404)
         return person

@@ -53,7 +53,7 @@ def ldap_mapping(url: str, **overrides: Any) -> dict[str, Any]:
         "bind_dn": LDAP_ADMIN,
         "bind_password": LDAP_PASSWORD,
         "base_dn": LDAP_BASE,
-        "user_filter": "(employeeNumber={staff_id})",
+        "user_filter": "(employeeNumber={employee_id})",
         **overrides,
     }
 
@@ -110,7 +110,7 @@ async def test_ldap_nobody_follows_the_channel_policy(
     slapd: Slapd,
     fallback: bool,
 ) -> None:
-    mapping = ldap_mapping(slapd.url, user_filter="(mobile={staff_id})", fallback_to_auto=fallback)
+    mapping = ldap_mapping(slapd.url, user_filter="(mobile={employee_id})", fallback_to_auto=fallback)
     await set_mapping(sessions, channel_id, router, mapping)
     await router.handle(inbound(channel_id, "l3", "hello"))
     if fallback:
@@ -131,7 +131,9 @@ async def test_ldap_filter_values_are_escaped(
 ) -> None:
     await set_mapping(sessions, channel_id, router, ldap_mapping(slapd.url, fallback_to_auto=False))
     message = inbound(channel_id, "l4", "hello")
-    evil = message.model_copy(update={"sender": message.sender.model_copy(update={"staff_id": "*)(uid=*"})})
+    evil = message.model_copy(
+        update={"sender": message.sender.model_copy(update={"employee_id": "*)(uid=*"})}
+    )
     await router.handle(evil)
     assert await users(sessions) == [], "an injected filter must not match everyone"
 
@@ -168,7 +170,9 @@ async def test_http_mapper_posts_the_identity_and_caches_the_answer(
     await router.handle(inbound(channel_id, "h2", "two"))
     assert len(identity_service.requests) == before + 1, "the second lookup comes from the cache"
     body = identity_service.requests[-1]
-    assert body["staff_id"] == "manager4352" and body["platform"] == "dingtalk"
+    assert body["employee_id"] == "manager4352" and body["platform"] == "dingtalk"
+    assert body["tenant_id"] == "dingd8e1123006514592"
+    assert body["staff_id"] == body["employee_id"], "lookup services written for DingTalk still read it"
     assert identity_service.headers[-1]["authorization"] == "Bearer erp-key"
     [user] = await users(sessions)
     assert (user.username, user.email, user.auth_source) == ("zs", "zs@corp.example", "http")

@@ -117,9 +117,9 @@ async def test_an_erp_answer_of_the_wrong_shape_is_a_configuration_error(
 async def test_an_ldap_filter_with_an_unknown_placeholder_is_a_configuration_error(
     pg_router: InboundRouter, pg_sessions: async_sessionmaker[AsyncSession], pg_channel: int
 ) -> None:
-    mapping = ldap_mapping("ldap://127.0.0.1:9", user_filter="(uid={employee_id})")
+    mapping = ldap_mapping("ldap://127.0.0.1:9", user_filter="(uid={employee_number})")
     await set_mapping(pg_sessions, pg_channel, pg_router, mapping)
-    with pytest.raises(ConfigurationError, match="employee_id") as raised:
+    with pytest.raises(ConfigurationError, match="employee_number") as raised:
         await pg_router.handle(inbound(pg_channel, "ldap1"))
     assert classify(raised.value).permanent
 

@@ -4,16 +4,17 @@ import uuid
 from typing import Any
 
 from imgate_common.messages import ConversationType, ReplyTarget, RunRequest
+from imgate_common.platforms import Platform
 
 
 def reply_target(**overrides: Any) -> ReplyTarget:
     fields: dict[str, Any] = {
-        "platform": "dingtalk",
+        "platform": Platform.DINGTALK,
         "channel_id": 1,
         "conversation_id": "cid",
         "conversation_type": ConversationType.SINGLE,
         "sender_id": "u1",
-        "sender_staff_id": "u1",
+        "sender_employee_id": "u1",
         "inbound_message_id": "m1",
     }
     return ReplyTarget(**{**fields, **overrides})

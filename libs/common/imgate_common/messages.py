@@ -3,11 +3,12 @@
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from imgate_common.errors import FailureCategory
+from imgate_common.platforms import AnyReplyData, Platform, PlatformReplyData
 
 CONTRACT_VERSION: Literal[1] = 1
 
@@ -57,13 +58,19 @@ class ConversationType(StrEnum):
     GROUP = "group"
 
 
+# Models written before the platform-neutral names (still in streams, dead letters and queues)
+# carry DingTalk's words; each field also accepts its old name.
+def _formerly(old: str, new: str) -> Any:
+    return Field(None, validation_alias=AliasChoices(new, old))
+
+
 class Sender(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str  # the platform's stable user id (DingTalk: staff id when known, else senderId)
-    staff_id: str | None = None
+    employee_id: str | None = _formerly("staff_id", "employee_id")  # DingTalk: staff id
     nick: str | None = None
-    corp_id: str | None = None
+    tenant_id: str | None = _formerly("corp_id", "tenant_id")  # the organisation; DingTalk: corp id
     is_admin: bool = False
 
 
@@ -89,7 +96,13 @@ class Mention(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str  # the platform's user id (DingTalk: dingtalkId)
-    staff_id: str | None = None
+    employee_id: str | None = _formerly("staff_id", "employee_id")
+
+
+ReplyData = TypeVar("ReplyData", bound=PlatformReplyData)
+
+# Reply-target fields that were DingTalk's and flat before `platform_data`.
+_FLAT_DINGTALK_FIELDS = ("robot_code", "session_webhook", "session_webhook_expires_at")
 
 
 class ReplyTarget(BaseModel):
@@ -102,15 +115,34 @@ class ReplyTarget(BaseModel):
     conversation_id: str  # the platform's conversation id
     conversation_type: ConversationType
     sender_id: str
-    sender_staff_id: str | None = None
+    sender_employee_id: str | None = _formerly("sender_staff_id", "sender_employee_id")
     sender_nick: str | None = None  # to @mention the sender when answering in a group
-    robot_code: str | None = None
-    session_webhook: str | None = None
-    session_webhook_expires_at: datetime | None = None
     inbound_message_id: str
     # When the user sent the message, by the platform's clock: orders a conversation's answers
     # wherever they are rendered (a channel's new owner never saw the messages arrive).
     sent_at: datetime | None = None
+    # What only the target's platform reads (a DingTalk robot code and session webhook).
+    platform_data: AnyReplyData | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_dingtalk_fields(cls, data: Any) -> Any:
+        """A target written before `platform_data` carried DingTalk's part flat: move it there."""
+        if not isinstance(data, dict) or "platform_data" in data:
+            return data
+        flat = {name: data[name] for name in _FLAT_DINGTALK_FIELDS if data.get(name) is not None}
+        if not flat:
+            return data
+        rest = {name: value for name, value in data.items() if name not in _FLAT_DINGTALK_FIELDS}
+        return {**rest, "platform_data": {"platform": Platform.DINGTALK, **flat}}
+
+    def data_as(self, kind: type[ReplyData]) -> ReplyData:
+        """The platform's part, empty when the target carries none; another platform's is an error."""
+        if self.platform_data is None:
+            return kind.empty()
+        if not isinstance(self.platform_data, kind):
+            raise TypeError(f"a {self.platform_data.platform} target has no {kind.__name__}")
+        return self.platform_data
 
 
 class InboundMessage(Contract):

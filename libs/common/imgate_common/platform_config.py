@@ -1,78 +1,14 @@
-"""A channel's configuration models, shared by admin-api (validation) and the services that run it.
-
-Each platform's connection config (used by the connector), and the user-mapping settings (used by
-the router). Adding a platform means one model here and one registry line.
-"""
+"""A channel's user-mapping settings (how an IM identity becomes one of our users), shared by
+admin-api (validation) and the router. Each platform's connection config is declared with the
+platform, in `imgate_common.platforms`."""
 
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter
+from pydantic import AfterValidator, Field, SecretStr, StringConstraints, TypeAdapter, field_validator
 
 from imgate_common.fields import HttpUrlStr
-
-
-class ConfigWithSecrets(BaseModel):
-    """A config whose `secret_fields` are stored encrypted, apart from the rest."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    secret_fields: ClassVar[frozenset[str]] = frozenset()
-    # The fields that say where the secrets are sent: changing one needs the secrets entered again.
-    destination_fields: ClassVar[frozenset[str]] = frozenset()
-
-    def split(self) -> tuple[dict[str, Any], dict[str, str]]:
-        """(public config, secrets in clear) with unset optional fields left out."""
-        public: dict[str, Any] = {}
-        secrets: dict[str, str] = {}
-        for name, value in self.model_dump(exclude_none=True).items():
-            if name in self.secret_fields:
-                secrets[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
-            else:
-                public[name] = value
-        return public, secrets
-
-
-class PlatformConfig(ConfigWithSecrets):
-    """Base of the platform configs; `secret_fields` go encrypted into `channels.secrets_enc`."""
-
-    platform: ClassVar[str]
-
-
-class DingTalkConfig(PlatformConfig):
-    platform: ClassVar[str] = "dingtalk"
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"client_secret"})
-    destination_fields: ClassVar[frozenset[str]] = frozenset({"openapi_endpoint"})
-
-    client_id: str = Field(min_length=1, max_length=200, description="AppKey of the DingTalk app")
-    client_secret: SecretStr = Field(min_length=1, description="AppSecret; stored encrypted")
-    # Private deployments and imsim stand in for api.dingtalk.com through this override.
-    openapi_endpoint: HttpUrlStr | None = None
-    robot_code: str | None = Field(None, min_length=1, max_length=200)
-    # A channel's own AI card template, and the key its text lives under.
-    card_template_id: str | None = Field(None, min_length=1, max_length=200)
-    card_content_key: str | None = Field(None, min_length=1, max_length=100)
-
-
-PLATFORM_CONFIGS: dict[str, type[PlatformConfig]] = {}
-
-
-def register(config: type[PlatformConfig]) -> None:
-    if config.platform in PLATFORM_CONFIGS:
-        raise ValueError(f"platform {config.platform!r} registered twice")
-    PLATFORM_CONFIGS[config.platform] = config
-
-
-register(DingTalkConfig)
-
-# What `config` may hold in a request body (for validation order and the OpenAPI schema).
-AnyPlatformConfig = DingTalkConfig
-
-
-def secret_fields(platform: str) -> frozenset[str]:
-    config = PLATFORM_CONFIGS.get(platform)
-    return config.secret_fields if config else frozenset()
-
+from imgate_common.platforms import ConfigWithSecrets
 
 # --- user mapping: how an IM identity becomes one of our users ---------------------------------
 
@@ -89,6 +25,10 @@ LdapUrlStr = Annotated[
 ]
 Dn = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 Attribute = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+EMPLOYEE_PLACEHOLDER = "{employee_id}"
+LEGACY_EMPLOYEE_PLACEHOLDER = "{staff_id}"
 
 
 class AutoUserMapping(ConfigWithSecrets):
@@ -108,13 +48,19 @@ class LdapUserMapping(ConfigWithSecrets):
     bind_dn: Dn
     bind_password: SecretStr = Field(min_length=1, max_length=500, description="stored encrypted")
     base_dn: Dn
-    # {user_id} is the platform's user id, {staff_id} the employee id when the platform sends one.
-    user_filter: str = Field("(employeeNumber={staff_id})", min_length=1, max_length=500)
+    # {user_id} is the platform's user id, {employee_id} the employee id when the platform sends one.
+    user_filter: str = Field("(employeeNumber={employee_id})", min_length=1, max_length=500)
     username_attribute: Attribute = "uid"
     email_attribute: Attribute = "mail"
     display_name_attribute: Attribute = "cn"
     # When the directory knows nobody: create a user as `auto` does (true) or refuse to answer.
     fallback_to_auto: bool = True
+
+    @field_validator("user_filter")
+    @classmethod
+    def _employee_id_placeholder(cls, value: str) -> str:
+        """Filters written before 0004 named the employee id by DingTalk's word for it."""
+        return value.replace(LEGACY_EMPLOYEE_PLACEHOLDER, EMPLOYEE_PLACEHOLDER)
 
 
 class HttpUserMapping(ConfigWithSecrets):

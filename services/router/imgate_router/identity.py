@@ -52,7 +52,7 @@ class AutoUserMapper:
 
     async def resolve(self, session: AsyncSession, message: InboundMessage) -> int:
         """The id of the user behind the message's identity, created on first contact."""
-        tenant = message.sender.corp_id or ""
+        tenant = message.sender.tenant_id or ""
         identity = await self._find(session, message.platform, tenant, message.sender.id)
         if identity is not None:
             return identity.user_id
@@ -94,7 +94,7 @@ class AutoUserMapper:
         if (await session.exec(select(User).where(User.username == wanted))).first():
             # Taken by someone else: never attach a stranger's identity to an existing account.
             digest = hashlib.sha256(
-                f"{message.platform}:{message.sender.corp_id}:{wanted}".encode()
+                f"{message.platform}:{message.sender.tenant_id}:{wanted}".encode()
             ).hexdigest()[:8]
             username = f"{wanted}.{message.platform}.{digest}"
         user = User(
@@ -176,7 +176,7 @@ class IdentityResolver:
     @staticmethod
     def _key(channel: Channel, message: InboundMessage) -> tuple[int, str, str, str]:
         assert channel.id is not None
-        return (channel.id, message.platform, message.sender.corp_id or "", message.sender.id)
+        return (channel.id, message.platform, message.sender.tenant_id or "", message.sender.id)
 
     async def resolve(self, session: AsyncSession, channel: Channel, message: InboundMessage) -> ResolvedUser:
         """The user behind the message; raises NotRegistered, MapperUnavailable (try again
@@ -234,7 +234,7 @@ class IdentityResolver:
         self, channel: Channel, mapper: UserMapper, message: InboundMessage
     ) -> Person | None:
         key = ":".join(
-            (self._prefix, "identity", str(channel.id), message.platform, message.sender.corp_id or "",
+            (self._prefix, "identity", str(channel.id), message.platform, message.sender.tenant_id or "",
              message.sender.id)
         )  # fmt: skip
         cached = await self._redis.get(key)
@@ -261,7 +261,7 @@ class IdentityResolver:
             session.add(user)
             await session.flush()
         assert user.id is not None
-        tenant = message.sender.corp_id or ""
+        tenant = message.sender.tenant_id or ""
         identity = await self._auto._find(session, message.platform, tenant, message.sender.id)
         if identity is None:
             session.add(

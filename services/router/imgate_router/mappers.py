@@ -68,9 +68,11 @@ class HttpMapper(UserMapper):
             headers["Authorization"] = f"Bearer {self._config.api_key.get_secret_value()}"
         body = {
             "platform": message.platform,
-            "tenant_id": message.sender.corp_id,
+            "tenant_id": message.sender.tenant_id,
             "user_id": message.sender.id,
-            "staff_id": message.sender.staff_id,
+            "employee_id": message.sender.employee_id,
+            # The same, under the name lookup services written for DingTalk alone read.
+            "staff_id": message.sender.employee_id,
             "nick": message.sender.nick,
         }
         try:
@@ -114,7 +116,7 @@ class LdapMapper(UserMapper):
     async def lookup(self, message: InboundMessage) -> Person | None:
         fields = {
             "user_id": escape_filter_chars(message.sender.id),
-            "staff_id": escape_filter_chars(message.sender.staff_id or message.sender.id),
+            "employee_id": escape_filter_chars(message.sender.employee_id or message.sender.id),
             "nick": escape_filter_chars(message.sender.nick or ""),
         }
         try:
@@ -122,7 +124,7 @@ class LdapMapper(UserMapper):
         except (KeyError, IndexError, ValueError) as exc:
             raise MapperMisconfigured(
                 f"LDAP user_filter {self._config.user_filter!r} cannot be filled ({type(exc).__name__}: "
-                f"{exc}); it may use {{user_id}}, {{staff_id}} and {{nick}}"
+                f"{exc}); it may use {{user_id}}, {{employee_id}} and {{nick}}"
             ) from exc
         return await asyncio.to_thread(self._search, search_filter)
 

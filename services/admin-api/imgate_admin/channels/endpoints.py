@@ -22,7 +22,8 @@ from imgate_admin.errors import ErrorBody, Responses
 from imgate_admin.schemas import TOTAL_COUNT_HEADER, IdPath, Limit, Offset, QueryText
 from imgate_common.db.models import Channel
 from imgate_common.messages import ChannelState
-from imgate_common.platform_config import PLATFORM_CONFIGS, USER_MAPPINGS
+from imgate_common.platform_config import USER_MAPPINGS
+from imgate_common.platforms import PLATFORM_CONFIGS
 
 router = APIRouter(prefix="/channels", tags=["channels"])
 catalogue = APIRouter(tags=["channels"])

@@ -11,15 +11,8 @@ from imgate_admin.schemas import MAX_ID, Name, RequestBody, SafeText, UtcDatetim
 from imgate_common.db.models import Channel
 from imgate_common.logs import redact_text
 from imgate_common.messages import ChannelState, ChannelStatus
-from imgate_common.platform_config import (
-    PLATFORM_CONFIGS,
-    USER_MAPPINGS,
-    AnyPlatformConfig,
-    AnyUserMapping,
-    AutoUserMapping,
-    ConfigWithSecrets,
-    secret_fields,
-)
+from imgate_common.platform_config import USER_MAPPINGS, AnyUserMapping, AutoUserMapping
+from imgate_common.platforms import PLATFORM_CONFIGS, AnyPlatformConfig, ConfigWithSecrets, secret_fields
 from imgate_common.secrets import MASK
 
 INDICATORS = {

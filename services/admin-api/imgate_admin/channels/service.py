@@ -21,7 +21,8 @@ from imgate_admin.errors import invalid_field, invalid_fields
 from imgate_common.db.models import Agent, Channel, Conversation, Message, utcnow
 from imgate_common.errors import Conflict, InvalidRequest, NotFound
 from imgate_common.messages import ChannelState, ChannelStatus, ControlAction
-from imgate_common.platform_config import PLATFORM_CONFIGS, USER_MAPPING, USER_MAPPINGS, ConfigWithSecrets
+from imgate_common.platform_config import USER_MAPPING, USER_MAPPINGS
+from imgate_common.platforms import PLATFORM_CONFIGS, ConfigWithSecrets
 from imgate_common.secrets import MASK, SecretBox
 from imgate_common.status import STATUS_TTL_S, ChannelStatusStore
 

@@ -9,6 +9,7 @@ from imgate_admin.cli.client import ApiError
 from imgate_admin.cli.output import ago, duration, table
 from imgate_admin.cli.output import fields as field_list
 from imgate_admin.cli.state import JsonOpt, YesOpt, api, parse_pairs, show
+from imgate_common.platforms import Platform
 
 app = typer.Typer(
     help="List, create, change, enable, disable, restart and delete channels.", no_args_is_help=True
@@ -173,7 +174,7 @@ def channel_status(ctx: typer.Context, channel_id: int, as_json: JsonOpt = False
 def create_channel(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="Unique name.")],
-    platform: Annotated[str, typer.Option(help="The IM platform.")] = "dingtalk",
+    platform: Annotated[str, typer.Option(help="The IM platform.")] = Platform.DINGTALK.value,
     config: ConfigOpt = None,
     config_json: ConfigJsonOpt = None,
     secret: SecretOpt = None,

@@ -6,6 +6,7 @@ import typer
 
 from imgate_admin.cli.output import fields, table
 from imgate_admin.cli.state import JsonOpt, api, show
+from imgate_common.platforms import Platform
 
 users = typer.Typer(help="Users and their IM identities.", no_args_is_help=True)
 conversations = typer.Typer(help="Conversations and their transcripts.", no_args_is_help=True)
@@ -62,7 +63,7 @@ def link_identity(
     ctx: typer.Context,
     user_id: int,
     platform_user_id: Annotated[str, typer.Option("--platform-user-id", help="The IM user id.")],
-    platform: str = "dingtalk",
+    platform: str = Platform.DINGTALK.value,
     tenant: Annotated[str, typer.Option(help="The IM organisation id (DingTalk corpId).")] = "",
     nick: str | None = None,
     as_json: JsonOpt = False,

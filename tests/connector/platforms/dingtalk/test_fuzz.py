@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from imgate_common.bus import INBOUND_STREAM, MSG_ID_HEADER, inbound_subject
 from imgate_common.channels import ChannelSpec
 from imgate_common.messages import ConversationType, InboundMessage, MessageKind, ReplyTarget
+from imgate_common.platforms import DingTalkReplyData
 from imgate_connector.health import ChannelHealth
 from imgate_connector.inbound import InboundPublisher, dedup_id
 from imgate_connector.platforms.dingtalk.adapter import DingTalkAdapter
@@ -431,7 +432,9 @@ def test_a_valid_message_translates_into_a_valid_inbound_message(payload: dict[s
     assert message.raw == payload
     sender = payload.get("senderStaffId") or payload["senderId"]
     assert message.sender.id == message.target.sender_id == sender
-    assert message.target.robot_code == (payload.get("robotCode") or CHANNEL_ROBOT_CODE)
+    assert message.target.data_as(DingTalkReplyData).robot_code == (
+        payload.get("robotCode") or CHANNEL_ROBOT_CODE
+    )
     group = payload["conversationType"] == "2"
     assert message.target.conversation_type == (ConversationType.GROUP if group else ConversationType.SINGLE)
     assert message.target.conversation_id == payload["conversationId"]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from imgate_common.messages import ConversationType, InboundMessage, MessageKind
+from imgate_common.platforms import DingTalkReplyData
 from imgate_connector.platforms.dingtalk.translate import translate
 
 FIXTURES = Path(__file__).parents[3] / "fixtures" / "dingtalk"
@@ -19,17 +20,19 @@ def payload(name: str) -> dict[str, Any]:
 
 def test_single_chat_text_is_trimmed_and_targets_the_sender() -> None:
     msg = translate(payload("text_single"), channel_id=7, robot_code=None)
+    dingtalk = msg.target.data_as(DingTalkReplyData)
     assert msg.kind == MessageKind.TEXT
     assert msg.text == "What can you do?"
     assert msg.message_id == "msgQ3lVKqUOIDV8s7+Jjm3xhA=="
     assert msg.sender.id == "manager4352" and msg.sender.nick == "张三"
     assert msg.target.conversation_type == ConversationType.SINGLE
-    assert msg.target.sender_staff_id == "manager4352"
-    assert msg.target.robot_code == "dingkzqiwbtuxmvcmcri"
-    assert msg.target.session_webhook_expires_at == datetime.fromtimestamp(1795486400, UTC)
+    assert msg.target.sender_employee_id == "manager4352"
+    assert dingtalk.robot_code == "dingkzqiwbtuxmvcmcri"
+    assert dingtalk.session_webhook_expires_at == datetime.fromtimestamp(1795486400, UTC)
     assert msg.sent_at == datetime.fromtimestamp(1795481000, UTC)
     assert msg.target.sent_at == msg.sent_at, "answers are ordered by it wherever they are rendered"
     assert msg.raw["senderCorpId"] == "dingd8e1123006514592"
+    assert msg.sender.tenant_id == "dingd8e1123006514592" and msg.sender.employee_id == "manager4352"
 
 
 def test_group_mention_keeps_title_and_at_flag_and_strips_the_bots_name() -> None:
@@ -78,7 +81,7 @@ def test_only_the_bots_own_mention_is_stripped(
 def test_mentions_keep_who_was_mentioned() -> None:
     msg = translate(group_text("@helper hi @Alice", [BOT, ALICE]), channel_id=7, robot_code=None)
     assert msg.mentions_bot
-    assert [(m.id, m.staff_id) for m in msg.mentions] == [("$:LWCP_v1:$alice==", "alice01")]
+    assert [(m.id, m.employee_id) for m in msg.mentions] == [("$:LWCP_v1:$alice==", "alice01")]
 
 
 def test_single_chat_text_is_never_stripped() -> None:
@@ -147,9 +150,9 @@ def test_unhandled_type_is_marked_unsupported_not_dropped() -> None:
 def test_sender_without_staff_id_falls_back_to_sender_id_and_channel_robot_code() -> None:
     msg = translate(payload("external_sender"), channel_id=3, robot_code="channel-robot")
     assert msg.sender.id == "$:LWCP_v1:$guest42=="
-    assert msg.sender.staff_id is None
-    assert msg.target.robot_code == "channel-robot"
-    assert msg.target.session_webhook is None
+    assert msg.sender.employee_id is None
+    assert msg.target.data_as(DingTalkReplyData).robot_code == "channel-robot"
+    assert msg.target.data_as(DingTalkReplyData).session_webhook is None
 
 
 @pytest.mark.parametrize("name", [p.stem for p in FIXTURES.glob("*.json")])

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection
 
 from imgate_common.errors import PlatformError
 from imgate_common.messages import Attachment, InboundMessage, ReplyTarget
+from imgate_common.platforms import DingTalkReplyData, Platform
 from imgate_connector.platform_api import (
     InboundFrame,
     SocketAdapter,
@@ -118,7 +119,7 @@ class BotMessageFrame(InboundFrame):
 
 
 class DingTalkAdapter(SocketAdapter):
-    name: ClassVar[str] = "dingtalk"
+    name: ClassVar[str] = Platform.DINGTALK
     # Frames up to 4 MB (DingTalk's bot messages are far smaller; anything bigger is not ours).
     max_frame_bytes: ClassVar[int] = 4 * 1024 * 1024
 
@@ -212,5 +213,9 @@ class DingTalkAdapter(SocketAdapter):
 
     async def _media_url(self, message: InboundMessage, attachment: Attachment) -> str:
         assert attachment.download_code is not None
-        robot_code = message.target.robot_code or self.config.robot_code or self.config.client_id
+        robot_code = (
+            message.target.data_as(DingTalkReplyData).robot_code
+            or self.config.robot_code
+            or self.config.client_id
+        )
         return await self.api.download_url(robot_code, attachment.download_code)

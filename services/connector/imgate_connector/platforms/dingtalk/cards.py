@@ -18,6 +18,7 @@ import structlog
 from imgate_common.bounded import BoundedSet
 from imgate_common.errors import PlatformError
 from imgate_common.messages import ConversationType, ReplyTarget
+from imgate_common.platforms import DingTalkReplyData
 from imgate_connector.platform_api import (
     CallClass,
     CardCallScheduler,
@@ -61,14 +62,16 @@ def open_space(target: ReplyTarget) -> tuple[str, dict[str, Any]]:
     """The card's destination: the user's 1:1 chat with the bot, or the group (mentioning the
     sender, so they are notified of the answer)."""
     if target.conversation_type == ConversationType.GROUP:
-        deliver: dict[str, Any] = {"robotCode": target.robot_code}
-        if target.sender_staff_id:
-            deliver["atUserIds"] = {target.sender_staff_id: target.sender_nick or target.sender_staff_id}
+        deliver: dict[str, Any] = {"robotCode": target.data_as(DingTalkReplyData).robot_code}
+        if target.sender_employee_id:
+            deliver["atUserIds"] = {
+                target.sender_employee_id: target.sender_nick or target.sender_employee_id
+            }
         return f"dtv1.card//IM_GROUP.{target.conversation_id}", {
             "imGroupOpenSpaceModel": {"supportForward": True},
             "imGroupOpenDeliverModel": deliver,
         }
-    user = target.sender_staff_id or target.sender_id
+    user = target.sender_employee_id or target.sender_id
     return f"dtv1.card//IM_ROBOT.{user}", {
         "imRobotOpenSpaceModel": {"supportForward": True},
         "imRobotOpenDeliverModel": {"spaceType": "IM_ROBOT"},
@@ -198,25 +201,26 @@ class DingTalkReplySurface(CardSurface[Call]):
 
     async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
         self._check_fence()
-        expires = target.session_webhook_expires_at
-        if target.session_webhook and (expires is None or expires > datetime.now(UTC)):
+        dingtalk = target.data_as(DingTalkReplyData)
+        expires = dingtalk.session_webhook_expires_at
+        if dingtalk.session_webhook and (expires is None or expires > datetime.now(UTC)):
             if await self._send_by_webhook(target, text, markdown):
                 return
         await self._send_by_robot(target, text, markdown)
 
     async def _send_by_webhook(self, target: ReplyTarget, text: str, markdown: bool) -> bool:
-        assert target.session_webhook is not None
-        group = target.conversation_type == ConversationType.GROUP and target.sender_staff_id
+        webhook = target.data_as(DingTalkReplyData).session_webhook
+        assert webhook is not None
+        group = target.conversation_type == ConversationType.GROUP and target.sender_employee_id
         body: dict[str, Any]
         if markdown:
             # A markdown mention shows only where the text names the user.
-            shown = f"@{target.sender_staff_id} {text}" if group else text
+            shown = f"@{target.sender_employee_id} {text}" if group else text
             body = {"msgtype": "markdown", "markdown": {"title": _title(text), "text": shown}}
         else:
             body = {"msgtype": "text", "text": {"content": text}}
         if group:
-            body["at"] = {"atUserIds": [target.sender_staff_id], "isAtAll": False}
-        webhook = target.session_webhook
+            body["at"] = {"atUserIds": [target.sender_employee_id], "isAtAll": False}
 
         async def post() -> dict[str, Any]:
             return check(await self._http.post(webhook, json=body))
@@ -233,7 +237,9 @@ class DingTalkReplySurface(CardSurface[Call]):
         return False
 
     async def _send_by_robot(self, target: ReplyTarget, text: str, markdown: bool) -> None:
-        robot_code = target.robot_code or self._config.robot_code or self._config.client_id
+        robot_code = (
+            target.data_as(DingTalkReplyData).robot_code or self._config.robot_code or self._config.client_id
+        )
         if markdown:
             msg_key, param = "sampleMarkdown", {"title": _title(text), "text": text}
         else:
@@ -246,9 +252,9 @@ class DingTalkReplySurface(CardSurface[Call]):
         if target.conversation_type == ConversationType.GROUP:
             path = "/v1.0/robot/groupMessages/send"
             body["openConversationId"] = target.conversation_id
-        elif target.sender_staff_id:
+        elif target.sender_employee_id:
             path = "/v1.0/robot/oToMessages/batchSend"
-            body["userIds"] = [target.sender_staff_id]
+            body["userIds"] = [target.sender_employee_id]
         else:
             raise PlatformError("no way left to reach the user: webhook expired and no staff id")
         await with_retries(lambda: self._api.call("POST", path, body))

@@ -1,6 +1,6 @@
 """DingTalk protocol constants and what a channel's config means for the connector."""
 
-from imgate_common.platform_config import DingTalkConfig
+from imgate_common.platforms import DingTalkConfig
 
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
 # The AI markdown card template every DingTalk tenant has; its text lives under `msgContent`.

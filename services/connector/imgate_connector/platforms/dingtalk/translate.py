@@ -16,8 +16,9 @@ from imgate_common.messages import (
     ReplyTarget,
     Sender,
 )
+from imgate_common.platforms import DingTalkReplyData, Platform
 
-PLATFORM = "dingtalk"
+PLATFORM = Platform.DINGTALK
 
 Translated = tuple[MessageKind, str, list[Attachment]]
 
@@ -119,7 +120,7 @@ def mentions_of(data: dict[str, Any]) -> tuple[bool, list[Mention]]:
         if bot and user["dingtalkId"] == bot:
             bot_listed = True
             continue
-        others.append(Mention(id=str(user["dingtalkId"]), staff_id=user.get("staffId") or None))
+        others.append(Mention(id=str(user["dingtalkId"]), employee_id=user.get("staffId") or None))
     return bool(data.get("isInAtList")) or bot_listed, others
 
 
@@ -170,9 +171,9 @@ def translate(
         mentions=mentions,
         sender=Sender(
             id=sender_id,
-            staff_id=staff_id,
+            employee_id=staff_id,
             nick=nick,
-            corp_id=data.get("senderCorpId"),
+            tenant_id=data.get("senderCorpId"),
             is_admin=bool(data.get("isAdmin")),
         ),
         conversation_title=data.get("conversationTitle"),
@@ -182,11 +183,13 @@ def translate(
             conversation_id=str(data.get("conversationId") or ""),
             conversation_type=ConversationType.GROUP if group else ConversationType.SINGLE,
             sender_id=sender_id,
-            sender_staff_id=staff_id,
+            sender_employee_id=staff_id,
             sender_nick=nick,
-            robot_code=data.get("robotCode") or robot_code,
-            session_webhook=data.get("sessionWebhook"),
-            session_webhook_expires_at=_ms(data.get("sessionWebhookExpiredTime")),
+            platform_data=DingTalkReplyData(
+                robot_code=data.get("robotCode") or robot_code,
+                session_webhook=data.get("sessionWebhook"),
+                session_webhook_expires_at=_ms(data.get("sessionWebhookExpiredTime")),
+            ),
             inbound_message_id=message_id,
             sent_at=_ms(data.get("createAt")),
         ),
@@ -215,9 +218,11 @@ def reply_target_of(data: Any, channel_id: int, robot_code: str | None) -> Reply
                 else ConversationType.SINGLE
             ),
             sender_id=sender,
-            sender_staff_id=staff_id if isinstance(staff_id, str) else None,
-            robot_code=data.get("robotCode") or robot_code,
-            session_webhook=webhook if isinstance(webhook, str) else None,
+            sender_employee_id=staff_id if isinstance(staff_id, str) else None,
+            platform_data=DingTalkReplyData(
+                robot_code=data.get("robotCode") or robot_code,
+                session_webhook=webhook if isinstance(webhook, str) else None,
+            ),
             inbound_message_id=str(data.get("msgId") or ""),
         )
     except ValidationError:
