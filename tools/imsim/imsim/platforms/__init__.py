@@ -1,1 +1,1 @@
-"""One package per simulated platform; `imsim.registry` lists them."""
+"""One package per simulated platform; `imsim.registry` finds them."""

@@ -219,3 +219,6 @@ class DingTalkAdapter(SocketAdapter):
             or self.config.client_id
         )
         return await self.api.download_url(robot_code, attachment.download_code)
+
+
+ADAPTER = DingTalkAdapter

@@ -123,3 +123,6 @@ class DingTalkPlatform(SimPlatform):
         for app in self.state.apps.values():
             sim_api.reset_records(app, self.state, self.dispatcher, faults=faults)
         return list(self.state.apps)
+
+
+PLATFORM = DingTalkPlatform
