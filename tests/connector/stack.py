@@ -4,6 +4,7 @@ the runner (it answers every stored message at once, speaking the reply-event co
 
 import asyncio
 import contextlib
+import os
 import random
 import sys
 import uuid
@@ -218,9 +219,11 @@ async def connector(
     **overrides: Any,
 ) -> AsyncIterator[ConnectorSettings]:
     """One connector replica in this process, served until the block ends (then SIGTERM-like).
-    Without `imsim`, each channel's own config says where its platform is."""
+    `imsim` becomes DingTalk's OpenAPI for channels without an `openapi_endpoint` of their own,
+    through the environment as in production, and stays so for the test process: a replica
+    still running when another stops must not lose it (the tests share one imsim)."""
     if imsim is not None:
-        overrides["dingtalk_openapi_endpoint"] = imsim
+        os.environ["DINGTALK_OPENAPI_ENDPOINT"] = imsim
     settings = ConnectorSettings(
         nats_url=nats_url,
         redis_url=REDIS_URL,

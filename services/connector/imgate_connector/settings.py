@@ -11,12 +11,6 @@ class ConnectorSettings(CommonSettings):
 
     metrics_port: int = 9101  # Prometheus /metrics (0: any free port, -1: none)
 
-    # The dingtalk-stream SDK's own variable, so one setting points both at a private gateway or imsim.
-    dingtalk_openapi_endpoint: str = Field(
-        "https://api.dingtalk.com",
-        validation_alias=AliasChoices("DINGTALK_OPENAPI_ENDPOINT", "CONNECTOR_DINGTALK_OPENAPI_ENDPOINT"),
-    )
-
     # --- ownership ---------------------------------------------------------------------------
     # Missed control messages are caught up by re-reading the channels this often.
     reconcile_interval_s: float = 10.0

@@ -35,6 +35,7 @@ from imgate_connector.platforms.dingtalk.cards import CARD_CALLS, DingTalkReplyS
 from imgate_connector.platforms.dingtalk.config import (
     BOT_MESSAGE_TOPIC,
     DingTalkConfig,
+    DingTalkEnvironment,
     openapi_endpoint,
 )
 from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
@@ -130,7 +131,7 @@ class DingTalkAdapter(SocketAdapter):
         self.api = DingTalkOpenApi(
             http,
             self.config,
-            openapi_endpoint(self.config, self.settings.dingtalk_openapi_endpoint),
+            openapi_endpoint(self.config, DingTalkEnvironment()),
             self.resources.shared(DingTalkTokens),
         )
         scheduler = app_scheduler(self.resources, self.settings, self.config.client_id, CARD_CALLS)
