@@ -7,8 +7,9 @@ The cases speak only through the driver and the core's interfaces (`PlatformAdap
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,6 +24,9 @@ from imgate_connector.platforms.base import CardExists, PlatformAdapter
 from tests.connector.platforms.contract.driver import Answer, PlatformDriver
 from tests.connector.sim import until
 from tests.connector.stack import InstantAgent, connector, echo, new_channel_ids
+
+# A connector answering on a channel of the driver's app (see `PlatformContract.answering`).
+Answering = Callable[[], contextlib.AbstractAsyncContextManager[InstantAgent]]
 
 # Long enough for a frame the adapter took to have been ACKed, had it ACKed too early.
 ACK_WINDOW_S = 0.3
@@ -177,7 +181,8 @@ class PlatformContract:
 
     # -- the whole connector: answered once, and always ------------------------------------
 
-    async def test_a_redelivered_message_is_answered_once(
+    @pytest.fixture
+    def answering(
         self,
         driver: PlatformDriver,
         private_nats: str,
@@ -187,58 +192,54 @@ class PlatformContract:
         bus: tuple[NATS, JetStreamContext],
         db: async_sessionmaker[AsyncSession],
         box: SecretBox,
+    ) -> Answering:
+        """A connector in this process holding a channel on the driver's app, connected, with an
+        instant agent answering every message it stores (the agent is yielded)."""
+
+        @contextlib.asynccontextmanager
+        async def running() -> AsyncIterator[InstantAgent]:
+            world = {"nats_url": private_nats, "database_url": database_url, "prefix": key_prefix}
+            [channel] = new_channel_ids(1)
+            agent = InstantAgent(bus[1], {channel})
+            await agent.start()
+            try:
+                async with connector(**world, secret_keys=secret_keys):
+                    await driver.add_channel(db, box, channel)
+                    await until(lambda: connections_at_least(driver, 1))
+                    yield agent
+            finally:
+                await agent.stop()
+
+        return running
+
+    async def test_a_redelivered_message_is_answered_once(
+        self, driver: PlatformDriver, answering: Answering
     ) -> None:
-        world = {"nats_url": private_nats, "database_url": database_url, "prefix": key_prefix}
-        [channel] = new_channel_ids(1)
-        agent = InstantAgent(bus[1], {channel})
-        await agent.start()
-        try:
-            async with connector(**world, secret_keys=secret_keys):
-                await driver.add_channel(db, box, channel)
-                await until(lambda: connections_at_least(driver, 1))
-                sent = []
-                for i in range(3):
-                    msg_id = await driver.user_sends(f"question {i}", sender=f"user{i}")
-                    await driver.redeliver(msg_id)  # at once, maybe before our ACK
-                    sent.append(msg_id)
-                await each_answered(driver, sent)
-                for msg_id in sent:  # and again after it was answered
-                    await driver.redeliver(msg_id)
-                await asyncio.sleep(1.5)
-                shown = [await driver.answers(m) for m in sent]
-        finally:
-            await agent.stop()
+        async with answering() as agent:
+            sent = []
+            for i in range(3):
+                msg_id = await driver.user_sends(f"question {i}", sender=f"user{i}")
+                await driver.redeliver(msg_id)  # at once, maybe before our ACK
+                sent.append(msg_id)
+            await each_answered(driver, sent)
+            for msg_id in sent:  # and again after it was answered
+                await driver.redeliver(msg_id)
+            await asyncio.sleep(1.5)
+            shown = [await driver.answers(m) for m in sent]
         for i, answers in enumerate(shown):
             assert [a.text for a in answers] == [echo(f"question {i}")]
         assert sorted(agent.received) == sorted(sent), "the bus let each message through once"
 
     async def test_a_final_lands_as_a_plain_message_while_cards_are_down(
-        self,
-        driver: PlatformDriver,
-        private_nats: str,
-        database_url: str,
-        key_prefix: str,
-        secret_keys: str,
-        bus: tuple[NATS, JetStreamContext],
-        db: async_sessionmaker[AsyncSession],
-        box: SecretBox,
+        self, driver: PlatformDriver, answering: Answering
     ) -> None:
-        world = {"nats_url": private_nats, "database_url": database_url, "prefix": key_prefix}
-        [channel] = new_channel_ids(1)
-        agent = InstantAgent(bus[1], {channel})
-        await agent.start()
-        try:
-            async with connector(**world, secret_keys=secret_keys):
-                await driver.add_channel(db, box, channel)
-                await until(lambda: connections_at_least(driver, 1))
-                await driver.set_cards_down(True)
-                sent = [await driver.user_sends(f"card-less {i}", sender=f"w{i}") for i in range(4)]
-                await each_answered(driver, sent)
-                await driver.set_cards_down(False)
-                await asyncio.sleep(1.0)
-                shown = [await driver.answers(m) for m in sent]
-        finally:
-            await agent.stop()
+        async with answering():
+            await driver.set_cards_down(True)
+            sent = [await driver.user_sends(f"card-less {i}", sender=f"w{i}") for i in range(4)]
+            await each_answered(driver, sent)
+            await driver.set_cards_down(False)
+            await asyncio.sleep(1.0)
+            shown = [await driver.answers(m) for m in sent]
         for i, answers in enumerate(shown):
             assert answers == [Answer(card=False, text=echo(f"card-less {i}"), final=True)]
 
