@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from redis.asyncio import Redis
 
 from imgate_common.errors import FailureCategory, PlatformError, RateLimited
@@ -708,3 +709,41 @@ async def test_a_run_the_last_owner_showed_but_did_not_strike_off_holds_nothing_
     async with asyncio.timeout(5):  # not the minute of the order wait
         await cards.handle(done("two", run="r2").model_copy(update={"target": later}))
     assert await order.earlier("dingtalk:1:" + TARGET.conversation_id, "r9", sent.timestamp() + 60) == []
+
+
+class Outage(RecordingSurface):
+    """Every way of showing an answer fails while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def _check(self) -> None:
+        if self.down:
+            raise PlatformError("service unavailable", 503)
+
+    async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
+        self._check()
+        await super().close_card(card_id, text, failed=failed)
+
+    async def send_text(self, target: ReplyTarget, text: str, *, markdown: bool = False) -> None:
+        self._check()
+        await super().send_text(target, text, markdown=markdown)
+
+
+async def test_after_an_outage_finals_show_in_the_order_of_their_messages() -> None:
+    surface = Outage()
+    cards, _ = renderer(surface, final_order_wait_s=0.05, retrying_final_wait_s=5)
+    first, second = run_id_for("dingtalk", 1, "m1"), run_id_for("dingtalk", 1, "m2")
+    cards.accepted(inbound("first", message_id="m1"))
+    cards.accepted(inbound("second", message_id="m2"))
+    with pytest.raises(PlatformError):  # the event comes again (the reply consumer retries it)
+        await cards.handle(done("one", run=first))
+    surface.down = False
+    # The platform is back, and the later run's retry happens to come first: it waits.
+    later = asyncio.create_task(cards.handle(done("two", run=second)))
+    await until_true(lambda: cards.finals_held == 1)
+    await cards.handle(done("one", run=first))
+    await later
+    closes = [(c[1], c[2]) for c in surface.calls if c[0] == "close"]
+    assert closes == [(first, "one"), (second, "two")]

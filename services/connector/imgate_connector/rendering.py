@@ -27,6 +27,7 @@ from opentelemetry.trace import Span
 
 from imgate_common import telemetry
 from imgate_common.commands import parse_command
+from imgate_common.consumers import REPLY_BACKOFF_S
 from imgate_common.messages import (
     ConversationType,
     InboundMessage,
@@ -61,6 +62,9 @@ log = structlog.get_logger()
 FINISHED_MEMORY = 10_000
 # How often a final held back for a run the channel's last owner left unfinished looks again.
 ORDER_POLL_S = 0.2
+# How long a final waits for an earlier one of its conversation whose delivery failed and is
+# being retried: its event comes again within the reply consumer's longest back-off.
+RETRYING_FINAL_WAIT_S = max(REPLY_BACKOFF_S) + 30.0
 # Kinds whose text a model answers (commands excepted): their card opens at once.
 CARD_KINDS = frozenset({MessageKind.TEXT, MessageKind.RICH_TEXT, MessageKind.AUDIO, MessageKind.FILE})
 
@@ -128,9 +132,11 @@ class RunCard:
     # The card's own span, current in its background tasks: the span that made the card (the
     # message's receipt, a reply event) ends long before the card does.
     span: Span | None = None
-    # Set once the final answer is shown, or failed, or will not come here: later runs of the
-    # conversation may show theirs.
+    # Set once the final answer is shown, or given up on, or will not come here: later runs of
+    # the conversation may show theirs.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Its final failed to show and its event comes again: later finals wait for it longer.
+    retrying: bool = False
 
     async def has_card(self) -> bool:
         """Whether the card exists, once its opening is over. Shielded: whoever waits for it
@@ -156,6 +162,7 @@ class CardRenderer:
         wording: Wording = WORDINGS["zh"],
         scope: str = "conversation",
         final_order_wait_s: float = 30.0,
+        retrying_final_wait_s: float = RETRYING_FINAL_WAIT_S,
         mend: MendPolicy | None = None,
         order: FinalsOrder | None = None,
     ) -> None:
@@ -167,6 +174,7 @@ class CardRenderer:
         self._wording = wording
         self._scope = scope
         self._order_wait = final_order_wait_s
+        self._retrying_wait = retrying_final_wait_s
         self._shared_order = order
         self.mender = CardMender(surface, health, mend or MendPolicy())
         self._runs: dict[str, RunCard] = {}
@@ -441,10 +449,15 @@ class CardRenderer:
         await self._wait_turn(run)
         try:
             await self._deliver_final(run, text, failed=failed)
-        finally:
-            # Shown, or failed this time (the event comes again): later runs need not wait.
-            self._settle(run)
+        except BaseException:
+            # Not shown this time: the event comes again (or is given up on, which settles the
+            # run). Later finals of the conversation keep waiting for it, so that when the
+            # platform is back after an outage the answers still show in order.
+            run.retrying = True
             await self._drop_shared(run.key, run.run_id)
+            raise
+        self._settle(run)
+        await self._drop_shared(run.key, run.run_id)
 
     async def _wait_turn(self, run: RunCard) -> None:
         """Finals of one conversation are shown in the order of their messages: wait until
@@ -453,7 +466,7 @@ class CardRenderer:
         holding anyone up."""
         queue = self._order.get(run.key, [])
         if run not in queue:
-            return  # its turn came before (this is the final again, after a failure)
+            return  # its turn came before (its earlier runs went on without it)
         deadline = time.monotonic() + self._order_wait
         await self._wait_for_earlier_here(run, queue)
         await self._wait_for_earlier_elsewhere(run, deadline)
@@ -464,10 +477,13 @@ class CardRenderer:
             return
         log.info("final_waits_for_earlier", run_id=run.run_id, earlier=[other.run_id for other in earlier])
         self.finals_held += 1
+        # An earlier final being retried comes again within the reply consumer's longest
+        # back-off: wait that long for it. Any other earlier run is waited for a shorter while.
+        bound = self._retrying_wait if any(other.retrying for other in earlier) else self._order_wait
         try:
             waits = [asyncio.create_task(other.settled.wait()) for other in earlier]
             try:
-                await asyncio.wait(waits, timeout=self._order_wait)
+                await asyncio.wait(waits, timeout=bound)
             finally:
                 for wait in waits:
                     wait.cancel()
@@ -476,8 +492,9 @@ class CardRenderer:
         for other in earlier:
             if not other.settled.is_set():
                 log.warning("final_order_wait_expired", run_id=run.run_id, earlier_run_id=other.run_id)
-                self._unorder(other)
-                await self._drop_shared(other.key, other.run_id)
+                if not other.retrying:  # one being retried still goes first if it comes first
+                    self._unorder(other)
+                    await self._drop_shared(other.key, other.run_id)
 
     async def _wait_for_earlier_elsewhere(self, run: RunCard, deadline: float) -> None:
         """Earlier runs this replica does not know: tracked by the channel's last owner, whose
