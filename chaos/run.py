@@ -326,7 +326,7 @@ def misconfigure_user_mapping(lane: Lane) -> None:
         "bind_dn": "cn=reader,dc=example,dc=com",
         "bind_password": "reader-secret",
         "base_dn": "dc=example,dc=com",
-        "user_filter": "(employeeNumber={employee_id})",
+        "user_filter": "(employeeNumber={badge_number})",
     }
     lane.hit()
     with lane.fleet.admin_api() as api:

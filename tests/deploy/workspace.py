@@ -116,8 +116,19 @@ def otel_env_names() -> frozenset[str]:
 
 def env_names(workload: str) -> set[str]:
     """Environment variable names a workload reads: its settings' (pydantic-settings ignores
-    case), plus OpenTelemetry's where the workload traces."""
-    settings = settings_class(workload)
+    case), the connector's platforms' own, plus OpenTelemetry's where the workload traces."""
+    classes = [settings_class(workload)]
+    if workload == "connector":
+        from imgate_connector.platforms.registry import ADAPTERS
+
+        classes += [a.environment for a in ADAPTERS.values() if a.environment is not None]
+    names = set().union(*(settings_env_names(c) for c in classes))
+    if workload in TRACED:
+        names |= otel_env_names()
+    return names
+
+
+def settings_env_names(settings: type[BaseSettings]) -> set[str]:
     prefix = settings.model_config.get("env_prefix", "")
     names = set()
     for field_name, field in settings.model_fields.items():
@@ -128,8 +139,6 @@ def env_names(workload: str) -> set[str]:
             names.add(alias.upper())
         elif isinstance(alias, AliasChoices):
             names |= {choice.upper() for choice in alias.choices if isinstance(choice, str)}
-    if workload in TRACED:
-        names |= otel_env_names()
     return names
 
 

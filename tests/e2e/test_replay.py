@@ -118,7 +118,7 @@ def test_a_dead_lettered_message_replayed_once_fixed_gives_the_user_one_new_answ
     """The router gave up on the message (the channel's LDAP filter names an unknown
     placeholder); the replay goes through the router again, under the next replay number."""
     channel_id = channel["id"]
-    broken = ldap_mapping("ldap://127.0.0.1:9", user_filter="(employeeNumber={employee_id})")
+    broken = ldap_mapping("ldap://127.0.0.1:9", user_filter="(employeeNumber={badge_number})")
     with running.admin_api() as api:
         patched = api.patch(f"/api/v1/channels/{channel_id}", json={"user_mapping": broken})
         assert patched.status_code == 200, patched.text

@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 import structlog
+from pydantic_settings import BaseSettings
 
 from imgate_common.channels import ChannelSpec
 from imgate_common.errors import PlatformError
@@ -100,6 +101,9 @@ class PlatformAdapter(ABC):
     """Holds one channel's connection to its platform; an async context manager."""
 
     name: ClassVar[str]
+    # What the connector's environment may say of the platform for all its channels (an
+    # endpoint override, say), read by the adapter; None: nothing.
+    environment: ClassVar[type[BaseSettings] | None] = None
 
     def __init__(
         self,

@@ -121,6 +121,7 @@ class BotMessageFrame(InboundFrame):
 
 class DingTalkAdapter(SocketAdapter):
     name: ClassVar[str] = Platform.DINGTALK
+    environment: ClassVar[type[DingTalkEnvironment]] = DingTalkEnvironment
     # Frames up to 4 MB (DingTalk's bot messages are far smaller; anything bigger is not ours).
     max_frame_bytes: ClassVar[int] = 4 * 1024 * 1024
 
@@ -131,7 +132,7 @@ class DingTalkAdapter(SocketAdapter):
         self.api = DingTalkOpenApi(
             http,
             self.config,
-            openapi_endpoint(self.config, DingTalkEnvironment()),
+            openapi_endpoint(self.config, self.environment()),
             self.resources.shared(DingTalkTokens),
         )
         scheduler = app_scheduler(self.resources, self.settings, self.config.client_id, CARD_CALLS)
