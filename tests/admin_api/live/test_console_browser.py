@@ -278,3 +278,25 @@ def test_a_moved_destination_asks_for_the_secret_again(page: Page, live: LiveSta
         "http://127.0.0.1:9",
         "ldap://127.0.0.2:389",
     )
+
+
+def test_an_identity_is_linked_on_a_platform_picked_from_the_list(page: Page, live: LiveStack) -> None:
+    """The identity form offers the registered platforms, not a free-text name to misspell."""
+    suffix = uuid.uuid4().hex[:6]
+    with live.api() as api:
+        user = api.post("/users", json={"username": f"linked-{suffix}"}).json()
+        platforms = [p["name"] for p in api.get("/platforms").json()]
+    _sign_in(page)
+    page.goto(f"/console/#/users/{user['id']}")
+    picker = page.locator("#link-form select[name=platform]")
+    expect(picker.locator("option")).to_have_text(platforms)
+    picker.select_option(platforms[-1])
+    page.fill("#link-form [name=tenant_id]", "org-1")
+    page.fill("#link-form [name=platform_user_id]", f"emp-{suffix}")
+    page.click("#link-form button[type=submit]")
+    expect(page.locator("body")).to_contain_text(f"emp-{suffix}")
+    with live.api() as api:
+        linked = api.get(f"/users/{user['id']}").json()["identities"]
+    assert [(i["platform"], i["tenant_id"], i["platform_user_id"]) for i in linked] == [
+        (platforms[-1], "org-1", f"emp-{suffix}")
+    ]

@@ -612,13 +612,13 @@ async function usersView() {
 }
 
 async function userView(id) {
-  const user = await api("GET", `/users/${id}`);
+  const [user, platforms] = await Promise.all([api("GET", `/users/${id}`), api("GET", "/platforms")]);
   const link = h(
     "form",
     { class: "card", id: "link-form" },
     h("h2", {}, "Link an IM identity"),
-    field("platform *", textInput("platform", "dingtalk")),
-    field("tenant (corp id)", textInput("tenant_id", "")),
+    field("platform *", select("platform", platforms.map((p) => [p.name, p.name]), platforms[0]?.name)),
+    field("tenant (organisation id)", textInput("tenant_id", "")),
     field("platform user id *", textInput("platform_user_id", "")),
     field("nick", textInput("nick", "")),
     h("button", { type: "submit" }, "Link"),
