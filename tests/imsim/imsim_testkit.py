@@ -16,6 +16,7 @@ BOT_SUBSCRIPTION = {"type": "CALLBACK", "topic": BOT_TOPIC}
 # Apps the session's imsim is started with (`--app` and IMSIM_APPS).
 PRESET_APP = ("preset-app", "preset-secret", "preset-robot")
 ENV_APP = ("env-app", "env-secret")
+PRESET_FEISHU_APP = ("cli_preset", "preset-feishu-secret")  # started as `--app feishu:ID:SECRET`
 
 
 class StreamPeer:

@@ -81,7 +81,7 @@ async def test_typed_message_becomes_a_live_ai_card(sim, make_app, stream_peer, 
     await expect(listed.locator(".app")).to_have_text(app["client_id"])
     await expect(listed).to_have_class(re.compile(r"\bon\b"))
 
-    card = page.locator('.card[data-out-track-id="answer-1"]')
+    card = page.locator('.card[data-card-id="answer-1"]')
     assert (await api.create_and_deliver("answer-1", staff_id="pw-user")).status_code == 200
     await expect(card).to_have_attribute("data-state", "thinking", timeout=UI_TIMEOUT_MS)
     await expect(card.locator(".body")).to_contain_text("thinking", timeout=UI_TIMEOUT_MS)
@@ -120,7 +120,7 @@ async def test_group_chat_shows_a_failed_card(sim, make_app, stream_peer, browse
     await api.create_and_deliver("broken", group_id=data["conversationId"])
     await api.stream("broken", "Partial answ")
     await api.stream("broken", "", error=True)
-    card = page.locator('.card[data-out-track-id="broken"]')
+    card = page.locator('.card[data-card-id="broken"]')
     await expect(card).to_have_attribute("data-state", "failed", timeout=UI_TIMEOUT_MS)
     await expect(card.locator(".body")).to_have_text("Partial answ")
     await expect(card.locator(".foot")).to_contain_text("could not be completed")

@@ -22,8 +22,12 @@ class UserMessage(BaseModel):
     """A user's message in the platform's own words left out: who writes what, where."""
 
     text: str | None = None
-    kind: Literal["text", "audio", "picture", "file", "video"] = Field(
-        "text", description="audio: `text` is the speech recognition; file: `file_name` names it"
+    kind: Literal["text", "rich_text", "audio", "picture", "file", "video"] = Field(
+        "text",
+        description=(
+            "rich_text: `text` as rich text (DingTalk richText, Feishu post); audio: `text` is the"
+            " speech recognition where the platform sends one; file: `file_name` names it"
+        ),
     )
     file_name: str | None = None
     sender_id: str = "user001"
@@ -33,8 +37,8 @@ class UserMessage(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "UserMessage":
-        if self.kind == "text" and self.text is None:
-            raise ValueError("a text message needs `text`")
+        if self.kind in ("text", "rich_text") and self.text is None:
+            raise ValueError(f"a {self.kind} message needs `text`")
         return self
 
 

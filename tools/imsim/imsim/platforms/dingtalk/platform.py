@@ -34,9 +34,9 @@ class DingTalkPlatform(SimPlatform):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.state = SimState()
-        # `--app` and IMSIM_APPS name DingTalk apps: it was imsim's only platform when they came.
         for spec in settings.apps:
-            self.state.upsert_app(spec.client_id, spec.client_secret, robot_code=spec.robot_code)
+            if spec.platform == NAME:
+                self.state.upsert_app(spec.client_id, spec.client_secret, robot_code=spec.robot_code)
         self.dispatcher = StreamDispatcher(self.state, tick=settings.timer_tick)
 
     async def __aenter__(self) -> Self:
@@ -89,7 +89,7 @@ class DingTalkPlatform(SimPlatform):
     async def inject(self, app_id: str, message: UserMessage, base_url: str) -> Injected:
         body = sim_api.MessageBody(
             text=message.text,
-            msgtype=message.kind,
+            msgtype="richText" if message.kind == "rich_text" else message.kind,
             content={"fileName": message.file_name} if message.kind == "file" and message.file_name else None,
             sender_staff_id=message.sender_id,
             sender_nick=message.sender_name,

@@ -7,12 +7,13 @@ from typing import Any, Protocol
 
 from imsim import identifiers
 from imsim.call_recorder import ApiCall
+from imsim.faults import FaultRandom, QpsWindow
 from imsim.identifiers import now_ms
 from imsim.media import Media
 from imsim.platforms.dingtalk import identifiers as dingtalk_ids
 from imsim.platforms.dingtalk.cards import Card
 from imsim.platforms.dingtalk.counters import AppCounters
-from imsim.platforms.dingtalk.faults import Fault, FaultConfig, FaultRandom, QpsWindow
+from imsim.platforms.dingtalk.faults import Fault, FaultConfig
 from imsim.timeline import Conversation, MessageStatus
 
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
