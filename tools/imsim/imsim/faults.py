@@ -3,6 +3,11 @@
 import random
 import time
 from collections import deque
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+Config = TypeVar("Config", bound=BaseModel)
 
 
 class FaultRandom:
@@ -48,3 +53,19 @@ class QpsWindow:
         now = time.monotonic()
         self._trim(now)
         return max(0.0, self.span - (now - self._times[0])) if self._times else 0.0
+
+
+def take_counted_failure(config: Config, mode_field: str, count_field: str) -> tuple[Config, str | None]:
+    """The failure mode one call takes from `config` (None while the mode is "none") and the
+    configuration after it: a count N fails the next N calls, then sets the mode back to "none";
+    no count fails every call."""
+    mode = getattr(config, mode_field)
+    if mode == "none":
+        return config, None
+    count = getattr(config, count_field)
+    if count is not None:
+        changes: dict[str, Any] = {count_field: count - 1 or None}
+        if count == 1:
+            changes[mode_field] = "none"
+        config = type(config).model_validate({**config.model_dump(), **changes})
+    return config, str(mode)

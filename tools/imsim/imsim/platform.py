@@ -88,6 +88,16 @@ class ChatSummary(BaseModel):
         )
 
 
+def tune_app(app: object, **tunables: Any) -> None:
+    """Set an app's run-time knobs; None leaves a knob as it is, an unknown one is an error."""
+    for key, value in tunables.items():
+        if value is None:
+            continue
+        if not hasattr(app, key):
+            raise AttributeError(key)
+        setattr(app, key, value)
+
+
 class SimPlatform(ABC):
     """One simulated IM platform: the servers it imitates (mounted as routers) and the user's side
     of it (apps, chats, faults). An async context manager: `create_app` enters every platform in

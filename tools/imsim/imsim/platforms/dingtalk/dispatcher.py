@@ -3,11 +3,8 @@ connection per push, redelivery of what was not ACKed, queueing while nobody is 
 pings and disconnects on a timer. Also where the stream faults act: periodic disconnects,
 hard drops, half-dead sockets and forced duplicates."""
 
-import asyncio
-import contextlib
 import json
 import time
-from types import TracebackType
 
 import structlog
 
@@ -24,6 +21,7 @@ from imsim.platforms.dingtalk.state import (
     SimState,
     StreamConnection,
 )
+from imsim.timers import TimerLoop
 
 log = structlog.get_logger(__name__)
 
@@ -31,26 +29,14 @@ log = structlog.get_logger(__name__)
 CLOSE_AFTER_DISCONNECT = 1000
 
 
-class StreamDispatcher:
-    """Owns the timer loop; an async context manager started in the app's lifespan."""
+class StreamDispatcher(TimerLoop):
+    """Pushes and reads frames; its timer loop closes, rebalances, pings and redelivers."""
+
+    timer_name = "imsim-dingtalk-timers"
 
     def __init__(self, state: SimState, *, tick: float = 0.05) -> None:
+        super().__init__(tick=tick)
         self._state = state
-        self._tick = tick
-        self._timer_task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> "StreamDispatcher":
-        self._timer_task = asyncio.create_task(self._run_timers(), name="imsim-timers")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-            self._timer_task = None
 
     # -- connections --------------------------------------------------------------------------
 
@@ -304,16 +290,6 @@ class StreamDispatcher:
         )
 
     # -- timers -------------------------------------------------------------------------------
-
-    async def _run_timers(self) -> None:
-        while True:
-            try:
-                await self.run_due_timers()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("timer_pass_failed")
-            await asyncio.sleep(self._tick)
 
     async def run_due_timers(self) -> None:
         """One pass: close connections past their grace, rebalance, ping, redeliver what is

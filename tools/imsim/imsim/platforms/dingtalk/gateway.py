@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from imsim import identifiers
 from imsim.call_recorder import attribute_call
 from imsim.dependencies import public_base_url
+from imsim.faults import take_counted_failure
 from imsim.platforms.dingtalk.dependencies import dispatcher, sim_state
 from imsim.platforms.dingtalk.dispatcher import StreamDispatcher
 from imsim.platforms.dingtalk.state import SimApp, SimState, StreamConnection
@@ -52,18 +53,10 @@ def _bad_credentials() -> JSONResponse:
 
 def _injected_open_failure(app: SimApp) -> str | None:
     """The open-failure mode this open consumes, if one is configured."""
-    config = app.fault_config
-    if config.open_failure == "none":
-        return None
-    mode = config.open_failure
-    if config.open_failure_count is not None:
-        left = config.open_failure_count - 1
-        changes: dict[str, Any] = {"open_failure_count": left or None}
-        if not left:
-            changes["open_failure"] = "none"
-        app.fault_config = config.merged(changes)
-    app.counters.opens_refused[mode] += 1
-    log.info("connection_open_failure_injected", client_id=app.client_id, mode=mode)
+    app.fault_config, mode = take_counted_failure(app.fault_config, "open_failure", "open_failure_count")
+    if mode is not None:
+        app.counters.opens_refused[mode] += 1
+        log.info("connection_open_failure_injected", client_id=app.client_id, mode=mode)
     return mode
 
 

@@ -3,10 +3,7 @@ connection per push, an ACK within the ACK wait or a redelivery on the schedule 
 event_id), queueing while nobody is connected, pongs to pings. Also where the connection
 faults act: periodic disconnects, hard drops, half-dead sockets and duplicate pushes."""
 
-import asyncio
-import contextlib
 import time
-from types import TracebackType
 
 import structlog
 
@@ -15,6 +12,7 @@ from imsim.platforms.feishu import frames
 from imsim.platforms.feishu import identifiers as feishu_ids
 from imsim.platforms.feishu.faults import FaultConfig
 from imsim.platforms.feishu.state import AckRecord, Connection, Delivery, FeishuApp, FeishuState, InboundEvent
+from imsim.timers import TimerLoop
 
 log = structlog.get_logger(__name__)
 
@@ -22,26 +20,14 @@ log = structlog.get_logger(__name__)
 CLOSE_GOING_AWAY = 1001
 
 
-class EventDispatcher:
-    """Owns the timer loop; an async context manager started in the app's lifespan."""
+class EventDispatcher(TimerLoop):
+    """Pushes events and reads what clients send; its timer loop disconnects and redelivers."""
+
+    timer_name = "imsim-feishu-timers"
 
     def __init__(self, state: FeishuState, *, tick: float = 0.05) -> None:
+        super().__init__(tick=tick)
         self._state = state
-        self._tick = tick
-        self._timer_task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> "EventDispatcher":
-        self._timer_task = asyncio.create_task(self._run_timers(), name="imsim-feishu-timers")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-            self._timer_task = None
 
     # -- connections --------------------------------------------------------------------------
 
@@ -283,16 +269,6 @@ class EventDispatcher:
         )
 
     # -- timers -------------------------------------------------------------------------------------
-
-    async def _run_timers(self) -> None:
-        while True:
-            try:
-                await self.run_due_timers()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("feishu_timer_pass_failed")
-            await asyncio.sleep(self._tick)
 
     async def run_due_timers(self) -> None:
         """One pass: periodic disconnects, then redeliveries due. Settings are read on every

@@ -1,7 +1,7 @@
 """Feishu's long connection: `/callback/ws/endpoint` hands out a websocket URL (carrying
 `device_id` and `service_id`) and the client settings; the websocket carries pbbp2 frames."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Request, WebSocket
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imsim.call_recorder import attribute_call
 from imsim.dependencies import public_base_url
+from imsim.faults import take_counted_failure
 from imsim.platforms.feishu.dependencies import dispatcher, feishu_state, json_body
 from imsim.platforms.feishu.dispatcher import EventDispatcher
 from imsim.platforms.feishu.errors import ENDPOINT_BAD_CREDENTIALS, ENDPOINT_SYSTEM_BUSY
@@ -43,17 +44,11 @@ def _endpoint_error(code: int, msg: str) -> JSONResponse:
 
 def _injected_failure(app: FeishuApp) -> str | None:
     """The endpoint failure this call consumes, if one is configured."""
-    config = app.fault_config
-    if config.endpoint_failure == "none":
-        return None
-    mode = config.endpoint_failure
-    if config.endpoint_failure_count is not None:
-        left = config.endpoint_failure_count - 1
-        changes: dict[str, Any] = {"endpoint_failure_count": left or None}
-        if not left:
-            changes["endpoint_failure"] = "none"
-        app.fault_config = config.merged(changes)
-    app.counters.refused[f"endpoint_{mode}"] += 1
+    app.fault_config, mode = take_counted_failure(
+        app.fault_config, "endpoint_failure", "endpoint_failure_count"
+    )
+    if mode is not None:
+        app.counters.refused[f"endpoint_{mode}"] += 1
     return mode
 
 

@@ -3,12 +3,15 @@ inspect what the bot did. The platform-neutral API (`/sim/platforms/feishu/...`)
 same state through `FeishuPlatform`."""
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, Depends, HTTPException
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from imsim.dependencies import chosen_connections
+from imsim.platform import tune_app
 from imsim.platforms.feishu import identifiers as feishu_ids
 from imsim.platforms.feishu.dependencies import dispatcher, feishu_app, feishu_state
 from imsim.platforms.feishu.dispatcher import EventDispatcher
@@ -131,7 +134,7 @@ async def get_app(app: App) -> dict[str, Any]:
 
 @router.patch("/apps/{app_id}")
 async def patch_app(body: AppTunables, app: App, state: State, events: Dispatcher) -> dict[str, Any]:
-    state.tune_app(app, **body.model_dump(exclude={"fault_config"}))
+    tune_app(app, **body.model_dump(exclude={"fault_config"}))
     if body.fault_config is not None:
         _change_faults(app, events, body.fault_config)
     return app.to_json()
@@ -329,13 +332,12 @@ async def list_connections(app: App) -> list[dict[str, Any]]:
     return [connection.to_json() for connection in app.connections.values()]
 
 
-def _targets(app: FeishuApp, connection_id: str | None) -> list[Connection]:
-    if connection_id is None:
-        return app.open_connections()
-    connection = app.connections.get(connection_id)
-    if connection is None or not connection.is_open:
-        raise HTTPException(404, f"no open connection {connection_id!r}")
-    return [connection]
+async def _pull(
+    app: FeishuApp, body: ConnectionTarget | None, lever: Callable[[Connection], Awaitable[bool]]
+) -> list[str]:
+    """Pull a lever on every open connection, or the one named; the ids it acted on."""
+    targets = chosen_connections(app.connections, (body or ConnectionTarget()).connection_id)
+    return [c.device_id for c in targets if await lever(c)]
 
 
 @router.post("/apps/{app_id}/connections/drop")
@@ -343,8 +345,7 @@ async def drop_connections(
     app: App, events: Dispatcher, body: ConnectionTarget | None = None
 ) -> dict[str, Any]:
     """Hard drop: the TCP connection is cut without a websocket close frame."""
-    targets = _targets(app, (body or ConnectionTarget()).connection_id)
-    return {"dropped": [c.device_id for c in targets if await events.drop(app, c)]}
+    return {"dropped": await _pull(app, body, lambda c: events.drop(app, c))}
 
 
 @router.post("/apps/{app_id}/connections/close")
@@ -352,18 +353,20 @@ async def close_connections(
     app: App, events: Dispatcher, body: ConnectionTarget | None = None
 ) -> dict[str, Any]:
     """The server closes the sockets with a close frame, as when Feishu moves its clients."""
-    targets = _targets(app, (body or ConnectionTarget()).connection_id)
-    return {"closed": [c.device_id for c in targets if await events.close(app, c, "server_closed")]}
+    return {"closed": await _pull(app, body, lambda c: events.close(app, c, "server_closed"))}
 
 
 @router.post("/apps/{app_id}/connections/half-dead")
 async def half_dead_connections(
     app: App, events: Dispatcher, body: ConnectionTarget | None = None
 ) -> dict[str, Any]:
-    targets = _targets(app, (body or ConnectionTarget()).connection_id)
-    for connection in targets:
+    """These connections stay open but nothing passes until they close."""
+
+    async def make_half_dead(connection: Connection) -> bool:
         events.make_half_dead(app, connection)
-    return {"half_dead": [c.device_id for c in targets]}
+        return True
+
+    return {"half_dead": await _pull(app, body, make_half_dead)}
 
 
 @router.post("/apps/{app_id}/tokens/expire")

@@ -9,11 +9,13 @@ from imsim.call_recorder import ApiCall
 from imsim.faults import FaultRandom
 from imsim.identifiers import now_ms
 from imsim.media import Media
+from imsim.platform import tune_app
 from imsim.platforms.feishu import identifiers as feishu_ids
 from imsim.platforms.feishu.cards import CardEntity
 from imsim.platforms.feishu.counters import AppCounters
 from imsim.platforms.feishu.faults import FaultConfig, RateWindows
 from imsim.timeline import Conversation, MessageStatus
+from imsim.tokens import TokenStore
 
 # Feishu waits 3 s for an event's ACK; without one it pushes the event again, reportedly 15 s,
 # 5 min, 1 h and 6 h later, with the same event_id.
@@ -272,7 +274,7 @@ class FeishuApp:
 
     def record_call(self, call: ApiCall) -> None:
         self.api_calls.append(call)
-        self.counters.record_call(f"{call.method} {call.route or call.path}", call.status, call.outcome)
+        self.counters.calls.record(call)
 
     def is_half_dead(self, connection: Connection) -> bool:
         return connection.half_dead or self.fault_config.half_dead
@@ -362,16 +364,10 @@ class Ticket:
 
 
 @dataclass
-class Token:
-    app_id: str
-    expires_at: float  # monotonic
-
-
-@dataclass
 class FeishuState:
     apps: dict[str, FeishuApp] = field(default_factory=dict)
     tickets: dict[str, Ticket] = field(default_factory=dict)  # by device id
-    tokens: dict[str, Token] = field(default_factory=dict)
+    tokens: TokenStore = field(default_factory=TokenStore)
 
     def upsert_app(
         self, app_id: str, app_secret: str, *, name: str | None = None, **tunables: Any
@@ -384,17 +380,8 @@ class FeishuState:
             app.app_secret = app_secret
             if name:
                 app.name = name
-        self.tune_app(app, **tunables)
+        tune_app(app, **tunables)
         return app
-
-    @staticmethod
-    def tune_app(app: FeishuApp, **tunables: Any) -> None:
-        for key, value in tunables.items():
-            if value is None:
-                continue
-            if not hasattr(app, key):
-                raise AttributeError(key)
-            setattr(app, key, value)
 
     def issue_ticket(self, app: FeishuApp) -> Ticket:
         now = time.monotonic()
@@ -415,33 +402,19 @@ class FeishuState:
     def issue_token(self, app: FeishuApp) -> tuple[str, int]:
         """The app's current token while it has long enough to live, else a new one; and its
         remaining seconds."""
-        now = time.monotonic()
-        for token, grant in self.tokens.items():
-            left = grant.expires_at - now
-            if grant.app_id == app.app_id and left >= TOKEN_RENEW_BELOW:
-                return token, int(left)
+        current = self.tokens.longest_lived(app.app_id)
+        if current is not None and current[1] >= TOKEN_RENEW_BELOW:
+            return current[0], int(current[1])
         token = feishu_ids.tenant_access_token()
-        self.tokens[token] = Token(app.app_id, now + app.token_ttl)
-        for stale in [t for t, g in self.tokens.items() if g.expires_at < now]:
-            del self.tokens[stale]
+        self.tokens.issue(token, app.app_id, app.token_ttl)
         app.counters.tokens_issued += 1
         return token, app.token_ttl
 
     def app_by_token(self, token: str) -> FeishuApp | None:
-        grant = self.tokens.get(token)
-        if grant is None or grant.expires_at <= time.monotonic():
-            return None
-        return self.apps.get(grant.app_id)
+        return self.apps.get(self.tokens.valid_owner(token) or "")
 
     def token_owner(self, token: str) -> FeishuApp | None:
-        grant = self.tokens.get(token)
-        return self.apps.get(grant.app_id) if grant is not None else None
+        return self.apps.get(self.tokens.owner(token) or "")
 
     def expire_tokens(self, app: FeishuApp) -> int:
-        now = time.monotonic()
-        expired = 0
-        for grant in self.tokens.values():
-            if grant.app_id == app.app_id and grant.expires_at > now:
-                grant.expires_at = now
-                expired += 1
-        return expired
+        return self.tokens.expire(app.app_id)
