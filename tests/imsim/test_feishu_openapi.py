@@ -308,3 +308,37 @@ async def test_the_shared_sim_api_plays_the_user_on_feishu(sim, make_feishu_app,
     assert refused.status_code == 422
     await sim.post(f"/sim/feishu/apps/{app['app_id']}/reset")
     assert (await sim_json(sim, _path(app, "/counters")))["events"]["events"] == 0
+
+
+async def test_a_chat_takes_a_few_messages_a_second(sim, make_feishu_app):
+    app = await make_feishu_app(fault_config={"chat_send_limit": 2})
+    api = await OpenApi.for_app(sim, app)
+    busy = await send_message(sim, app, text="one", sender_id="busy")
+    quiet = await send_message(sim, app, text="two", sender_id="quiet")
+    codes = [
+        (await api.reply(busy["message_id"], "text", {"text": f"r{i}"})).json()["code"] for i in range(3)
+    ]
+    assert codes == [0, 0, 230020]
+    assert (await api.reply(quiet["message_id"], "text", {"text": "other chat"})).json()["code"] == 0
+    chat = await sim_json(sim, _path(app, f"/chats/{busy['chat_id']}"))
+    assert [i.get("text") for i in chat["items"]] == ["one", "r0", "r1"]
+
+
+async def test_streaming_mode_turns_itself_off_after_its_timeout(sim, make_feishu_app):
+    app = await make_feishu_app(streaming_timeout=0.5)
+    api = await OpenApi.for_app(sim, app)
+    card_id = await api.create_card()
+    assert (await api.stream(card_id, "part", 1)).json()["code"] == 0
+    await asyncio.sleep(0.6)
+    assert (await api.stream(card_id, "part two", 2)).json()["code"] == 300309
+    card = await sim_json(sim, _path(app, f"/cards/{card_id}"))
+    assert card["state"] == "done" and card["content"] == "part" and card["streaming_mode"] is False
+    on_again = {"config": {"streaming_mode": True}}
+    assert (
+        await api.call(
+            "PATCH",
+            f"/open-apis/cardkit/v1/cards/{card_id}/settings",
+            {"settings": json.dumps(on_again), "sequence": 3},
+        )
+    ).json()["code"] == 0
+    assert (await api.stream(card_id, "part two", 4)).json()["code"] == 0

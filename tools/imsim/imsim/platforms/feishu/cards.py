@@ -2,6 +2,7 @@
 `element_id`, streaming mode, and the per-card `sequence` every update must raise."""
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from imsim.platforms.feishu.errors import (
 
 # What the chat list shows for a card still streaming, as Feishu's client does.
 GENERATING = "[Generating...]"
+# Feishu turns a card's streaming mode off by itself this long after it was turned on.
+DEFAULT_STREAMING_TIMEOUT = 600.0
 # Elements whose text the page shows, and where that text sits in each.
 TEXT_TAGS = ("markdown", "plain_text", "div")
 
@@ -85,12 +88,23 @@ class CardEntity:
     card_id: str
     data: dict[str, Any]
     sequence: int = 0  # the highest sequence applied
+    streaming_timeout: float = DEFAULT_STREAMING_TIMEOUT
     created_at: int = field(default_factory=now_ms)
     updates: list[CardUpdate] = field(default_factory=list)
     sent_as: list[str] = field(default_factory=list)  # message ids of the messages that show it
+    streaming_since: float | None = None  # monotonic time streaming mode was last turned on
 
     def __post_init__(self) -> None:
+        self._note_streaming(False)
         self.updates.append(CardUpdate(self.created_at, "create", None, streaming=self.streaming_mode))
+
+    def _note_streaming(self, was_on: bool) -> None:
+        """Start the streaming clock when the card's streaming flag goes on."""
+        flag = bool(self.config.get("streaming_mode", False))
+        if flag and not was_on:
+            self.streaming_since = time.monotonic()
+        elif not flag:
+            self.streaming_since = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -101,7 +115,10 @@ class CardEntity:
 
     @property
     def streaming_mode(self) -> bool:
-        return bool(self.config.get("streaming_mode", False))
+        """On while the card says so, for at most `streaming_timeout` seconds."""
+        if self.streaming_since is None:
+            return False
+        return time.monotonic() - self.streaming_since < self.streaming_timeout
 
     @property
     def summary(self) -> str | None:
@@ -171,9 +188,11 @@ class CardEntity:
     def apply_settings(self, settings: dict[str, Any], sequence: int) -> None:
         """`config` (streaming_mode, summary, …) and `card_link` merged into the card."""
         self.check_sequence(sequence)
+        was_on = self.streaming_mode
         config = settings.get("config")
         if isinstance(config, dict):
             self.config.update(config)
+        self._note_streaming(was_on)
         if "card_link" in settings:
             self.data["card_link"] = settings["card_link"]
         self.sequence = sequence
@@ -181,7 +200,9 @@ class CardEntity:
 
     def replace(self, data: dict[str, Any], sequence: int) -> None:
         self.check_sequence(sequence)
+        was_on = self.streaming_mode
         self.data = data
+        self._note_streaming(was_on)
         self.sequence = sequence
         self.updates.append(CardUpdate(now_ms(), "update", sequence, streaming=self.streaming_mode))
 

@@ -22,6 +22,7 @@ STREAMING_CLOSED = 300309
 SEQUENCE_NOT_INCREASING = 300317
 MESSAGE_NOT_FOUND = 230011  # imsim's choice
 MESSAGE_CONTENT_INVALID = 230001
+CHAT_RATE_LIMITED = 230020  # sends and replies beyond a chat's rate
 RECEIVER_NOT_FOUND = 230013  # imsim's choice
 SERVICE_UNAVAILABLE = 2200  # imsim's choice: an injected outage (HTTP 503)
 INTERNAL_ERROR = 1000  # imsim's choice: an injected failure (HTTP 500)

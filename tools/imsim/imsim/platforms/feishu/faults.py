@@ -31,6 +31,7 @@ class FaultConfig(BaseModel):
     api_qps_limit: int | None = Field(50, gt=0, description="calls per second per API per app")
     api_qpm_limit: int | None = Field(1000, gt=0, description="calls per minute per API per app")
     card_ops_limit: int | None = Field(10, gt=0, description="operations per second per card")
+    chat_send_limit: int | None = Field(5, gt=0, description="sends and replies per second per chat")
     api_latency_ms: float = Field(0, ge=0, description="added to every API call that gets through")
     api_jitter_ms: float = Field(0, ge=0, description="latency varies uniformly by ± this much")
     api_failure_rate: float = Field(0, ge=0, le=1, description="share of CardKit and IM calls answered 500")
@@ -58,6 +59,7 @@ class FaultConfig(BaseModel):
         if self.messages_down:
             on.append("messages down")
         for name, label in (
+            ("chat_send_limit", "messages/s per chat"),
             ("api_qps_limit", "API QPS"),
             ("api_qpm_limit", "API QPM"),
             ("card_ops_limit", "card ops/s"),
@@ -81,12 +83,13 @@ class FaultConfig(BaseModel):
 
 @dataclass
 class RateWindows:
-    """The sliding windows the limits count in: per API per app (a second and a minute), and
-    per card."""
+    """The sliding windows the limits count in: per API per app (a second and a minute), per
+    card and per chat."""
 
     per_second: dict[str, QpsWindow] = field(default_factory=dict)
     per_minute: dict[str, QpsWindow] = field(default_factory=dict)
     per_card: dict[str, QpsWindow] = field(default_factory=dict)
+    per_chat: dict[str, QpsWindow] = field(default_factory=dict)
 
     def api(self, route: str) -> tuple[QpsWindow, QpsWindow]:
         second = self.per_second.setdefault(route, QpsWindow(1.0))
@@ -95,6 +98,9 @@ class RateWindows:
 
     def card(self, card_id: str) -> QpsWindow:
         return self.per_card.setdefault(card_id, QpsWindow(1.0))
+
+    def chat(self, chat_id: str) -> QpsWindow:
+        return self.per_chat.setdefault(chat_id, QpsWindow(1.0))
 
 
 def rate_limited(limit: int, window: QpsWindow) -> FeishuApiError:

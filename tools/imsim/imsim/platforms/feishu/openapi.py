@@ -16,6 +16,7 @@ from imsim.platforms.feishu.cards import CardEntity, parse_card_json
 from imsim.platforms.feishu.dependencies import feishu_state, json_body
 from imsim.platforms.feishu.errors import (
     CARD_NOT_FOUND,
+    CHAT_RATE_LIMITED,
     INVALID_PARAM,
     MESSAGE_CONTENT_INVALID,
     MESSAGE_NOT_FOUND,
@@ -152,7 +153,9 @@ async def create_card(
 ) -> dict[str, Any]:
     if body.type != "card_json":
         raise FeishuApiError(INVALID_PARAM, f"imsim supports type card_json, not {body.type!r}")
-    card = CardEntity(feishu_ids.card_id(), parse_card_json(body.data))
+    card = CardEntity(
+        feishu_ids.card_id(), parse_card_json(body.data), streaming_timeout=app.streaming_timeout
+    )
     app.cards[card.card_id] = card
     app.counters.cards_created += 1
     log.info("feishu_card_created", app_id=app.app_id, card_id=card.card_id, streaming=card.streaming_mode)
@@ -274,6 +277,11 @@ def _post(
     parent_id: str | None,
 ) -> BotMessage:
     content = _content(content_text)
+    limit = app.fault_config.chat_send_limit
+    if not app.windows.chat(chat.conversation_id).take(limit):
+        raise FeishuApiError(
+            CHAT_RATE_LIMITED, "the chat's message rate limit is reached, please retry later"
+        )
     item = _answer(app, msg_type, content, via)
     message = BotMessage(
         feishu_ids.message_id(), chat.conversation_id, msg_type, content_text, reply_to, parent_id=parent_id

@@ -43,6 +43,9 @@ class AppTunables(BaseModel):
     max_connections: int | None = Field(None, ge=1, description="open connections per app (50)")
     chunk_size: int | None = Field(None, ge=1, description="payload bytes per data frame")
     token_ttl: int | None = Field(None, gt=0, description="tenant token lifetime, seconds (7200)")
+    streaming_timeout: float | None = Field(
+        None, gt=0, description="seconds until a card's streaming mode turns itself off (600)"
+    )
     fault_config: dict[str, Any] | None = Field(
         None, description="fields of the fault configuration to change"
     )

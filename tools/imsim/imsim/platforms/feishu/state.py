@@ -11,7 +11,7 @@ from imsim.identifiers import now_ms
 from imsim.media import Media
 from imsim.platform import tune_app
 from imsim.platforms.feishu import identifiers as feishu_ids
-from imsim.platforms.feishu.cards import CardEntity
+from imsim.platforms.feishu.cards import DEFAULT_STREAMING_TIMEOUT, CardEntity
 from imsim.platforms.feishu.counters import AppCounters
 from imsim.platforms.feishu.faults import FaultConfig, RateWindows
 from imsim.timeline import Conversation, MessageStatus
@@ -237,6 +237,7 @@ class FeishuApp:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     chunk_size: int = DEFAULT_CHUNK_SIZE
     token_ttl: int = DEFAULT_TOKEN_TTL
+    streaming_timeout: float = DEFAULT_STREAMING_TIMEOUT
     verification_token: str = ""
     fault_config: FaultConfig = field(default_factory=FaultConfig)
     random: FaultRandom = field(default_factory=FaultRandom)
@@ -348,6 +349,7 @@ class FeishuApp:
             "max_connections": self.max_connections,
             "chunk_size": self.chunk_size,
             "token_ttl": self.token_ttl,
+            "streaming_timeout": self.streaming_timeout,
             "fault_config": self.fault_config.model_dump(),
             "connections": len(self.open_connections()),
             "queued": len(self.queued),
