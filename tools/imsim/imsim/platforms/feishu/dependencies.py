@@ -7,6 +7,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection
 
+from imsim.platform import describe_errors
 from imsim.platforms.feishu import NAME
 from imsim.platforms.feishu.dispatcher import EventDispatcher
 from imsim.platforms.feishu.errors import invalid_param
@@ -47,9 +48,6 @@ def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
         try:
             return model.model_validate_json(await request.body() or b"{}")
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-            )
-            raise invalid_param(problems) from exc
+            raise invalid_param(describe_errors(exc.errors(), skip=0)) from exc
 
     return read
