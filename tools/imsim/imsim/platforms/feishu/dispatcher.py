@@ -7,12 +7,11 @@ import time
 
 import structlog
 
-from imsim.identifiers import now_ms
+from imsim.connections import ConnectionKeeper
 from imsim.platforms.feishu import frames
 from imsim.platforms.feishu import identifiers as feishu_ids
 from imsim.platforms.feishu.faults import FaultConfig
 from imsim.platforms.feishu.state import AckRecord, Connection, Delivery, FeishuApp, FeishuState, InboundEvent
-from imsim.timers import TimerLoop
 
 log = structlog.get_logger(__name__)
 
@@ -20,7 +19,7 @@ log = structlog.get_logger(__name__)
 CLOSE_GOING_AWAY = 1001
 
 
-class EventDispatcher(TimerLoop):
+class EventDispatcher(ConnectionKeeper[FeishuApp, Connection]):
     """Pushes events and reads what clients send; its timer loop disconnects and redelivers."""
 
     timer_name = "imsim-feishu-timers"
@@ -31,34 +30,13 @@ class EventDispatcher(TimerLoop):
 
     # -- connections --------------------------------------------------------------------------
 
+    @staticmethod
+    def app_key(app: FeishuApp) -> str:
+        return app.app_id
+
     async def attach(self, app: FeishuApp, connection: Connection) -> None:
-        app.connections[connection.device_id] = connection
-        app.counters.connections_opened += 1
-        every = app.fault_config.disconnect_every
-        connection.close_due = time.monotonic() + every if every else None
-        connection.sink.set_half_dead(app.is_half_dead(connection))
-        log.info("feishu_connection_opened", app_id=app.app_id, connection_id=connection.device_id)
+        self.register(app, connection)
         await self._flush_queue(app)
-
-    def detach(self, app: FeishuApp, connection: Connection, reason: str) -> None:
-        if not connection.is_open:
-            return
-        connection.closed_at = now_ms()
-        connection.close_reason = reason
-        app.counters.connections_closed += 1
-        if reason == "dropped":
-            app.counters.connections_dropped += 1
-        log.info(
-            "feishu_connection_closed", app_id=app.app_id, connection_id=connection.device_id, reason=reason
-        )
-
-    async def drop(self, app: FeishuApp, connection: Connection) -> bool:
-        """Hard drop: the socket goes away without a close frame."""
-        if not connection.is_open:
-            return False
-        self.detach(app, connection, "dropped")
-        await connection.sink.abort()
-        return True
 
     async def close(self, app: FeishuApp, connection: Connection, reason: str) -> bool:
         """The server closes the socket with a close frame (as Feishu does when it moves clients)."""
@@ -72,20 +50,7 @@ class EventDispatcher(TimerLoop):
         return True
 
     def apply_fault_config(self, app: FeishuApp, previous: FaultConfig) -> None:
-        every = app.fault_config.disconnect_every
-        if every != previous.disconnect_every:
-            due = time.monotonic() + every if every else None
-            for connection in app.open_connections():
-                connection.close_due = due
-        self.refresh_half_dead(app)
-
-    def refresh_half_dead(self, app: FeishuApp) -> None:
-        for connection in app.open_connections():
-            connection.sink.set_half_dead(app.is_half_dead(connection))
-
-    def make_half_dead(self, app: FeishuApp, connection: Connection) -> None:
-        connection.half_dead = True
-        connection.sink.set_half_dead(True)
+        self.retime_disconnects(app, previous.disconnect_every)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -126,7 +91,7 @@ class EventDispatcher(TimerLoop):
             delivery = Delivery(
                 frame_id,
                 event.event_id,
-                connection.device_id,
+                connection.connection_id,
                 bool(event.frame_ids),
                 kind,
                 frames=len(chunks),
@@ -155,7 +120,7 @@ class EventDispatcher(TimerLoop):
                     app_id=app.app_id,
                     event_id=event.event_id,
                     frame_id=frame_id,
-                    connection_id=connection.device_id,
+                    connection_id=connection.connection_id,
                     kind=kind,
                     frames=len(chunks),
                 )
@@ -237,12 +202,12 @@ class EventDispatcher(TimerLoop):
         delivery = app.deliveries_by_frame.get(frame.message_id or "")
         if delivery is None:
             app.counters.acks_unknown += 1
-            app.acks.append(AckRecord(frame.message_id, None, code, False, biz_rt, connection.device_id))
+            app.acks.append(AckRecord(frame.message_id, None, code, False, biz_rt, connection.connection_id))
             return
         elapsed = time.monotonic() - delivery.sent_mono
         late = elapsed > app.ack_wait
         app.acks.append(
-            AckRecord(delivery.frame_id, delivery.event_id, code, late, biz_rt, connection.device_id)
+            AckRecord(delivery.frame_id, delivery.event_id, code, late, biz_rt, connection.connection_id)
         )
         if delivery.ack_latency_ms is None:
             delivery.ack_latency_ms = round(elapsed * 1000, 3)
@@ -265,7 +230,7 @@ class EventDispatcher(TimerLoop):
             event_id=delivery.event_id,
             code=code,
             late=late,
-            connection_id=connection.device_id,
+            connection_id=connection.connection_id,
         )
 
     # -- timers -------------------------------------------------------------------------------------
@@ -276,7 +241,7 @@ class EventDispatcher(TimerLoop):
         now = time.monotonic()
         for app in list(self._state.apps.values()):
             for connection in app.open_connections():
-                if connection.close_due is not None and now >= connection.close_due:
+                if connection.rebalance_due is not None and now >= connection.rebalance_due:
                     if await self.close(app, connection, "rebalance"):
                         app.counters.periodic_disconnects += 1
             for event_id in list(app.in_flight):

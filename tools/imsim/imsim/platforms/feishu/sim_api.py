@@ -340,7 +340,7 @@ async def _pull(
 ) -> list[str]:
     """Pull a lever on every open connection, or the one named; the ids it acted on."""
     targets = chosen_connections(app.connections, (body or ConnectionTarget()).connection_id)
-    return [c.device_id for c in targets if await lever(c)]
+    return [c.connection_id for c in targets if await lever(c)]
 
 
 @router.post("/apps/{app_id}/connections/drop")

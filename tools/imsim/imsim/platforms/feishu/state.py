@@ -51,13 +51,13 @@ class FrameSink(Protocol):
 
 @dataclass
 class Connection:
-    device_id: str
+    connection_id: str  # the device_id of the URL that opened it
     service_id: int
     app_id: str
     sink: FrameSink
     opened_at: int = field(default_factory=now_ms)
     opened_mono: float = field(default_factory=time.monotonic)
-    close_due: float | None = None  # monotonic time of the next periodic disconnect
+    rebalance_due: float | None = None  # monotonic time of the next periodic disconnect
     closed_at: int | None = None
     close_reason: str | None = None
     half_dead: bool = False
@@ -71,7 +71,7 @@ class Connection:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "connection_id": self.device_id,
+            "connection_id": self.connection_id,
             "service_id": self.service_id,
             "open": self.is_open,
             "opened_at": self.opened_at,
