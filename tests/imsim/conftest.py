@@ -21,6 +21,7 @@ from imsim_testkit import (
     StreamPeer,
     open_connection,
     sim_json,
+    stop_process,
     wait_for,
     ws_url,
 )
@@ -79,12 +80,7 @@ def imsim_url(imsim_log: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from feishu_testkit import open_peer, send_message
-from imsim_testkit import sim_json, wait_for
+from imsim_testkit import sim_json, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,12 +35,7 @@ def run_lark_bot(imsim_url: str, tmp_path: Path) -> Iterator[object]:
 
     yield start
     for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 async def test_lark_sdk_receives_chunked_events_acks_them_and_streams_a_card(

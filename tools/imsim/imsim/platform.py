@@ -211,6 +211,10 @@ class AppsPlatform(SimPlatform, Generic[App]):
     imsim does: the shared API's reads and the lifespan, done once."""
 
     dispatcher: TimerLoop
+    fault_model: ClassVar[type[BaseModel]]  # the app's fault configuration; `seed` is no fault
+
+    def fault_kinds(self) -> list[str]:
+        return [field for field in self.fault_model.model_fields if field != "seed"]
 
     async def __aenter__(self) -> Self:
         await self.dispatcher.__aenter__()

@@ -19,6 +19,7 @@ from imsim.settings import Settings
 class DingTalkPlatform(AppsPlatform[SimApp]):
     name: ClassVar[str] = NAME
     title: ClassVar[str] = "DingTalk"
+    fault_model = FaultConfig
     api_prefixes: ClassVar[tuple[str, ...]] = ("/v1.0/", "/robot/sendBySession")
 
     def __init__(self, settings: Settings) -> None:
@@ -38,9 +39,6 @@ class DingTalkPlatform(AppsPlatform[SimApp]):
     def validation_error(self, exc: RequestValidationError) -> Response | None:
         """DingTalk answers a malformed OpenAPI body with 400 `{code, message}`."""
         return render_open_api_error(OpenApiError(400, "InvalidParameter", describe_errors(exc.errors())))
-
-    def fault_kinds(self) -> list[str]:
-        return [field for field in FaultConfig.model_fields if field != "seed"]
 
     def app_registry(self) -> dict[str, SimApp]:
         return self.state.apps

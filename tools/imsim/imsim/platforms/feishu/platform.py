@@ -30,6 +30,7 @@ MESSAGE_TYPES: dict[str, MessageType] = {
 class FeishuPlatform(AppsPlatform[FeishuApp]):
     name: ClassVar[str] = NAME
     title: ClassVar[str] = "Feishu"
+    fault_model = FaultConfig
     api_prefixes: ClassVar[tuple[str, ...]] = ("/open-apis/", gateway.ENDPOINT_PATH)
 
     def __init__(self, settings: Settings) -> None:
@@ -49,9 +50,6 @@ class FeishuPlatform(AppsPlatform[FeishuApp]):
     def validation_error(self, exc: RequestValidationError) -> Response | None:
         """Feishu answers a malformed body with 400 and code 10003 (invalid param)."""
         return render_api_error(invalid_param(describe_errors(exc.errors())))
-
-    def fault_kinds(self) -> list[str]:
-        return [field for field in FaultConfig.model_fields if field != "seed"]
 
     def app_registry(self) -> dict[str, FeishuApp]:
         return self.state.apps
