@@ -4,7 +4,7 @@ payloads), ACKs, redelivery with the same event_id, several connections, refusal
 import json
 
 import pytest
-from feishu_testkit import CONTROL, DATA, endpoint, headers_of, send_message
+from feishu_testkit import CONTROL, DATA, OpenApi, endpoint, headers_of, send_message
 from imsim_testkit import PRESET_FEISHU_APP, sim_json, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -293,3 +293,28 @@ async def test_endpoint_failures_can_be_injected(sim, make_feishu_app):
     assert failed.status_code == 500
     counters = await sim_json(sim, _path(app, "/counters"))
     assert counters["connections"]["refused"] == {"endpoint_server_error": 1, "endpoint_system_busy": 1}
+
+
+async def test_verbatim_payloads_for_what_a_bot_cannot_read(sim, make_feishu_app, feishu_peer):
+    app = await make_feishu_app()
+    peer = await feishu_peer(app)
+    garbage = await send_message(sim, app, text=None, raw_payload="not json at all")
+    frame = await peer.recv_data()
+    assert frame.payload == b"not json at all"
+    assert headers_of(frame)["message_id"] == garbage["frame_id"]
+    await peer.ack(frame)
+
+    odd = {
+        "schema": "2.0",
+        "header": {"event_id": "ev-odd-1", "event_type": "im.message.receive_v1"},
+        "event": {"message": {"message_id": "om_odd_1", "message_type": "hologram", "content": "{}"}},
+    }
+    sent = await send_message(sim, app, text=None, raw_event=odd, sender_id="u-odd")
+    assert (sent["event_id"], sent["message_id"]) == ("ev-odd-1", "om_odd_1")
+    _frames, event = await peer.recv_event()
+    assert event == odd
+    # The bot can still answer the message the payload names.
+    api = await OpenApi.for_app(sim, app)
+    assert (await api.reply("om_odd_1", "text", {"text": "I cannot read that"})).json()["code"] == 0
+    view = await sim_json(sim, _path(app, "/events/om_odd_1"))
+    assert [(a["text"], a["link"]) for a in view["answers"]] == [("I cannot read that", "reply")]

@@ -57,7 +57,9 @@ class AppBody(AppTunables):
 
 
 class MessageBody(BaseModel):
-    """A user's message. `raw_event` sends a verbatim event payload instead (never answered)."""
+    """A user's message. `raw_event` (an object) or `raw_payload` (any text, JSON or not) is
+    pushed verbatim instead, for payloads a bot cannot read; its replies name the message id
+    the payload carries (`event.message.message_id`), if any."""
 
     text: str | None = None
     message_type: MessageType = "text"
@@ -69,12 +71,38 @@ class MessageBody(BaseModel):
     mention: bool = Field(True, description="in a group, @mention the bot (as @_user_1)")
     parent_id: str | None = Field(None, description="the message this one replies to")
     raw_event: dict[str, Any] | None = None
+    raw_payload: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "MessageBody":
-        if self.raw_event is None and self.message_type == "text" and self.text is None:
+        if self.raw_event is not None and self.raw_payload is not None:
+            raise ValueError("give `raw_event` or `raw_payload`, not both")
+        if self.raw is None and self.message_type == "text" and self.text is None:
             raise ValueError("a text message needs `text`")
         return self
+
+    @property
+    def raw(self) -> str | None:
+        """The verbatim payload, if the message is one."""
+        if self.raw_event is not None:
+            return json.dumps(self.raw_event, ensure_ascii=False)
+        return self.raw_payload
+
+
+def _raw_ids(raw: str, event_id: str) -> tuple[str, str]:
+    """The event id and message id a verbatim payload carries, where it carries them; the
+    message id is the event id otherwise."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return event_id, event_id
+    header = payload.get("header") if isinstance(payload, dict) else None
+    event = payload.get("event") if isinstance(payload, dict) else None
+    message = event.get("message") if isinstance(event, dict) else None
+    if isinstance(header, dict) and header.get("event_id"):
+        event_id = str(header["event_id"])
+    message_id = message.get("message_id") if isinstance(message, dict) else None
+    return event_id, str(message_id) if message_id else event_id
 
 
 class ConnectionTarget(BaseModel):
@@ -174,11 +202,10 @@ async def send_user_message(body: MessageBody, app: FeishuApp, events: EventDisp
     user = app.user(body.sender_id, body.sender_name)
     chat = app.group_chat(body.group) if body.group else app.p2p_chat(user)
     event_id, message_id = feishu_ids.event_id(), feishu_ids.message_id()
-    if body.raw_event is not None:
-        payload, text, message_type, content = body.raw_event, json.dumps(body.raw_event), "raw", None
-        header = payload.get("header")
-        event_id = str(header.get("event_id") or event_id) if isinstance(header, dict) else event_id
-        message_id = event_id
+    content: dict[str, Any] | None = None
+    if body.raw is not None:
+        raw, message_type, text = body.raw.encode(), "raw", body.raw
+        event_id, message_id = _raw_ids(body.raw, event_id)
     else:
         message_type = body.message_type
         mention = bool(body.group) and body.mention
@@ -203,13 +230,8 @@ async def send_user_message(body: MessageBody, app: FeishuApp, events: EventDisp
             mention=mention,
             parent_id=body.parent_id,
         )
-    event = InboundEvent(
-        event_id,
-        message_id,
-        chat.conversation_id,
-        json.dumps(payload, ensure_ascii=False).encode(),
-        raw=body.raw_event is not None,
-    )
+        raw = json.dumps(payload, ensure_ascii=False).encode()
+    event = InboundEvent(event_id, message_id, chat.conversation_id, raw, raw=body.raw is not None)
     chat.items.append(UserItem(event, message_type, text, content, user.user_id, user.name))
     delivered = await events.submit(app, event)
     log.info("feishu_user_message", app_id=app.app_id, event_id=event_id, delivered=delivered)
