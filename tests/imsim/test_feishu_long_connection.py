@@ -304,13 +304,23 @@ async def test_verbatim_payloads_for_what_a_bot_cannot_read(sim, make_feishu_app
     assert headers_of(frame)["message_id"] == garbage["frame_id"]
     await peer.ack(frame)
 
+    user = await sim_json(sim, _path(app, "/users/u-odd"))
     odd = {
         "schema": "2.0",
         "header": {"event_id": "ev-odd-1", "event_type": "im.message.receive_v1"},
-        "event": {"message": {"message_id": "om_odd_1", "message_type": "hologram", "content": "{}"}},
+        "event": {
+            "sender": {"sender_id": {"open_id": user["open_id"], "user_id": "u-odd"}},
+            "message": {
+                "message_id": "om_odd_1",
+                "chat_id": user["p2p_chat_id"],
+                "message_type": "hologram",
+                "content": "{}",
+            },
+        },
     }
     sent = await send_message(sim, app, text=None, raw_event=odd, sender_id="u-odd")
     assert (sent["event_id"], sent["message_id"]) == ("ev-odd-1", "om_odd_1")
+    assert sent["chat_id"] == user["p2p_chat_id"]
     _frames, event = await peer.recv_event()
     assert event == odd
     # The bot can still answer the message the payload names.

@@ -298,6 +298,19 @@ async def redeliver_event(app: App, events: Dispatcher, event_id: str) -> dict[s
     return delivery.to_json()
 
 
+@router.get("/apps/{app_id}/users/{user_id}")
+async def get_user(app: App, user_id: str) -> dict[str, Any]:
+    """A user's ids as this app's events carry them, and their p2p chat with the bot (ids are
+    stable, so this answers for users who never wrote too): for crafting verbatim payloads."""
+    return {
+        "user_id": user_id,
+        "open_id": feishu_ids.open_id(app.app_id, user_id),
+        "union_id": feishu_ids.union_id(user_id),
+        "p2p_chat_id": feishu_ids.p2p_chat_id(app.app_id, user_id),
+        "tenant_key": app.tenant_key,
+    }
+
+
 @router.get("/apps/{app_id}/counters")
 async def get_counters(app: App) -> dict[str, Any]:
     return app.counters_json()
