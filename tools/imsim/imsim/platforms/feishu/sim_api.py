@@ -33,8 +33,10 @@ class AppTunables(BaseModel):
 
     name: str | None = None
     ack_wait: float | None = Field(None, gt=0, description="seconds an event waits for its ACK (3)")
-    redeliver_schedule: list[float] | None = Field(
-        None, description="seconds after each unACKed push until the next one (15, 300, 3600, 21600)"
+    redeliver_schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None,
+        max_length=20,
+        description="seconds after each unACKed push until the next one (15, 300, 3600, 21600); []: none",
     )
     ping_interval: int | None = Field(None, gt=0, description="ClientConfig.PingInterval, seconds")
     reconnect_count: int | None = Field(None, ge=-1)
