@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -101,16 +101,41 @@ class ReconnectingLink:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=self._names[0])
 
-    async def stop(self, also: Iterable[asyncio.Task[None]] = ()) -> None:
-        """Close within a second, cancelling `also` (work on frames) with the connections."""
-        tasks = [t for t in (self._supervisor, *self._connections, *also, *self._draining) if t is not None]
-        for task in tasks:
+    async def stop(self, also: Collection[asyncio.Task[None]] = ()) -> None:
+        """Close within a second, then cancel `also` (work on frames, read live) if unfinished.
+
+        The sockets close by handshake while their readers go on: a frame the platform sent
+        before it saw our close is still read and published, in its place on the bus. Its ACK
+        can no longer go out, so the platform delivers it again to the channel's next owner and
+        the bus drops the copy. Cancelling the readers instead would leave such a frame to the
+        platform's redelivery alone, seconds later, behind the messages sent after it."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()  # no next connection
+        closing = [asyncio.create_task(ws.close()) for ws in list(self._sockets)]
+        readers = [*self._connections, *self._draining]
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S * 1.5
+        if readers:
+            _, pending = await asyncio.wait(readers, timeout=CLOSE_TIMEOUT_S * 1.5)
+            if pending:  # a close handshake that hangs (a half-dead peer): cut the sockets
+                for ws in list(self._sockets):
+                    ws.transport.abort()
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=0.2)
+            for task in readers:  # how a socket ended is logged by its reader; nothing to raise
+                if task.done() and not task.cancelled():
+                    task.exception()
+        work = [t for t in also if not t.done()]
+        if work:  # frames read until the close: their publish gets what is left of the second
+            _, late = await asyncio.wait(work, timeout=max(0.05, deadline - time.monotonic()))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=0.2)
+        for task in closing:
             task.cancel()
-        _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S * 1.5) if tasks else (set(), set())
-        if pending:  # a close handshake that hangs (a half-dead peer): cut the sockets
-            for ws in list(self._sockets):
-                ws.transport.abort()
-            await asyncio.wait(pending, timeout=0.2)
+        if self._supervisor is not None:
+            await asyncio.wait([self._supervisor], timeout=0.2)
         self._supervisor = None
         self._health.disconnected()
 
