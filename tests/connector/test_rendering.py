@@ -677,6 +677,40 @@ async def test_a_later_final_still_waits_when_the_earlier_run_arrives_here_befor
     await new.close()
 
 
+async def test_a_final_cut_short_by_the_channel_moving_still_holds_later_finals_at_the_next_owner(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    """The old owner was showing the earlier run's final when it stopped: that final's event
+    comes to the new owner only after its ack wait. The later final, which reaches the new
+    owner first, waits for it."""
+    ledger = MemoryLedger()
+    sent = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    earlier = TARGET.model_copy(update={"sent_at": sent, "inbound_message_id": "m1"})
+    later = TARGET.model_copy(update={"sent_at": sent + timedelta(seconds=2), "inbound_message_id": "m2"})
+    old_surface = HeldCloses()
+    old_surface.held["r1"] = asyncio.Event()  # never set: the card call is in flight at the stop
+    old, _ = renderer(old_surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    await old.handle(RunStarted(run_id="r1", channel_id=1, target=earlier))
+    await until_true(lambda: ("open", "r1", "") in old_surface.calls)
+    showing = asyncio.create_task(old.handle(done("one", run="r1").model_copy(update={"target": earlier})))
+    await until_true(lambda: "r1" in old_surface.closing)
+    showing.cancel()  # the channel stops: its reply consumer is cancelled mid-delivery
+    with pytest.raises(asyncio.CancelledError):
+        await showing
+    await old.close()
+
+    surface = RecordingSurface()
+    new, _ = renderer(surface, ledger=ledger, order=FinalsOrder(redis_client, key_prefix))
+    second = asyncio.create_task(new.handle(done("two", run="r2").model_copy(update={"target": later})))
+    await until_true(lambda: new.finals_held == 1)
+    await asyncio.sleep(ORDER_POLL_S * 3)
+    assert not second.done(), "r2 was shown before r1, whose final the old owner never showed"
+    await new.handle(done("one", run="r1").model_copy(update={"target": earlier}))
+    await second
+    assert [c[1] for c in surface.calls if c[0] == "close"] == ["r1", "r2"]
+    await new.close()
+
+
 async def test_an_undeliverable_final_ends_its_card_before_a_later_final_shows() -> None:
     """A reply event that kept failing (poisoned, not the platform) is given up: its card says so
     at once, and only then does the conversation's next answer show."""

@@ -19,6 +19,8 @@ CHANNELS = 10
 # DingTalk redelivers an un-ACKed message after about a minute; shorter here, so a frame a
 # stopping connector failed to ACK still gets its answer in time and shows up as a redelivery.
 REDELIVER_AFTER_S = 10.0
+# A push this close before its socket closed may have crossed our close on the wire.
+CLOSING_RACE_MS = 250
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +109,6 @@ def streaming(fleet: Fleet, sent: list[Sent]) -> bool:
     return any(o.first_text_at is not None and o.final_at is None for o in outcomes)
 
 
-@pytest.mark.xfail(
-    reason="after a SIGTERM hand-over 1-2 finals of 100 can show out of order: fails 1 run in 2 at "
-    "067510a as at 5a0f60d (2026-12-06), lost and doubled stay 0; its own issue (see the closing note)",
-    strict=False,
-)
 def test_stopping_one_replica_of_each_service_mid_stream_moves_its_work_over(fleet: Fleet) -> None:
     # Slower answers, so the stopped runner has runs in hand and the connector cards on screen.
     fleet.model_sim("PATCH", "/config", {"tokens_per_s": 15})
@@ -136,10 +133,25 @@ def test_stopping_one_replica_of_each_service_mid_stream_moves_its_work_over(fle
 
 
 def platform_redeliveries(fleet: Fleet) -> list[dict[str, Any]]:
-    """Pushes imsim repeated because a frame was never ACKed."""
-    return [
-        d
-        for client_id in fleet.client_ids
-        for d in fleet.sim("GET", f"/apps/{client_id}/deliveries")
-        if d["redelivery"] and not d["forced"]
-    ]
+    """Pushes imsim repeated because a frame was never ACKed. A frame pushed as its socket was
+    closing is excused: the stopping connector still read and published it, but the ACK could
+    no longer go out (the bus drops the repeat, and `doubled` would show an answer given twice)."""
+    repeated = []
+    for client_id in fleet.client_ids:
+        closed = {
+            c["connection_id"]: c["closed_at"] for c in fleet.sim("GET", f"/apps/{client_id}/connections")
+        }
+        deliveries = fleet.sim("GET", f"/apps/{client_id}/deliveries")
+        for d in deliveries:
+            if not d["redelivery"] or d["forced"]:
+                continue
+            before = [e for e in deliveries if e["msg_id"] == d["msg_id"] and e["at"] < d["at"]]
+            if before and all(_pushed_as_it_closed(e, closed) for e in before):
+                continue
+            repeated.append(d)
+    return repeated
+
+
+def _pushed_as_it_closed(delivery: dict[str, Any], closed_at: dict[str, int | None]) -> bool:
+    closed = closed_at.get(delivery["connection_id"])
+    return closed is not None and 0 <= closed - delivery["at"] <= CLOSING_RACE_MS

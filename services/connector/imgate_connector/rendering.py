@@ -452,9 +452,10 @@ class CardRenderer:
         except BaseException:
             # Not shown this time: the event comes again (or is given up on, which settles the
             # run). Later finals of the conversation keep waiting for it, so that when the
-            # platform is back after an outage the answers still show in order.
+            # platform is back after an outage the answers still show in order. Its place in
+            # the shared order stays too: stopped mid-delivery (the channel moves), the event
+            # goes to the channel's next owner, whose later finals must wait for it as well.
             run.retrying = True
-            await self._drop_shared(run.key, run.run_id)
             raise
         self._settle(run)
         await self._drop_shared(run.key, run.run_id)
@@ -654,7 +655,7 @@ class CardRenderer:
                 self._platform_error(exc, "card_close_failed", event.run_id)
         if run is not None:
             self._settle(run)
-            await self._drop_shared(run.key, run.run_id)
+        await self._drop_shared(conversation_key(event.target, self._scope), event.run_id)
         if card:
             self.mender.close_later(
                 event.run_id, event.target.platform, self._wording.undelivered, failed=True
