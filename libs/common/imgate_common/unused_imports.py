@@ -5,7 +5,7 @@ them for other reasons: httpx imports its command-line client (click, rich, pygm
 for admin-api's typer CLI and the dev tools), structlog's console renderer imports rich for
 tracebacks the services never hand it (`format_exc_info` renders them first), and nats-py
 imports aiohttp (there for the dingtalk-stream SDK's client) for NATS over websocket. Together
-about 15 MB of every process. A `None` in `sys.modules` makes their `import` raise
+about 12 MB of every process that loads them. A `None` in `sys.modules` makes their `import` raise
 `ImportError`, the case each library handles as "not installed".
 
 This module imports nothing beyond the standard library: it must run before the libraries do.
