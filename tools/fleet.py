@@ -39,7 +39,7 @@ from cryptography.fernet import Fernet
 from imgate_common.messages import run_id_for
 from imgate_common.platforms import Platform
 from imgate_connector.wording import WORDINGS
-from tools.devstack import PYTHON, ROOT, LocalStack, http_ok, wait_until
+from tools.devstack import PYTHON, ROOT, LocalStack, http_ok, shared_bytecode_cache, wait_until
 from tools.modelsim import ModelSim, free_port, serve_model
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -127,7 +127,7 @@ class Fleet:
             self.data_dir,
             quiet=True,
             log_dir=self.log_dir,
-            bytecode_cache=Path(tempfile.gettempdir()) / f"imgate-pycache-{os.getuid()}",
+            bytecode_cache=shared_bytecode_cache(),
         )
         self.token = secrets.token_urlsafe(16)
         self.client_ids = [f"fleet-{i + 1}" for i in range(config.channels)]

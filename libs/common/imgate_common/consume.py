@@ -10,15 +10,13 @@ terminated. FastStream handlers use `jetstream_handler`; hand-rolled pull loops 
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
 import redis.exceptions
 import sqlalchemy.exc
 import structlog
-from faststream.nats.annotations import NatsMessage as InjectedMessage
-from faststream.nats.message import NatsMessage
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
@@ -28,6 +26,9 @@ from imgate_common.consumers import ConsumerSpec
 from imgate_common.errors import FailureCategory, GatewayError
 from imgate_common.messages import DeadLetter
 from imgate_common.publish import Publish
+
+if TYPE_CHECKING:  # FastStream only where its handlers are wrapped: the connector never loads it
+    from faststream.nats.message import NatsMessage
 
 log = structlog.get_logger()
 
@@ -255,10 +256,12 @@ async def settle(
 
 def jetstream_handler(
     model: type[M], policy: DeliveryPolicy[M]
-) -> Callable[[Callable[[M, NatsMessage], Awaitable[None]]], Callable[[NatsMessage], Awaitable[None]]]:
+) -> Callable[[Callable[[M, "NatsMessage"], Awaitable[None]]], Callable[["NatsMessage"], Awaitable[None]]]:
     """Apply the policy around a FastStream handler taking (payload, message)."""
+    # FastStream reads the handler's annotation at run time to inject the message.
+    from faststream.nats.annotations import NatsMessage as InjectedMessage
 
-    def wrap(fn: Callable[[M, NatsMessage], Awaitable[None]]) -> Callable[[NatsMessage], Awaitable[None]]:
+    def wrap(fn: Callable[[M, "NatsMessage"], Awaitable[None]]) -> Callable[["NatsMessage"], Awaitable[None]]:
         async def handle(msg: InjectedMessage) -> None:
             async def nak(delay: float) -> None:
                 await msg.nack(delay=delay)

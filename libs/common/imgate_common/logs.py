@@ -35,8 +35,15 @@ def _masked_userinfo(userinfo: str, replacement: str) -> str:
     return f"{user}:{replacement}" if colon else replacement
 
 
+# What each pattern above needs to match at all: most logged text has none of it, and this one
+# search costs a fraction of the two substitutions.
+MAYBE_SECRET = re.compile(r"(?i)[=@]|bearer")
+
+
 def redact_text(text: str, replacement: str = REDACTED) -> str:
     """`text` with bearer tokens, credential=value pairs and URL passwords replaced."""
+    if MAYBE_SECRET.search(text) is None:
+        return text
     text = URL_USERINFO.sub(lambda m: f"{m.group(1)}{_masked_userinfo(m.group(2), replacement)}@", text)
     return SECRET_TEXT.sub(lambda m: m.group(1) + replacement, text)
 

@@ -1,13 +1,16 @@
 """Publishing bus models durably, each with its own dedup id and the current trace context."""
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from imgate_common.bus import MSG_ID_HEADER
 from imgate_common.telemetry import inject, producer_span
+
+if TYPE_CHECKING:  # FastStream only for the router's publisher: the connector never loads it
+    from faststream.nats import NatsBroker
 
 # publish(subject, stream, model, msg_id): returns once JetStream stored it (or dropped a repeat).
 Publish = Callable[[str, str, BaseModel, str], Awaitable[None]]
@@ -20,7 +23,7 @@ def _headers(msg_id: str) -> dict[str, str]:
 
 
 async def publish_durable(
-    broker: NatsBroker, subject: str, stream: str, model: BaseModel, msg_id: str
+    broker: "NatsBroker", subject: str, stream: str, model: BaseModel, msg_id: str
 ) -> None:
     """Publish to JetStream and return once the stream confirmed it (a repeat is dropped)."""
     await broker.publish(
@@ -32,7 +35,7 @@ async def publish_durable(
     )
 
 
-def durable_publisher(broker: NatsBroker) -> Publish:
+def durable_publisher(broker: "NatsBroker") -> Publish:
     async def publish(subject: str, stream: str, model: BaseModel, msg_id: str) -> None:
         await publish_durable(broker, subject, stream, model, msg_id)
 

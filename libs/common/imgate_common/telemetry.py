@@ -44,7 +44,13 @@ _state: dict[str, Any] = {"content": False, "instrumented": False, "recording": 
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """The product's tracer, made once per tracer provider: `get_tracer` builds a new tracer
+    and scope each time (7 µs, a third of a span that records nothing)."""
+    provider = trace.get_tracer_provider()
+    cached = _state.get("tracer")
+    if cached is None or cached[0] is not provider:
+        cached = _state["tracer"] = (provider, provider.get_tracer(TRACER_NAME))
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def _exporter_name() -> str:

@@ -25,6 +25,7 @@ from imgate_connector.platforms.base import (
     ReplySurface,
 )
 from imgate_connector.scheduler import CallClass, CardCallScheduler
+from imgate_connector.sdk_modules import load_alone
 from imgate_connector.settings import ConnectorSettings
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "ReplySurface",
     "SocketAdapter",
     "app_scheduler",
+    "load_alone",
     "transient",
     "with_retries",
 ]
