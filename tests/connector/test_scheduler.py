@@ -260,3 +260,94 @@ async def test_under_lasting_overload_as_many_answers_get_a_card_as_the_rate_car
     later = admitted[20:]
     # About 0.75 x 38 / 3 = 9.5 cards/s of the 30 answers/s; the others go in one message each.
     assert 0.15 * len(later) <= sum(later) <= 0.5 * len(later), admitted
+
+
+async def _answer_with_a_card(
+    scheduler: CardCallScheduler, name: str, writes_s: float, granted: list[float]
+) -> bool:
+    """One answer as the renderer gives it: a card if admitted (open, streaming updates while the
+    model writes, final), else one message (no card call). True when it had a card."""
+    if not scheduler.admit():
+        return False
+    assert await scheduler.acquire(CallClass.OPEN)
+    granted.append(time.monotonic())
+    writing = True
+
+    async def stream() -> None:
+        while writing:
+            if await scheduler.acquire(CallClass.STREAM, key=name):
+                granted.append(time.monotonic())
+            await asyncio.sleep(0.1)
+
+    streaming = asyncio.create_task(stream())
+    await asyncio.sleep(writes_s)
+    writing = False
+    scheduler.withdraw(name)
+    await streaming
+    assert await scheduler.acquire(CallClass.FINAL)
+    granted.append(time.monotonic())
+    return True
+
+
+@pytest.mark.usefixtures("quick_load_window")
+async def test_under_lasting_overload_rationed_cards_and_streaming_spend_the_budget_never_more(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    limit = 40
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=limit, card_calls=2)
+    granted: list[float] = []
+    answers: list[asyncio.Task[bool]] = []
+    started = time.monotonic()
+    for n in range(90):  # 30 answers/s for 3 s: 60 calls/s for their opens and finals alone
+        answers.append(asyncio.create_task(_answer_with_a_card(scheduler, f"c{n}", 0.6, granted)))
+        await asyncio.sleep(max(0.0, started + (n + 1) / 30 - time.monotonic()))
+    sending_ended = time.monotonic()
+    assert scheduler.mode is CardMode.ONE_CALL
+    carded = await asyncio.gather(*answers)
+    assert 0 < sum(carded) < len(carded), "cards rationed, not switched off"
+    assert most_in_one_second(granted) <= limit
+    # Spent while answers keep coming: the slots cards' opens and finals leave go to other
+    # cards or to streaming (loose: the machine may be busy).
+    loaded = [at for at in granted if started + 0.5 <= at <= sending_ended]
+    assert len(loaded) / (sending_ended - started - 0.5) >= 0.8 * limit * scheduling.PACED_SHARE
+
+
+@pytest.mark.usefixtures("quick_load_window")
+async def test_while_rationing_an_answer_arriving_at_an_idle_queue_gets_a_card(
+    redis_client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduling, "CARDS_IN_ONE_CALL", 0.0)  # no rationed share: idle slots only
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=40, card_calls=2)
+    burst = [scheduler.admit() for _ in range(12)]  # far beyond 40 calls/s
+    assert scheduler.mode is CardMode.ONE_CALL
+    # Once rationing began, the first answer found the queue idle; the rest of the burst did not
+    # (the slots that card's calls take come first).
+    refused = burst.index(False)
+    assert burst[refused:] == [False] * (len(burst) - refused), burst
+    await asyncio.sleep(0.1)  # the slots that card's calls take have passed
+    assert scheduler.waiting == 0
+    assert scheduler.admit(), "nothing waits: its slots would pass unused"
+    assert not scheduler.admit(), "the next idle card waits for the slots the last one takes"
+    updates = [asyncio.create_task(scheduler.acquire(CallClass.STREAM, key=f"c{n}")) for n in range(20)]
+    await asyncio.sleep(0.1)  # the spacing has passed; about 4 of the 20 went
+    assert scheduler.waiting
+    assert not scheduler.admit(), "calls wait: no slot passes unused"
+    for n in range(20):
+        scheduler.withdraw(f"c{n}")
+    await asyncio.gather(*updates)
+    assert scheduler.waiting == 0 and scheduler.admit()
+
+
+async def test_once_a_backlog_of_finals_drained_new_answers_get_cards_again_at_once(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    """Cards are refused for finals waiting now, not for a recent peak: a peak still decaying
+    would leave the slots of the next seconds to nobody, the cards in flight being done."""
+    scheduler = CardCallScheduler(redis_client, key_prefix, "app", rate=4, card_calls=2)
+    granted: list[float] = []
+    await asyncio.gather(*(calls(scheduler, CallClass.FINAL, 1, granted) for _ in range(6)))
+    assert scheduler.mode is CardMode.ONE_CALL, "the last finals waited over a second"
+    assert scheduler.waiting == 0
+    await asyncio.sleep(1.0)  # the rationed share has a card again; the peak is not forgotten yet
+    assert scheduler.mode is CardMode.ONE_CALL
+    assert scheduler.admit()

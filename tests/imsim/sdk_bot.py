@@ -7,6 +7,8 @@ test_sdk_client.py (the SDK reads DINGTALK_OPENAPI_ENDPOINT when it is imported)
 - `async …`: the same through the async_* calls (aiohttp)
 - `fail …`: AICardReplier start / streaming with isError / fail
 - `deliver …`: CardReplier.create_and_deliver_card, then put_card_data by key
+- `ai …`: the SDK's AI markdown card: ai_start, ai_streaming, ai_finish with the final text (one
+  card instance update carrying the text and the finished state; the stream is never finalized)
 - anything else: a sessionWebhook text reply plus an AI markdown card (create, stream, finish)
 """
 
@@ -32,6 +34,8 @@ class ScriptedHandler(ChatbotHandler):
             self.failed_card(message, rest)
         elif command == "deliver":
             self.delivered_card(message, rest)
+        elif command == "ai":
+            self.ai_card(message, rest)
         else:
             self.echo(message)
         return AckMessage.STATUS_OK, "OK"
@@ -66,6 +70,12 @@ class ScriptedHandler(ChatbotHandler):
             card_id, {KEY: text, "flowStatus": "3"}, cardUpdateOptions={"updateCardDataByKey": True}
         )
         print(f"card deliver {card_id}", flush=True)
+
+    def ai_card(self, message, text):
+        card = self.ai_markdown_card_start(message)
+        card.ai_streaming(text[:3], append=False)
+        card.ai_finish(text)
+        print(f"card ai {card.card_instance_id}", flush=True)
 
     def echo(self, message):
         self.reply_text("echo: " + message.text.content, message)

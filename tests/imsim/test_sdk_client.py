@@ -162,8 +162,18 @@ async def test_real_sdk_card_replier_calls(sim, make_app, run_sdk_bot):
         assert card["spaces"][0]["space_type"] == "IM_GROUP"
         assert card["spaces"][0]["conversation_id"] == group["conversation_id"]
         assert card["params"]["msgTitle"] == "Title"  # kept: the SDK updated by key
-        assert card["content"] == "Delivered" and card["flow_status"] == "3"
+        assert card["content"] == "Delivered" and card["flow_status"] == "3" and card["finalized"]
         assert [u["op"] for u in card["updates"]] == ["create", "deliver", "update"]
+
+        # The SDK's own AI-card finish: one card instance update with the final text and
+        # flowStatus 3, the stream never finalized. The card is finished, as DingTalk shows it.
+        ai = await send_user_message(sim, app, text="ai Finished in one call", sender_staff_id="s5")
+        [card] = await _answers(sim, app, ai)
+        assert card["content"] == "Finished in one call" and card["flow_status"] == "3"
+        assert card["finalized"] is True and card["error"] is False
+        assert card["streams"] == {"msgContent": "streaming"}
+        assert [u["op"] for u in card["updates"]] == ["create", "deliver", "update", "full", "update"]
+        assert [u["finalize"] for u in card["updates"]] == [False, False, False, False, True]
 
         calls = (await sim_json(sim, f"/sim/apps/{client_id}/counters"))["api_calls"]
         assert set(calls["by_status"]) == {"200"}, calls

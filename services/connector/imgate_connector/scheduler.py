@@ -17,8 +17,11 @@ lateness of a slot's call (event loop, network) never adds up to a call beyond t
 
 When the arrival of answers leaves no room for open + stream + final, the scheduler says so:
 `thin` while streaming updates wait (they simply get fewer), `one-call` when even a card's open
-and final calls do not fit (new answers then go out in one message each), `full` again once the
-load has fallen.
+and final calls do not fit, `full` again once the load has fallen. In one-call mode cards are
+rationed, not switched off: a local bucket hands out as many as a share of the rate carries for
+their open and final calls, and any answer arriving while no call waits (slots would pass unused)
+gets one too; the others go out in one message each. Streaming updates take what is left, so
+the app's rate is spent while answers keep coming.
 """
 
 import asyncio
@@ -59,19 +62,23 @@ HEAP_SLACK = 64
 BUCKET_TTL_MS = 10 * 60 * 1000
 # After a Redis call that timed out, the queue asks again after about this long.
 REDIS_RETRY_S = 0.25
-# Degradation: a card costs its open and final calls. New answers go out in one call each when
+# Degradation: a card costs its open and final calls. Cards are rationed (one-call mode) when
 # the calls that must happen wait longer than `MUST_LAG_S` (the queue of opens and finals grows:
-# the app's calls, on all replicas, do not carry the cards), or at once when the answers arriving
-# need more than `ONE_CALL_ABOVE` times the rate for them (no queue absorbs that; below it, a
-# rate estimated from a few seconds of arrivals is too noisy to turn cards off by). Cards come
-# back once they need less than `CARDS_BACK_BELOW` of the rate and the waits are short again,
-# for a load window at least. Streaming is thin while its updates wait longer than `STREAM_LAG_S`.
-ONE_CALL_ABOVE = 1.5
+# the app's calls, on all replicas, do not carry the cards), or when the answers arriving need
+# more than `ONE_CALL_ABOVE` times the rate for their cards (rationing costs little, so it starts
+# as soon as the cards no longer fit: every second later leaves finals queueing behind opens).
+# Cards come back unrationed once they need less than `CARDS_BACK_BELOW` of the rate and the
+# waits are short again, for a load window at least. Streaming is thin while its updates wait
+# longer than `STREAM_LAG_S`.
+ONE_CALL_ABOVE = 1.0
 CARDS_BACK_BELOW = 0.85
-# In one-call mode some answers still get a card, as many as this share of the rate carries for
-# their open and final calls (while those are served quickly): the budget is spent, and as many
-# readers as it allows see "thinking…".
+# In one-call mode answers still get a card, as many as this share of the rate carries for their
+# open and final calls (while those are served quickly; more while slots would pass unused): as
+# many readers as the budget allows see "thinking…", and streaming keeps the rest of it.
 CARDS_IN_ONE_CALL = 0.75
+# Cards the rationing bucket holds at most: this many seconds of its rate. It starts empty when
+# rationing begins (the cards given until then are what made it begin).
+CARD_BURST_S = 1.0
 MUST_LAG_S = 1.0
 STREAM_LAG_S = 0.5
 # Seconds over which arrival rates and waits are averaged (and a degraded mode lasts at least).
@@ -210,7 +217,10 @@ class CardCallScheduler:
         self._pump: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._offered = _Decaying()  # answers asking for a card, per LOAD_WINDOW_S
-        self._carded = _Decaying()  # answers given one
+        # Cards that rationing may still give (refilled at their share of the rate), and when.
+        self._cards = 0.0
+        self._cards_at = time.monotonic()
+        self._spare_at = 0.0  # no card for an idle queue before this (monotonic)
         self._must_lag = _Decaying()  # longest recent wait of a call that must happen
         self._stream_lag = _Decaying()
         self._mode = CardMode.FULL
@@ -407,14 +417,29 @@ class CardCallScheduler:
         admitted = self._update_mode(now) is not CardMode.ONE_CALL or self._room_for_a_card(now)
         self._offered.add(1.0, now)
         if admitted:
-            self._carded.add(1.0, now)
+            self._cards = max(0.0, self._cards - 1)
         return admitted
 
     def _room_for_a_card(self, now: float) -> bool:
-        """In one-call mode: whether the cards given so far leave room for one more."""
-        cards = self._carded.read(now) / LOAD_WINDOW_S * self.card_calls  # their calls/s
-        must_lag = max(self._must_lag.read(now), self._oldest_wait(now, must=True))
-        return cards < CARDS_IN_ONE_CALL * self.rate * PACED_SHARE and must_lag < MUST_LAG_S / 2
+        """In one-call mode: whether the cards given so far leave room for one more. Cards come
+        from a bucket at their share of the rate; while no call waits, slots are passing unused
+        and a card's open takes one at once (its final, later, goes before streaming updates)."""
+        per_s = CARDS_IN_ONE_CALL * self.rate * PACED_SHARE / self.card_calls
+        self._cards = min(per_s * CARD_BURST_S, self._cards + (now - self._cards_at) * per_s)
+        self._cards_at = now
+        # The calls that must happen are judged as they wait now, not by a recent peak: a card
+        # refused for a past peak leaves its slots to nobody once the queue has drained.
+        if self._oldest_wait(now, must=True) >= MUST_LAG_S / 2:
+            return False
+        if self._cards >= 1:
+            return True
+        # Idle here: slots pass unused, unless other replicas of the app spend them (then this
+        # replica's own calls waited long lately). One more card, and the next idle one no
+        # sooner than its calls' worth of slots (answers arriving together find it idle together).
+        if self._waiting or now < self._spare_at or self._must_lag.read(now) >= MUST_LAG_S / 2:
+            return False
+        self._spare_at = now + self.card_calls / (self.rate * PACED_SHARE)
+        return True
 
     @property
     def mode(self) -> CardMode:
@@ -450,6 +475,8 @@ class CardCallScheduler:
         log.info(
             "card_mode_changed", app=self.app, mode=str(mode), was=str(self._mode), rate=self.rate, **why
         )
+        if mode is CardMode.ONE_CALL:
+            self._cards, self._cards_at = 0.0, now
         self._mode = mode
         self._mode_since = now
         CARD_MODE.labels(self.app).set(list(CardMode).index(mode))

@@ -40,14 +40,21 @@ async def test_a_card_streams_and_finishes(sim: Sim, run_adapter: Start) -> None
     await surface.open_card("run-1", target)
     assert await surface.update_card("run-1", "Hel")
     assert await surface.update_card("run-1", "Hello")
+    before = (await sim.counters())["api_calls"]["by_route"]
     await surface.close_card("run-1", "Hello world", failed=False)
+    after = (await sim.counters())["api_calls"]["by_route"]
     shown = await card(sim, "run-1")
     assert shown["content"] == "Hello world" and shown["flow_status"] == "3" and shown["finalized"]
     ops = [u["op"] for u in shown["updates"]]
-    # The first text switches the card to "inputing" in the same call: one call after the first token.
-    assert ops == ["create", "deliver", "update", "full", "full", "update"]
-    first = shown["updates"][2]
+    # The first text switches the card to "inputing" in the same call: one call after the first
+    # token. The final text and the finished state are one call too.
+    assert ops == ["create", "deliver", "update", "full", "update"]
+    first, last = shown["updates"][2], shown["updates"][-1]
     assert first["flow_status"] == "2" and first["len"] == len("Hel")
+    assert last["flow_status"] == "3" and last["finalize"] and last["len"] == len("Hello world")
+    assert {route: after[route] - before.get(route, 0) for route in after} == {
+        route: int(route == "PUT /v1.0/card/instances") for route in after
+    }
     with pytest.raises(CardExists):
         await surface.open_card("run-1", target)
 
@@ -55,9 +62,28 @@ async def test_a_card_streams_and_finishes(sim: Sim, run_adapter: Start) -> None
 async def test_a_failed_run_shows_failed(sim: Sim, run_adapter: Start) -> None:
     adapter, target = await target_of(sim, run_adapter)
     await adapter.surface.open_card("run-f", target)
+    await adapter.surface.update_card("run-f", "Half an ans")
     await adapter.surface.close_card("run-f", "The AI service took too long.", failed=True)
     shown = await card(sim, "run-f")
-    assert shown["flow_status"] == "5" and shown["error"]
+    assert shown["flow_status"] == "5" and shown["error"] and shown["finalized"]
+    assert shown["content"] == "The AI service took too long."
+    assert [u["op"] for u in shown["updates"]] == ["create", "deliver", "update", "update"]
+
+
+async def test_a_continuation_card_is_created_finished_in_one_call(sim: Sim, run_adapter: Start) -> None:
+    adapter, target = await target_of(sim, run_adapter)
+    await adapter.surface.post_card("run-c-2", target, "…the rest of the answer")
+    shown = await card(sim, "run-c-2")
+    assert shown["content"] == "…the rest of the answer" and shown["flow_status"] == "3"
+    assert shown["finalized"] and shown["delivered"]
+    assert [u["op"] for u in shown["updates"]] == ["create", "deliver"]
+    # Posted again (a redelivered final): the card is there, and is finished again, not doubled.
+    await adapter.surface.post_card("run-c-2", target, "…the rest of the answer")
+    shown = await card(sim, "run-c-2")
+    assert [u["op"] for u in shown["updates"]] == ["create", "deliver", "update"]
+    assert shown["finalized"] and shown["content"] == "…the rest of the answer"
+    [conversation] = await sim.get("conversations")
+    assert [i["kind"] for i in conversation["items"] if i["kind"] != "user"] == ["card"]
 
 
 async def test_throttled_calls_back_off_retry_and_are_counted(sim: Sim, run_adapter: Start) -> None:

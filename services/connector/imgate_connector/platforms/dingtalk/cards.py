@@ -3,11 +3,11 @@
 Card calls go through the connector's card-call core (`CardSurface`: the app's scheduler, the
 circuit breaker, retries); what is DingTalk's own is here: the card payloads, its flow states
 and its duplicate-card codes. The first text of a card goes with its switch to "inputing" in one
-call.
+call, and the final text with its switch to finished (or failed) in one call: the card instance
+update carries both in its card data, as the SDK's own AI-card finish does.
 """
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -40,9 +40,9 @@ log = structlog.get_logger()
 STREAMING_CARDS_KEPT = 4096
 # The text of a card that has not shown anything yet.
 THINKING = ""
-# Card calls an answer costs at least: the card's open, and its final (text finalized, then the
+# Card calls an answer costs at least: the card's open, and its final (the final text with the
 # flow status): what answering in one message saves when the app's budget is saturated.
-CARD_CALLS = 3
+CARD_CALLS = 2
 
 
 # One OpenAPI call: method, path, body.
@@ -124,15 +124,16 @@ class DingTalkReplySurface(CardSurface[Call]):
         }
         return "PUT", "/v1.0/card/instances", body
 
-    def _stream_call(self, card_id: str, text: str, *, final: bool, error: bool = False) -> Call:
+    def _stream_call(self, card_id: str, text: str) -> Call:
+        """The text so far; the stream is never finalized here: the final update ends the card."""
         body = {
             "outTrackId": card_id,
             "guid": str(uuid.uuid4()),
             "key": self._content_key,
             "content": text,
             "isFull": True,  # always the whole text: a repeated or reordered update is harmless
-            "isFinalize": final,
-            "isError": error,
+            "isFinalize": False,
+            "isError": False,
         }
         return "PUT", "/v1.0/card/streaming", body
 
@@ -163,7 +164,7 @@ class DingTalkReplySurface(CardSurface[Call]):
         def call() -> Call:
             newest = text() if callable(text) else text
             if card_id in self._streaming:
-                return self._stream_call(card_id, newest, final=False)
+                return self._stream_call(card_id, newest)
             # The first text switches the card to "inputing" in the same call (the card data
             # carries both), so the first visible text costs one call after the first token.
             return self._status_call(card_id, newest, FlowStatus.INPUTING)
@@ -174,27 +175,22 @@ class DingTalkReplySurface(CardSurface[Call]):
         return True
 
     async def close_card(self, card_id: str, text: str, *, failed: bool) -> None:
-        since = time.monotonic()
-        await self._must(self._stream_call(card_id, text, final=True, error=failed), since=since)
-        self._streaming.discard(card_id)
+        # One call: the card data carries the whole final text and the finished (failed) state.
+        # A repeated close (a redelivered final, the mender) sets the same data again, harmlessly.
         status = FlowStatus.FAILED if failed else FlowStatus.FINISHED
-        try:
-            await self._must(self._status_call(card_id, text, status), since=since)
-        except Exception as exc:
-            # The card shows the final text already; failing here would send it again as a
-            # plain reply, and the user would see the answer twice.
-            log.warning("card_state_not_updated", card_id=card_id, error=str(exc))
+        await self._must(self._status_call(card_id, text, status))
+        self._streaming.discard(card_id)
 
     async def post_card(self, card_id: str, target: ReplyTarget, text: str) -> None:
-        since = time.monotonic()
         try:
             await self._create(card_id, target, text, FlowStatus.FINISHED)
+            return  # created finished, with its text: one call
         except CardExists:
-            pass  # posted before (a redelivered final): finalize it again, harmlessly
+            pass  # posted before (a redelivered final): it may not have finished, so finish it
         try:
-            await self._must(self._stream_call(card_id, text, final=True), since=since)
+            await self._must(self._status_call(card_id, text, FlowStatus.FINISHED))
         except Exception as exc:
-            # Created with its text: the user sees it already.
+            # There already: the user sees it, perhaps not finished.
             raise CardNotFinalized(f"continuation shown but not finalized: {exc}") from exc
 
     # -- plain messages -------------------------------------------------------------------

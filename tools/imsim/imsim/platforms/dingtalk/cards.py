@@ -9,6 +9,10 @@ from imsim.platforms.dingtalk.errors import OpenApiError
 # The SDK's AI markdown template writes the answer under this key; the page shows it.
 CONTENT_KEY = "msgContent"
 FLOW_STATUS_KEY = "flowStatus"
+# AI card states that end the card: finished, failed. A card set to one (created so, or updated
+# through the card instance API) is finished whether or not a stream was finalized: the SDK's own
+# AI-card finish is that one update, with the final text beside the state.
+FINISHED, FAILED = "3", "5"
 OPEN_SPACE_PREFIX = "dtv1.card//"
 SPACE_TYPES = ("IM_ROBOT", "IM_GROUP")
 
@@ -91,13 +95,15 @@ class Card:
     deliveries: list[CardDelivery] = field(default_factory=list)
     # Streaming state per key: "streaming", "finalized" or "failed".
     streams: dict[str, str] = field(default_factory=dict)
+    # Finished: a stream finalized, or the flow status set to finished or failed.
     finalized: bool = False
     error: bool = False
     updates: list[CardUpdate] = field(default_factory=list)
     seen_guids: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._record("create", None)
+        ends = self._apply_flow_status()
+        self._record("create", None, finalize=ends, error=self.error)
 
     @property
     def content(self) -> str:
@@ -154,14 +160,24 @@ class Card:
         return True
 
     def update_params(self, params: dict[str, str], *, by_key: bool) -> None:
-        """`PUT /v1.0/card/instances`: merge with updateCardDataByKey, else replace the map."""
+        """`PUT /v1.0/card/instances`: merge with updateCardDataByKey, else replace the map. An
+        update that sets the flow status to finished or failed ends the card (recorded as
+        finalizing it)."""
         if by_key:
             self.params.update(params)
         else:
             self.params = dict(params)
-        if self.flow_status == "5":
+        ends = FLOW_STATUS_KEY in params and self._apply_flow_status()
+        self._record("update", None, finalize=ends, error=ends and self.error)
+
+    def _apply_flow_status(self) -> bool:
+        """Whether the card's flow status ends it (and marks it failed, for failed)."""
+        if self.flow_status == FAILED:
             self.error = True
-        self._record("update", None)
+        if self.flow_status in (FINISHED, FAILED):
+            self.finalized = True
+            return True
+        return False
 
     def to_json(self) -> dict[str, Any]:
         return {
