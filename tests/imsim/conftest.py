@@ -13,12 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from feishu_testkit import FeishuPeer, open_peer
 from imsim_testkit import (
     ENV_APP,
     PRESET_APP,
+    PRESET_FEISHU_APP,
     StreamPeer,
     open_connection,
     sim_json,
+    stop_process,
     wait_for,
     ws_url,
 )
@@ -54,6 +57,8 @@ def imsim_url(imsim_log: Path) -> Iterator[str]:
                 str(port),
                 "--app",
                 ":".join(PRESET_APP),
+                "--app",
+                ":".join(("feishu", *PRESET_FEISHU_APP)),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -75,12 +80,7 @@ def imsim_url(imsim_log: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 @pytest.fixture
@@ -124,5 +124,40 @@ async def stream_peer(
         return peer
 
     yield open_peer
+    for peer in peers:
+        await peer.websocket.close()
+
+
+@pytest.fixture
+def make_feishu_app(sim: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Create a fresh Feishu app per test."""
+
+    async def create(**tunables: Any) -> dict[str, Any]:
+        app_id = f"cli_{uuid.uuid4().hex[:12]}"
+        secret = f"secret-{uuid.uuid4().hex[:10]}"
+        response = await sim.post(
+            "/sim/feishu/apps", json={"app_id": app_id, "app_secret": secret, **tunables}
+        )
+        response.raise_for_status()
+        return {**response.json(), "app_secret": secret}
+
+    return create
+
+
+@pytest.fixture
+async def feishu_peer(sim: httpx.AsyncClient) -> AsyncIterator[Callable[..., Awaitable[FeishuPeer]]]:
+    """Factory: open a long connection for an app and wait until imsim lists it."""
+    peers: list[FeishuPeer] = []
+
+    async def open_one(app: dict[str, Any]) -> FeishuPeer:
+        peer = await open_peer(sim, app)
+        peers.append(peer)
+        await wait_for(
+            lambda: sim_json(sim, f"/sim/feishu/apps/{app['app_id']}/connections"),
+            lambda conns: any(c["connection_id"] == peer.device_id and c["open"] for c in conns),
+        )
+        return peer
+
+    yield open_one
     for peer in peers:
         await peer.websocket.close()

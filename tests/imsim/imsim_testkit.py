@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ BOT_SUBSCRIPTION = {"type": "CALLBACK", "topic": BOT_TOPIC}
 # Apps the session's imsim is started with (`--app` and IMSIM_APPS).
 PRESET_APP = ("preset-app", "preset-secret", "preset-robot")
 ENV_APP = ("env-app", "env-secret")
+PRESET_FEISHU_APP = ("cli_preset", "preset-feishu-secret")  # started as `--app feishu:ID:SECRET`
 
 
 class StreamPeer:
@@ -209,3 +211,13 @@ async def patch_faults(sim: httpx.AsyncClient, app: dict[str, Any], **changes: A
 def message_path(app: dict[str, Any], msg_id: str, suffix: str = "") -> str:
     """msgIds are base64 (`+`, `/`, `=`): quote them into the path."""
     return f"/sim/apps/{app['client_id']}/messages/{quote(msg_id, safe='')}{suffix}"
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a process the tests started; kill it if it does not end within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

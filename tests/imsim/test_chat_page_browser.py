@@ -1,6 +1,7 @@
 """The chat page in headless Chromium: a user types, the bot (a stream peer in this test that
-ACKs and drives the card API) answers with an AI card, and the page shows it live; with a second
-(toy) platform beside DingTalk, the page lists each platform's chats."""
+ACKs and drives the card API) answers with an AI card, and the page shows it live, on DingTalk
+and on Feishu (a CardKit card streamed and closed); with a second (toy) platform beside
+DingTalk, the page lists each platform's chats."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from echo_platform import EchoPlatform
+from feishu_testkit import OpenApi
 from imsim_testkit import CardApi, StreamPeer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -81,7 +83,7 @@ async def test_typed_message_becomes_a_live_ai_card(sim, make_app, stream_peer, 
     await expect(listed.locator(".app")).to_have_text(app["client_id"])
     await expect(listed).to_have_class(re.compile(r"\bon\b"))
 
-    card = page.locator('.card[data-out-track-id="answer-1"]')
+    card = page.locator('.card[data-card-id="answer-1"]')
     assert (await api.create_and_deliver("answer-1", staff_id="pw-user")).status_code == 200
     await expect(card).to_have_attribute("data-state", "thinking", timeout=UI_TIMEOUT_MS)
     await expect(card.locator(".body")).to_contain_text("thinking", timeout=UI_TIMEOUT_MS)
@@ -120,11 +122,61 @@ async def test_group_chat_shows_a_failed_card(sim, make_app, stream_peer, browse
     await api.create_and_deliver("broken", group_id=data["conversationId"])
     await api.stream("broken", "Partial answ")
     await api.stream("broken", "", error=True)
-    card = page.locator('.card[data-out-track-id="broken"]')
+    card = page.locator('.card[data-card-id="broken"]')
     await expect(card).to_have_attribute("data-state", "failed", timeout=UI_TIMEOUT_MS)
     await expect(card.locator(".body")).to_have_text("Partial answ")
     await expect(card.locator(".foot")).to_contain_text("could not be completed")
     await expect(page.locator("#chat-title")).to_have_text("PW Room")
+
+
+async def test_feishu_chat_shows_a_streaming_cardkit_card(
+    sim, make_feishu_app, feishu_peer, browser, imsim_url
+):
+    app = await make_feishu_app(name="Feishu Helper")
+    peer = await feishu_peer(app)
+    api = await OpenApi.for_app(sim, app)
+    page = await open_chat(
+        browser,
+        imsim_url,
+        platform="feishu",
+        app=app["app_id"],
+        staff="fs-user",
+        nick="Fei",
+        mode="2",
+        group="Lark Room",
+    )
+
+    await type_message(page, "what is CardKit?")
+    frames, event = await peer.recv_event(within=10)
+    message = event["event"]["message"]
+    assert json.loads(message["content"]) == {"text": "@_user_1 what is CardKit?"}
+    assert message["chat_type"] == "group" and event["event"]["sender"]["sender_id"]["user_id"] == "fs-user"
+    await peer.ack(frames[0])
+    user_row = page.locator(f'.row.me[data-msg-id="{message["message_id"]}"]')
+    await expect(user_row.locator(".status-tick")).to_have_text("✓ received", timeout=UI_TIMEOUT_MS)
+    feishu = page.locator('.platform-group[data-platform="feishu"]')
+    await expect(feishu.locator("h4")).to_contain_text("Feishu")
+    listed = feishu.locator(f'.conv[data-id="{message["chat_id"]}"]')
+    await expect(listed).to_contain_text("Lark Room", timeout=UI_TIMEOUT_MS)
+
+    card_id = await api.create_card()
+    assert (await api.reply_card(message["message_id"], card_id)).json()["code"] == 0
+    card = page.locator(f'.card[data-card-id="{card_id}"]')
+    await expect(card).to_have_attribute("data-state", "thinking", timeout=UI_TIMEOUT_MS)
+    await expect(card.locator(".head")).to_contain_text("Assistant")
+    await expect(listed.locator(".p")).to_have_text("[Generating...]", timeout=UI_TIMEOUT_MS)
+
+    await api.stream(card_id, "CardKit streams ", 1)
+    await expect(card).to_have_attribute("data-state", "writing", timeout=UI_TIMEOUT_MS)
+    await expect(card.locator(".caret")).to_be_visible()
+    final = "CardKit streams **cards**."
+    await api.stream(card_id, final, 2)
+    await api.finish(card_id, "CardKit streams cards.", 3)
+    await expect(card).to_have_attribute("data-state", "done", timeout=UI_TIMEOUT_MS)
+    await expect(card.locator(".body")).to_have_text("CardKit streams cards.", timeout=UI_TIMEOUT_MS)
+    await expect(card.locator(".body strong")).to_have_text("cards")
+    await expect(card.locator(".caret")).to_have_count(0)
+    await expect(listed.locator(".p")).to_have_text("CardKit streams cards.", timeout=UI_TIMEOUT_MS)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """In-process checks of the platform seam: the registry, the platform-neutral sim API over a
-second (toy) platform beside DingTalk, and the per-platform chat list the chat page reads."""
+toy platform beside DingTalk, the per-platform chat list the chat page reads, and the start-up
+app specs that name their platform."""
 
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from echo_platform import EchoPlatform
 from imsim.app import create_app
 from imsim.platform import SimPlatform
 from imsim.platforms.dingtalk.platform import DingTalkPlatform
+from imsim.platforms.feishu.platform import FeishuPlatform
 from imsim.registry import PLATFORMS, by_name
 from imsim.settings import AppSpec, Settings
 
@@ -28,8 +30,8 @@ async def _ok(response: httpx.Response) -> Any:
     return response.json()
 
 
-def test_registry_holds_dingtalk_under_its_name():
-    assert PLATFORMS == {"dingtalk": DingTalkPlatform}
+def test_registry_holds_every_platform_under_its_name():
+    assert PLATFORMS == {"dingtalk": DingTalkPlatform, "feishu": FeishuPlatform}
     assert all(issubclass(p, SimPlatform) and p.name == name for name, p in PLATFORMS.items())
 
 
@@ -160,3 +162,27 @@ async def test_unknown_platform_app_or_chat_is_404(sim):
     sent = await sim.post("/sim/platforms/dingtalk/apps/nope/messages", json={"text": "x"})
     assert sent.status_code == 404
     assert (await sim.get("/sim/platforms/dingtalk/apps/ding-app/chats/none")).status_code == 404
+
+
+def test_start_up_apps_name_their_platform():
+    assert AppSpec.parse("cid:secret") == AppSpec(
+        platform="dingtalk", client_id="cid", client_secret="secret"
+    )
+    assert AppSpec.parse("cid:secret:robot").robot_code == "robot"
+    assert AppSpec.parse("dingtalk:cid:secret:robot") == AppSpec(
+        platform="dingtalk", client_id="cid", client_secret="secret", robot_code="robot"
+    )
+    assert AppSpec.parse("feishu:cli_x:secret") == AppSpec(
+        platform="feishu", client_id="cli_x", client_secret="secret"
+    )
+    for wrong in ("feishu:cli_x:secret:robot", "only-id", "a::b", "a:b:c:d"):
+        with pytest.raises(ValueError, match="PLATFORM"):
+            AppSpec.parse(wrong)
+    env = Settings.apps_from_env({"IMSIM_APPS": "d1:s1, feishu:cli_y:s2"})
+    assert [(a.platform, a.client_id) for a in env] == [("dingtalk", "d1"), ("feishu", "cli_y")]
+
+
+async def test_each_platform_takes_its_own_start_up_apps():
+    settings = Settings(apps=[AppSpec.parse("d1:s1"), AppSpec.parse("feishu:cli_z:s2")])
+    assert [a.app_id for a in DingTalkPlatform(settings).apps()] == ["d1"]
+    assert [a.app_id for a in FeishuPlatform(settings).apps()] == ["cli_z"]

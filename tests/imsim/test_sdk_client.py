@@ -10,7 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imsim_testkit import BOT_TOPIC, message_path, patch_faults, send_user_message, sim_json, wait_for
+from imsim_testkit import (
+    BOT_TOPIC,
+    message_path,
+    patch_faults,
+    send_user_message,
+    sim_json,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -36,12 +44,7 @@ def run_sdk_bot(imsim_url: str, tmp_path: Path) -> Iterator[object]:
 
     yield start
     for process, _log in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 async def test_real_sdk_client_connects_acks_and_replies(sim, make_app, run_sdk_bot):

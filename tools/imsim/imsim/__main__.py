@@ -1,4 +1,4 @@
-"""`python -m imsim --host 127.0.0.1 --port 8790 --app CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]`"""
+"""`python -m imsim --host 127.0.0.1 --port 8790 --app [PLATFORM:]APP_ID:SECRET[:ROBOT_CODE]`"""
 
 import argparse
 import logging
@@ -8,7 +8,7 @@ import structlog
 import uvicorn
 
 from imsim.app import create_app
-from imsim.settings import AppSpec, Settings
+from imsim.settings import APP_SPEC_FORM, AppSpec, Settings
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -20,8 +20,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="apps",
         action="append",
         default=[],
-        metavar="CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]",
-        help="pre-create a DingTalk app (repeatable); env IMSIM_APPS takes a comma-separated list",
+        metavar=APP_SPEC_FORM,
+        help=(
+            "pre-create an app (repeatable): DingTalk without a platform (CLIENT_ID:CLIENT_SECRET"
+            "[:ROBOT_CODE]), else e.g. feishu:cli_x:secret; env IMSIM_APPS takes a comma-separated list"
+        ),
     )
     parser.add_argument("--public-url", help="base URL clients use to reach imsim")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")

@@ -23,6 +23,8 @@ class ApiCall:
     outcome: str
     duration_ms: float
     at: int = field(default_factory=now_ms)
+    # The path as its route declares it (`/cards/{card_id}`): what counters group calls by.
+    route: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,4 +91,5 @@ class ApiCallRecorder:
             return  # nobody to count it for (unknown token or client id)
         outcome = request_state.get(_OUTCOME_KEY) or ("ok" if 200 <= status < 300 else "error")
         duration_ms = round((time.monotonic() - started) * 1000, 3)
-        app.record_call(ApiCall(scope["method"], scope["path"], status, outcome, duration_ms))
+        route = str(getattr(scope.get("route"), "path", scope["path"]))
+        app.record_call(ApiCall(scope["method"], scope["path"], status, outcome, duration_ms, route=route))

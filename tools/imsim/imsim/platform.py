@@ -1,9 +1,9 @@
 """What a simulated platform provides, so the shared sim API and chat page can serve any of them."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Sized
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from imsim.settings import Settings
 from imsim.timeline import Conversation
+from imsim.timers import TimerLoop
 
 
 class UnknownApp(LookupError):
@@ -22,8 +23,12 @@ class UserMessage(BaseModel):
     """A user's message in the platform's own words left out: who writes what, where."""
 
     text: str | None = None
-    kind: Literal["text", "audio", "picture", "file", "video"] = Field(
-        "text", description="audio: `text` is the speech recognition; file: `file_name` names it"
+    kind: Literal["text", "rich_text", "audio", "picture", "file", "video"] = Field(
+        "text",
+        description=(
+            "rich_text: `text` as rich text (DingTalk richText, Feishu post); audio: `text` is the"
+            " speech recognition where the platform sends one; file: `file_name` names it"
+        ),
     )
     file_name: str | None = None
     sender_id: str = "user001"
@@ -33,8 +38,8 @@ class UserMessage(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "UserMessage":
-        if self.kind == "text" and self.text is None:
-            raise ValueError("a text message needs `text`")
+        if self.kind in ("text", "rich_text") and self.text is None:
+            raise ValueError(f"a {self.kind} message needs `text`")
         return self
 
 
@@ -82,6 +87,16 @@ class ChatSummary(BaseModel):
             last_at=summary["last_at"],
             item_count=summary["item_count"],
         )
+
+
+def tune_app(app: object, **tunables: Any) -> None:
+    """Set an app's run-time knobs; None leaves a knob as it is, an unknown one is an error."""
+    for key, value in tunables.items():
+        if value is None:
+            continue
+        if not hasattr(app, key):
+            raise AttributeError(key)
+        setattr(app, key, value)
 
 
 class SimPlatform(ABC):
@@ -157,3 +172,94 @@ class SimPlatform(ABC):
     @abstractmethod
     def reset(self, *, faults: bool) -> list[str]:
         """Forget every app's records and counters (`faults`: its faults too); the app ids."""
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]], *, skip: int = 1) -> str:
+    """Validation errors in one line, `field.path: message; …`, leaving out the first `skip`
+    parts of each path (FastAPI's `body`)."""
+    return "; ".join(f"{'.'.join(str(p) for p in error['loc'][skip:])}: {error['msg']}" for error in errors)
+
+
+class FaultSettings(Protocol):
+    def active(self) -> list[str]: ...
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+class PlatformApp(Protocol):
+    """An app as a platform keeps it, as far as the shared sim API reads it."""
+
+    name: str
+    conversations: dict[str, Conversation]
+
+    @property
+    def fault_config(self) -> FaultSettings: ...
+
+    @property
+    def queued(self) -> Sized: ...
+
+    def open_connections(self) -> Sized: ...
+
+    def counters_json(self) -> dict[str, Any]: ...
+
+
+App = TypeVar("App", bound=PlatformApp)
+
+
+class AppsPlatform(SimPlatform, Generic[App]):
+    """A platform whose apps sit in one dict by app id, with a dispatcher whose timers run while
+    imsim does: the shared API's reads and the lifespan, done once."""
+
+    dispatcher: TimerLoop
+    fault_model: ClassVar[type[BaseModel]]  # the app's fault configuration; `seed` is no fault
+
+    def fault_kinds(self) -> list[str]:
+        return [field for field in self.fault_model.model_fields if field != "seed"]
+
+    async def __aenter__(self) -> Self:
+        await self.dispatcher.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.dispatcher.__aexit__(exc_type, exc, tb)
+
+    @abstractmethod
+    def app_registry(self) -> dict[str, App]:
+        """Every app, by the id the shared sim API names it by."""
+
+    def app(self, app_id: str) -> App:
+        app = self.app_registry().get(app_id)
+        if app is None:
+            raise UnknownApp(app_id)
+        return app
+
+    @staticmethod
+    def summary(app_id: str, app: App) -> AppSummary:
+        return AppSummary(
+            app_id=app_id,
+            name=app.name,
+            connections=len(app.open_connections()),
+            queued=len(app.queued),
+            faults_on=app.fault_config.active(),
+        )
+
+    def apps(self) -> list[AppSummary]:
+        return [self.summary(app_id, app) for app_id, app in self.app_registry().items()]
+
+    def chats(self) -> list[ChatSummary]:
+        return [
+            ChatSummary.of(app_id, chat)
+            for app_id, app in self.app_registry().items()
+            for chat in app.conversations.values()
+        ]
+
+    def chat(self, app_id: str, chat_id: str) -> Conversation | None:
+        return self.app(app_id).conversations.get(chat_id)
+
+    def counters(self, app_id: str) -> dict[str, Any]:
+        return self.app(app_id).counters_json()
+
+    def faults(self, app_id: str) -> dict[str, Any]:
+        return self.app(app_id).fault_config.model_dump()

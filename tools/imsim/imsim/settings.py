@@ -1,13 +1,27 @@
 """Settings of one imsim process."""
 
 import os
+import pkgutil
 
 from pydantic import BaseModel, Field
 
+from imsim import platforms
+
+DEFAULT_PLATFORM = "dingtalk"
+APP_SPEC_FORM = "[PLATFORM:]APP_ID:SECRET[:ROBOT_CODE]"
+
+
+def platform_names() -> set[str]:
+    """The simulated platforms' names, from their packages (without importing them)."""
+    return {m.name for m in pkgutil.iter_modules(platforms.__path__) if m.ispkg}
+
 
 class AppSpec(BaseModel):
-    """A DingTalk app imsim knows from start-up: `CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE]`."""
+    """An app imsim knows from start-up: `[PLATFORM:]APP_ID:SECRET[:ROBOT_CODE]`. Without a
+    platform it is a DingTalk app (the form from before imsim had other platforms); the robot
+    code is DingTalk's alone."""
 
+    platform: str = DEFAULT_PLATFORM
     client_id: str
     client_secret: str
     robot_code: str | None = None
@@ -15,9 +29,14 @@ class AppSpec(BaseModel):
     @classmethod
     def parse(cls, text: str) -> "AppSpec":
         parts = text.strip().split(":")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"expected CLIENT_ID:CLIENT_SECRET[:ROBOT_CODE], got {text!r}")
+        platform = DEFAULT_PLATFORM
+        if len(parts) > 2 and parts[0] in platform_names():
+            platform, parts = parts[0], parts[1:]
+        robot_allowed = platform == DEFAULT_PLATFORM
+        if len(parts) not in ((2, 3) if robot_allowed else (2,)) or not all(parts):
+            raise ValueError(f"expected {APP_SPEC_FORM} (a robot code for DingTalk only), got {text!r}")
         return cls(
+            platform=platform,
             client_id=parts[0],
             client_secret=parts[1],
             robot_code=parts[2] if len(parts) == 3 else None,

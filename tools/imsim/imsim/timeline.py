@@ -50,9 +50,9 @@ class UserItem:
 
 
 # How an answer was tied to the user message it answers: exactly, through a reply address that
-# belongs to that message (DingTalk's sessionWebhook), or by the conversation's order (see
-# `Conversation.answer_target`).
-AnswerLink = Literal["session", "order"]
+# belongs to that message (DingTalk's sessionWebhook) or a reply API naming it (Feishu's), or by
+# the conversation's order (see `Conversation.answer_target`).
+AnswerLink = Literal["session", "reply", "order"]
 
 
 @dataclass
@@ -159,7 +159,10 @@ class Conversation:
         last = self.items[-1].to_json() if self.items else None
         last_text = None
         if last is not None:
-            last_text = last.get("content") if last["kind"] == "card" else last.get("text")
+            # A card's preview, where its platform has one (Feishu: "generating" while it streams).
+            last_text = (
+                last.get("preview", last.get("content")) if last["kind"] == "card" else last.get("text")
+            )
         return {
             "conversation_id": self.conversation_id,
             "type": self.type,

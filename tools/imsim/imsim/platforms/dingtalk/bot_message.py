@@ -1,33 +1,13 @@
 """The bot message (`data` of a CALLBACK frame) DingTalk sends when a user writes to a bot."""
 
-import struct
-import zlib
 from typing import Any
 
 from imsim import identifiers
 from imsim.identifiers import now_ms
-from imsim.media import Media
+from imsim.media import PLACEHOLDERS, Media
 from imsim.platforms.dingtalk import identifiers as dingtalk_ids
 from imsim.platforms.dingtalk.state import Session, SimApp, SimState
 from imsim.timeline import Conversation
-
-
-def _one_pixel_png() -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
-    pixels = zlib.compress(b"\x00\x33\x88\xff")  # filter byte + one blue pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-PLACEHOLDERS: dict[str, tuple[str, bytes]] = {
-    "picture": ("image/png", _one_pixel_png()),
-    "audio": ("audio/amr", b"#!AMR\n" + b"\x00" * 32),
-    "file": ("text/plain", b"imsim placeholder file\n"),
-    "video": ("video/mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16),
-}
 
 
 def _media_code(state: SimState, kind: str, code: str | None) -> str:

@@ -4,16 +4,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from imsim.counters import LATENCY_SAMPLES, latency_summary
+from imsim.counters import LATENCY_SAMPLES, ApiCallCounts, latency_summary
 from imsim.identifiers import now_ms
 
 
 @dataclass
 class AppCounters:
     since: int = field(default_factory=now_ms)
-    calls_by_route: Counter[str] = field(default_factory=Counter)
-    calls_by_status: Counter[int] = field(default_factory=Counter)
-    calls_by_outcome: Counter[str] = field(default_factory=Counter)
+    calls: ApiCallCounts = field(default_factory=ApiCallCounts)
     messages: int = 0  # messages users sent
     pushes: int = 0  # CALLBACK frames pushed, every kind below included
     redeliveries: int = 0  # pushed again because no 200 ACK came within redeliver_after
@@ -33,21 +31,11 @@ class AppCounters:
     opens_refused: Counter[str] = field(default_factory=Counter)
     tokens_issued: int = 0
 
-    def record_call(self, route: str, status: int, outcome: str) -> None:
-        self.calls_by_route[route] += 1
-        self.calls_by_status[status] += 1
-        self.calls_by_outcome[outcome] += 1
-
     def to_json(self, *, open_connections: int) -> dict[str, Any]:
         return {
             "since": self.since,
-            "api_calls": {
-                "total": sum(self.calls_by_route.values()),
-                "by_route": dict(sorted(self.calls_by_route.items())),
-                "by_status": {str(k): v for k, v in sorted(self.calls_by_status.items())},
-                "by_outcome": dict(sorted(self.calls_by_outcome.items())),
-            },
-            "throttled": {"403": self.calls_by_status[403], "429": self.calls_by_status[429]},
+            "api_calls": self.calls.to_json(),
+            "throttled": {"403": self.calls.by_status[403], "429": self.calls.by_status[429]},
             "stream": {
                 "messages": self.messages,
                 "pushes": self.pushes,

@@ -3,15 +3,13 @@ connection per push, redelivery of what was not ACKed, queueing while nobody is 
 pings and disconnects on a timer. Also where the stream faults act: periodic disconnects,
 hard drops, half-dead sockets and forced duplicates."""
 
-import asyncio
-import contextlib
 import json
 import time
-from types import TracebackType
 
 import structlog
 
 from imsim import identifiers
+from imsim.connections import ConnectionKeeper
 from imsim.identifiers import now_ms
 from imsim.platforms.dingtalk import frames
 from imsim.platforms.dingtalk.faults import FaultConfig
@@ -31,85 +29,27 @@ log = structlog.get_logger(__name__)
 CLOSE_AFTER_DISCONNECT = 1000
 
 
-class StreamDispatcher:
-    """Owns the timer loop; an async context manager started in the app's lifespan."""
+class StreamDispatcher(ConnectionKeeper[SimApp, StreamConnection]):
+    """Pushes and reads frames; its timer loop closes, rebalances, pings and redelivers."""
+
+    timer_name = "imsim-dingtalk-timers"
 
     def __init__(self, state: SimState, *, tick: float = 0.05) -> None:
+        super().__init__(tick=tick)
         self._state = state
-        self._tick = tick
-        self._timer_task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> "StreamDispatcher":
-        self._timer_task = asyncio.create_task(self._run_timers(), name="imsim-timers")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-            self._timer_task = None
 
     # -- connections --------------------------------------------------------------------------
 
+    @staticmethod
+    def app_key(app: SimApp) -> str:
+        return app.client_id
+
     async def attach(self, app: SimApp, connection: StreamConnection) -> None:
-        app.connections[connection.connection_id] = connection
-        app.counters.connections_opened += 1
-        every = app.fault_config.disconnect_every
-        connection.rebalance_due = time.monotonic() + every if every else None
-        connection.sink.set_half_dead(app.is_half_dead(connection))
-        log.info(
-            "connection_opened",
-            client_id=app.client_id,
-            connection_id=connection.connection_id,
-            open=len(app.open_connections()),
-        )
+        self.register(app, connection)
         await self._flush_queue(app)
 
-    def detach(self, app: SimApp, connection: StreamConnection, reason: str) -> None:
-        if not connection.is_open:
-            return
-        connection.closed_at = now_ms()
-        connection.close_reason = reason
-        app.counters.connections_closed += 1
-        if reason == "dropped":
-            app.counters.connections_dropped += 1
-        log.info(
-            "connection_closed",
-            client_id=app.client_id,
-            connection_id=connection.connection_id,
-            reason=reason,
-        )
-
-    async def drop(self, app: SimApp, connection: StreamConnection) -> bool:
-        """Hard drop: the socket goes away without a close frame, as when a network path dies."""
-        if not connection.is_open:
-            return False
-        self.detach(app, connection, "dropped")
-        await connection.sink.abort()
-        return True
-
     def apply_fault_config(self, app: SimApp, previous: FaultConfig) -> None:
-        """Bring open connections in line with a changed fault configuration."""
-        every = app.fault_config.disconnect_every
-        if every != previous.disconnect_every:
-            # A new period counts from now, not from when each connection opened.
-            due = time.monotonic() + every if every else None
-            for connection in app.open_connections():
-                connection.rebalance_due = due
-        self.refresh_half_dead(app)
-
-    def refresh_half_dead(self, app: SimApp) -> None:
-        for connection in app.open_connections():
-            connection.sink.set_half_dead(app.is_half_dead(connection))
-
-    def make_half_dead(self, app: SimApp, connection: StreamConnection) -> None:
-        """This connection alone turns half-dead until it closes; new connections are healthy."""
-        connection.half_dead = True
-        connection.sink.set_half_dead(True)
-        log.info("connection_half_dead", client_id=app.client_id, connection_id=connection.connection_id)
+        self.retime_disconnects(app, previous.disconnect_every)
 
     async def send_disconnect(
         self, app: SimApp, connection: StreamConnection, reason: str, *, periodic: bool = False
@@ -304,16 +244,6 @@ class StreamDispatcher:
         )
 
     # -- timers -------------------------------------------------------------------------------
-
-    async def _run_timers(self) -> None:
-        while True:
-            try:
-                await self.run_due_timers()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("timer_pass_failed")
-            await asyncio.sleep(self._tick)
 
     async def run_due_timers(self) -> None:
         """One pass: close connections past their grace, rebalance, ping, redeliver what is

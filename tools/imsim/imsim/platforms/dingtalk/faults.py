@@ -1,13 +1,11 @@
 """Fault injection: the per-app configuration, its seeded randomness, and one-shot OpenAPI faults."""
 
-import random
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imsim.faults import FaultRandom, QpsWindow
 from imsim.platforms.dingtalk.errors import OpenApiError
 
 CARD_API_PREFIX = "/v1.0/card/"
@@ -64,40 +62,6 @@ class FaultConfig(BaseModel):
         if self.open_failure != "none":
             on.append(f"open: {self.open_failure}")
         return on
-
-
-class FaultRandom:
-    """Separate random streams per concern, so that e.g. turning latency jitter on never shifts
-    which card calls fail or which connection gets a push. Seeded: reproducible runs."""
-
-    def __init__(self, seed: int | None = None) -> None:
-        self.reseed(seed)
-
-    def reseed(self, seed: int | None) -> None:
-        self.seed = seed
-        self.push = self._stream("push")
-        self.failure = self._stream("failure")
-        self.latency = self._stream("latency")
-
-    def _stream(self, name: str) -> random.Random:
-        return random.Random(f"{self.seed}:{name}") if self.seed is not None else random.Random()
-
-
-class QpsWindow:
-    """Sliding one-second window of the card calls that got through."""
-
-    def __init__(self) -> None:
-        self._times: deque[float] = deque()
-
-    def take(self, limit: int | None) -> bool:
-        """Counts calls with or without a limit, so a limit switched on sees the last second."""
-        now = time.monotonic()
-        while self._times and now - self._times[0] >= 1.0:
-            self._times.popleft()
-        if limit is not None and len(self._times) >= limit:
-            return False
-        self._times.append(now)
-        return True
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """DingTalk's Stream gateway: `connections/open` hands out a ticket, `/gateway/connect` is the
 websocket the ticket opens."""
 
-import asyncio
 import time
 from typing import Annotated, Any
 
@@ -9,24 +8,21 @@ import structlog
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.websockets import WebSocketState
 
 from imsim import identifiers
 from imsim.call_recorder import attribute_call
 from imsim.dependencies import public_base_url
+from imsim.faults import take_counted_failure
 from imsim.platforms.dingtalk.dependencies import dispatcher, sim_state
 from imsim.platforms.dingtalk.dispatcher import StreamDispatcher
 from imsim.platforms.dingtalk.state import SimApp, SimState, StreamConnection
+from imsim.websocket import WebSocketSink
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
 
 # Policy violation: what the server answers a websocket that comes without a valid ticket.
 CLOSE_BAD_TICKET = 1008
-# A client that stops reading must not stall the timer loop.
-SEND_TIMEOUT = 5.0
-# Internal error: how a drop looks where the transport cannot be aborted.
-CLOSE_ABORT_FALLBACK = 1011
 
 
 class Subscription(BaseModel):
@@ -57,18 +53,10 @@ def _bad_credentials() -> JSONResponse:
 
 def _injected_open_failure(app: SimApp) -> str | None:
     """The open-failure mode this open consumes, if one is configured."""
-    config = app.fault_config
-    if config.open_failure == "none":
-        return None
-    mode = config.open_failure
-    if config.open_failure_count is not None:
-        left = config.open_failure_count - 1
-        changes: dict[str, Any] = {"open_failure_count": left or None}
-        if not left:
-            changes["open_failure"] = "none"
-        app.fault_config = config.merged(changes)
-    app.counters.opens_refused[mode] += 1
-    log.info("connection_open_failure_injected", client_id=app.client_id, mode=mode)
+    app.fault_config, mode = take_counted_failure(app.fault_config, "open_failure", "open_failure_count")
+    if mode is not None:
+        app.counters.opens_refused[mode] += 1
+        log.info("connection_open_failure_injected", client_id=app.client_id, mode=mode)
     return mode
 
 
@@ -101,82 +89,6 @@ async def open_connection(
     ticket = state.issue_ticket(app, [s.model_dump() for s in body.subscriptions], body.ua, body.local_ip)
     ws_base = "ws" + base_url.removeprefix("http")  # http→ws, https→wss
     return {"endpoint": f"{ws_base}/gateway/connect", "ticket": ticket}
-
-
-class ServerSocket:
-    """Below the ASGI interface: the server's own protocol object for one websocket, for what
-    ASGI cannot express (dropping the TCP connection, not answering pings). Only uvicorn's
-    sans-I/O websockets protocol, which `python -m imsim` runs, is supported; elsewhere these
-    levers degrade to what ASGI can do."""
-
-    def __init__(self, websocket: WebSocket) -> None:
-        # Starlette keeps the server's receive callable; uvicorn's is a bound protocol method.
-        protocol = getattr(getattr(websocket, "_receive", None), "__self__", None)
-        transport = getattr(protocol, "transport", None)
-        supported = all(
-            hasattr(protocol, name) for name in ("handle_ping", "stop_keepalive", "start_keepalive", "conn")
-        )
-        self._protocol: Any = protocol if supported and transport is not None else None
-        self._half_dead = False
-
-    def abort(self) -> bool:
-        if self._protocol is None:
-            return False
-        self._protocol.transport.abort()
-        return True
-
-    def set_half_dead(self, half_dead: bool) -> None:
-        if self._protocol is None or half_dead == self._half_dead:
-            return
-        self._half_dead = half_dead
-        protocol = self._protocol
-        if half_dead:
-            # Swallow the pongs the websocket layer queues for the client's pings, and stop the
-            # server's own keepalive pings: nothing may reach the client.
-            protocol.handle_ping = lambda: protocol.conn.data_to_send()
-            protocol.stop_keepalive()
-        else:
-            del protocol.handle_ping  # the class's own method answers pings again
-            protocol.start_keepalive()
-
-
-class WebSocketSink:
-    """The FrameSink of one accepted websocket; serializes sends from the loop and routes."""
-
-    def __init__(self, websocket: WebSocket) -> None:
-        self._websocket = websocket
-        self._lock = asyncio.Lock()
-        self._socket = ServerSocket(websocket)
-
-    async def send_text(self, text: str) -> bool:
-        async with self._lock:
-            if self._websocket.application_state != WebSocketState.CONNECTED:
-                return False
-            try:
-                await asyncio.wait_for(self._websocket.send_text(text), SEND_TIMEOUT)
-            except Exception as exc:  # closed mid-send, timed out: the frame did not go out
-                log.info("frame_send_failed", error=type(exc).__name__)
-                return False
-            return True
-
-    async def close(self, code: int, reason: str) -> None:
-        async with self._lock:
-            if self._websocket.application_state != WebSocketState.CONNECTED:
-                return
-            try:
-                await self._websocket.close(code=code, reason=reason)
-            except Exception as exc:
-                log.info("websocket_close_failed", error=type(exc).__name__)
-
-    async def abort(self) -> None:
-        if self._socket.abort():
-            return
-        # Not served by uvicorn: the nearest ASGI can do is a close frame with an error code.
-        log.warning("websocket_abort_unsupported")
-        await self.close(CLOSE_ABORT_FALLBACK, "dropped")
-
-    def set_half_dead(self, half_dead: bool) -> None:
-        self._socket.set_half_dead(half_dead)
 
 
 @router.websocket("/gateway/connect")

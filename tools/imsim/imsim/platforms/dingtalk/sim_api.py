@@ -9,8 +9,9 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from imsim import identifiers
-from imsim.dependencies import public_base_url
+from imsim.dependencies import chosen_connections, public_base_url
 from imsim.media import Media
+from imsim.platform import tune_app
 from imsim.platforms.dingtalk import identifiers as dingtalk_ids
 from imsim.platforms.dingtalk.bot_message import build_bot_message, complete_content, timeline_text
 from imsim.platforms.dingtalk.dependencies import dispatcher, sim_app, sim_state
@@ -149,7 +150,7 @@ async def get_app(app: App) -> dict[str, Any]:
 
 @router.patch("/apps/{client_id}")
 async def patch_app(body: AppPatch, app: App, state: State, stream: Dispatcher) -> dict[str, Any]:
-    state.tune_app(app, **body.model_dump(exclude={"card_qps_limit", "fault_config"}))
+    tune_app(app, **body.model_dump(exclude={"card_qps_limit", "fault_config"}))
     if "card_qps_limit" in body.model_fields_set:
         _change_faults(app, stream, {"card_qps_limit": body.card_qps_limit})
     if body.fault_config is not None:
@@ -360,12 +361,7 @@ async def list_connections(app: App) -> list[dict[str, Any]]:
 
 
 def _targets(app: SimApp, connection_id: str | None) -> list[StreamConnection]:
-    if connection_id is None:
-        return app.open_connections()
-    connection = app.connections.get(connection_id)
-    if connection is None or not connection.is_open:
-        raise HTTPException(404, f"no open connection {connection_id!r}")
-    return [connection]
+    return chosen_connections(app.connections, connection_id)
 
 
 @router.post("/apps/{client_id}/connections/drop")

@@ -7,13 +7,16 @@ from typing import Any, Protocol
 
 from imsim import identifiers
 from imsim.call_recorder import ApiCall
+from imsim.faults import FaultRandom, QpsWindow
 from imsim.identifiers import now_ms
 from imsim.media import Media
+from imsim.platform import tune_app
 from imsim.platforms.dingtalk import identifiers as dingtalk_ids
 from imsim.platforms.dingtalk.cards import Card
 from imsim.platforms.dingtalk.counters import AppCounters
-from imsim.platforms.dingtalk.faults import Fault, FaultConfig, FaultRandom, QpsWindow
+from imsim.platforms.dingtalk.faults import Fault, FaultConfig
 from imsim.timeline import Conversation, MessageStatus
+from imsim.tokens import TokenStore
 
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
 # DingTalk redelivers an un-ACKed bot message about a minute after pushing it.
@@ -237,7 +240,7 @@ class SimApp:
 
     def record_call(self, call: ApiCall) -> None:
         self.api_calls.append(call)
-        self.counters.record_call(f"{call.method} {call.path}", call.status, call.outcome)
+        self.counters.calls.record(call)
 
     def is_half_dead(self, connection: StreamConnection) -> bool:
         return connection.half_dead or self.fault_config.half_dead
@@ -319,12 +322,6 @@ class Ticket:
 
 
 @dataclass
-class AccessToken:
-    client_id: str
-    expires_at: float  # monotonic
-
-
-@dataclass
 class Session:
     """A sessionWebhook: it belongs to one message, which is how replies through it find that
     message exactly."""
@@ -340,7 +337,7 @@ class Session:
 class SimState:
     apps: dict[str, SimApp] = field(default_factory=dict)
     tickets: dict[str, Ticket] = field(default_factory=dict)
-    tokens: dict[str, AccessToken] = field(default_factory=dict)
+    tokens: TokenStore = field(default_factory=TokenStore)
     sessions: dict[str, Session] = field(default_factory=dict)
     media: dict[str, Media] = field(default_factory=dict)
 
@@ -368,17 +365,8 @@ class SimState:
                 app.robot_code = robot_code
             if name:
                 app.name = name
-        self.tune_app(app, **tunables)
+        tune_app(app, **tunables)
         return app
-
-    @staticmethod
-    def tune_app(app: SimApp, **tunables: Any) -> None:
-        for key, value in tunables.items():
-            if value is None:
-                continue
-            if not hasattr(app, key):
-                raise AttributeError(key)
-            setattr(app, key, value)
 
     def app_by_credentials(self, client_id: str, client_secret: str) -> SimApp | None:
         app = self.apps.get(client_id)
@@ -408,29 +396,19 @@ class SimState:
 
     def issue_token(self, app: SimApp) -> str:
         token = identifiers.new_token()
-        self.tokens[token] = AccessToken(app.client_id, time.monotonic() + app.token_ttl)
+        self.tokens.issue(token, app.client_id, app.token_ttl)
         app.counters.tokens_issued += 1
         return token
 
     def app_by_token(self, token: str) -> SimApp | None:
-        grant = self.tokens.get(token)
-        if grant is None or grant.expires_at <= time.monotonic():
-            return None
-        return self.apps.get(grant.client_id)
+        return self.apps.get(self.tokens.valid_owner(token) or "")
 
     def token_owner(self, token: str) -> SimApp | None:
         """The app a token was issued to, expired or not (to count its 401s)."""
-        grant = self.tokens.get(token)
-        return self.apps.get(grant.client_id) if grant is not None else None
+        return self.apps.get(self.tokens.owner(token) or "")
 
     def expire_tokens(self, app: SimApp) -> int:
-        now = time.monotonic()
-        expired = 0
-        for grant in self.tokens.values():
-            if grant.client_id == app.client_id and grant.expires_at > now:
-                grant.expires_at = now
-                expired += 1
-        return expired
+        return self.tokens.expire(app.client_id)
 
     def open_session(self, app: SimApp, conversation: Conversation, msg_id: str) -> Session:
         token = identifiers.new_token()
