@@ -4,7 +4,8 @@ The frame classes are the SDK's own (`lark_oapi/ws/pb/pbbp2_pb2.py`), loaded wit
 importing `lark_oapi` runs its whole API surface (about 160 MB and 5 s), while the frame module
 and the protobuf runtime it carries cost a few MB. The SDK's packages stand in as empty
 placeholders while the frame module loads, and leave `sys.modules` afterwards, so an
-`import lark_oapi` later (imsim, the contract tests) still gets the real SDK.
+`import lark_oapi` later (imsim, the contract tests) still gets the real SDK (which then finds
+its frame module loaded).
 """
 
 import importlib
@@ -55,15 +56,14 @@ def _load_frame_module() -> ModuleType:
             package.__package__ = name
             sys.modules[name] = package
             placeholders.append(name)
-    before = set(sys.modules)
     try:
         return importlib.import_module(FRAME_MODULE)
     finally:
-        if placeholders:
-            # Forget every SDK module loaded under the placeholders: a real import starts afresh.
-            for name in (set(sys.modules) - before) | set(placeholders):
-                if name == "lark_oapi" or name.startswith("lark_oapi."):
-                    del sys.modules[name]
+        # Only the placeholders go: the modules loaded below them stay, so what the protobuf
+        # runtime imports lazily later (option descriptors, on the first serialization) finds
+        # its parents and never runs the real `lark_oapi/__init__.py` on the event loop.
+        for name in placeholders:
+            del sys.modules[name]
 
 
 pbbp2: Any = _load_frame_module()
