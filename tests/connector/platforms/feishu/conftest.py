@@ -34,6 +34,10 @@ class FeishuSim(Sim):
     def url(self, what: str) -> str:
         return f"{self.base}/sim/feishu/apps/{self.app}/{what}"
 
+    async def patch(self, body: dict[str, Any]) -> None:
+        response = await self.client.patch(f"{self.base}/sim/feishu/apps/{self.app}", json=body)
+        response.raise_for_status()
+
     async def event(self, message_id: str) -> dict[str, Any]:
         return dict(await self.get(f"events/{quote(message_id, safe='')}"))
 
