@@ -46,15 +46,16 @@ async def test_an_event_split_into_chunks_is_joined_and_acked_once(
     assert message.text == text.strip() and message.message_id == sent["message_id"]
 
 
-async def test_pings_go_out_every_interval_the_endpoint_names(
+async def test_pings_go_out_at_the_interval_the_endpoint_and_pongs_name(
     feishu: FeishuSim, run_feishu: StartFeishu
 ) -> None:
     await feishu.patch({"ping_interval": 5})
     adapter, _ = await run_feishu()
     assert adapter.ping_interval_s == 5
+    await feishu.patch({"ping_interval": 6})  # the next pong says so
 
     async def pinged() -> bool:
-        return sum(c["pings"] for c in await feishu.open_connections()) >= 1
+        return sum(c["pings"] for c in await feishu.open_connections()) >= 1 and adapter.ping_interval_s == 6
 
     await until(pinged, within=15)
 
