@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from imgate_common.messages import Attachment, ChannelState, InboundMessage, MessageKind
@@ -154,3 +155,30 @@ async def test_wrong_credentials_show_in_status(
         await until(said)
         assert health.state != ChannelState.CONNECTED
         assert await feishu.open_connections() == []
+
+
+@pytest.mark.parametrize(
+    ("message_type", "kind", "attachments"),
+    [
+        ("post", MessageKind.RICH_TEXT, 0),
+        ("image", MessageKind.IMAGE, 1),
+        ("file", MessageKind.FILE, 1),
+        ("audio", MessageKind.AUDIO, 0),
+        ("media", MessageKind.VIDEO, 0),
+        ("sticker", MessageKind.UNSUPPORTED, 0),
+    ],
+)
+async def test_every_message_type_the_simulator_sends_is_read(
+    feishu: FeishuSim, run_feishu: StartFeishu, message_type: str, kind: MessageKind, attachments: int
+) -> None:
+    got, sink = collector()
+    await run_feishu(sink)
+    sent = await feishu.send(message_type=message_type, text="see this", sender_id="pat")
+    await until(lambda: _nonempty(got))
+    [message] = got
+    assert (message.kind, len(message.attachments)) == (kind, attachments)
+
+    async def done() -> bool:
+        return await acked(feishu, sent["message_id"]) == [200]
+
+    await until(done)
