@@ -415,9 +415,12 @@ async def test_a_mask_is_not_a_secret_on_create(client: httpx.AsyncClient) -> No
 
 async def test_the_catalogue_lists_platforms_and_user_mapping_modes(client: httpx.AsyncClient) -> None:
     platforms = (await client.get("/api/v1/platforms")).json()
-    assert [p["name"] for p in platforms] == ["dingtalk"]
-    assert platforms[0]["secret_fields"] == ["client_secret"]
-    assert "client_id" in platforms[0]["config_schema"]["properties"]
+    assert [p["name"] for p in platforms] == ["dingtalk", "feishu"]
+    dingtalk, feishu = platforms
+    assert dingtalk["secret_fields"] == ["client_secret"]
+    assert "client_id" in dingtalk["config_schema"]["properties"]
+    assert feishu["secret_fields"] == ["app_secret"]
+    assert {"app_id", "app_secret", "domain"} <= set(feishu["config_schema"]["properties"])
     modes = {m["mode"]: m for m in (await client.get("/api/v1/user-mappings")).json()}
     assert set(modes) == {"auto", "ldap", "http", "static"}
     assert modes["ldap"]["secret_fields"] == ["bind_password"]

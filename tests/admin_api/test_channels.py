@@ -93,12 +93,52 @@ async def test_a_missing_client_id_is_422_without_echoing_the_secret(client: htt
         ({"config": {"openapi_endpoint": "ftp://files.example.com"}}, "config.openapi_endpoint"),
         ({"config": {"client_secret": ""}}, "config.client_secret"),
         ({"config": {"unknown_knob": 1}}, "config.unknown_knob"),
-        ({"platform": "feishu"}, "platform"),
+        ({"platform": "icq"}, "platform"),
         ({"session_scope": "tenant"}, "session_scope"),
     ],
 )
 async def test_invalid_channel_bodies_are_422(client: httpx.AsyncClient, change: dict, field: str) -> None:
     response = await client.post("/api/v1/channels", json=channel_body(**change))
+    assert response.status_code == 422
+    assert field in [d["loc"] for d in response.json()["error"]["details"]]
+    assert CLIENT_SECRET not in response.text
+
+
+async def test_a_feishu_channel_validates_from_the_registry_with_its_secret_masked(
+    client: httpx.AsyncClient, resources: Resources, box: SecretBox
+) -> None:
+    body = {
+        "name": "feishu-bot",
+        "platform": "feishu",
+        "config": {"app_id": "cli_a1b2", "app_secret": CLIENT_SECRET, "domain": "https://open.larksuite.com"},
+        "enabled": False,
+    }
+    created = await client.post("/api/v1/channels", json=body)
+    assert created.status_code == 201, created.text
+    channel = created.json()
+    assert channel["platform"] == "feishu"
+    assert channel["config"] == {
+        "app_id": "cli_a1b2",
+        "app_secret": MASK,
+        "domain": "https://open.larksuite.com",
+    }
+    assert CLIENT_SECRET not in created.text
+    async with resources.sessions() as session:
+        row = await session.get(Channel, channel["id"])
+    assert row is not None and box.decrypt_json(row.secrets_enc) == {"app_secret": CLIENT_SECRET}
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"app_id": "cli_a", "app_secret": CLIENT_SECRET, "domain": "open.feishu.cn"}, "config.domain"),
+        ({"app_id": "cli_a", "app_secret": ""}, "config.app_secret"),
+        ({"client_id": "ding-app-key", "client_secret": CLIENT_SECRET}, "config.app_id"),
+    ],
+)
+async def test_an_invalid_feishu_config_is_422(client: httpx.AsyncClient, config: dict, field: str) -> None:
+    body = {"name": "feishu-bad", "platform": "feishu", "config": config, "enabled": False}
+    response = await client.post("/api/v1/channels", json=body)
     assert response.status_code == 422
     assert field in [d["loc"] for d in response.json()["error"]["details"]]
     assert CLIENT_SECRET not in response.text

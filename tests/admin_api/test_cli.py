@@ -1,6 +1,7 @@
 """The `imgate-admin` CLI against a served admin API: channels, agents, tokens, users, --json."""
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -242,3 +243,11 @@ def test_moving_a_destination_asks_for_the_secret_again(url: str) -> None:
     )
     assert fixed["config"]["openapi_endpoint"] == "http://127.0.0.2:9"
     assert fixed["user_mapping"]["url"] == "ldap://127.0.0.2:389"
+
+
+def test_channel_create_help_names_every_platforms_fields(database_url: str) -> None:
+    output = CliRunner().invoke(cli, ["channels", "create", "--help"]).output
+    shown = " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())  # the text without its boxes and wraps
+    assert "dingtalk, feishu" in shown
+    assert "dingtalk: client_id, client_secret (secret)" in shown
+    assert "feishu: app_id, app_secret (secret), domain" in shown

@@ -1,8 +1,9 @@
 """imsim and a private nats-server as real processes for the connector's integration tests."""
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import nats
@@ -22,6 +23,7 @@ from imgate_common.messages import InboundMessage
 from imgate_common.secrets import SecretBox
 from imgate_connector.health import ChannelHealth
 from imgate_connector.media import MediaStore
+from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.platforms.dingtalk.adapter import DingTalkAdapter
 from imgate_connector.resources import ConnectorResources
 from imgate_connector.settings import ConnectorSettings
@@ -117,38 +119,56 @@ def media_store() -> MediaStore | None:
     return None
 
 
-@pytest.fixture
-async def run_adapter(
-    sim: Sim, redis_client: Redis, key_prefix: str, media_store: MediaStore | None
-) -> AsyncIterator[Start]:
-    """Start DingTalk adapters on `sim`'s app; stopped afterwards."""
-    adapters: list[DingTalkAdapter] = []
-    http = httpx.AsyncClient(timeout=5)
-    resources = ConnectorResources(http, redis_client, key_prefix, media_store)
+A = TypeVar("A", bound=PlatformAdapter)
 
-    async def start(
-        sink: Sink = ignore, *, wait: bool = True, **settings: Any
-    ) -> tuple[DingTalkAdapter, ChannelHealth]:
-        channel_id = 900_000 + len(adapters)
+
+@contextlib.asynccontextmanager
+async def adapters_of(
+    kind: type[A],
+    config: dict[str, Any],
+    redis: Redis,
+    key_prefix: str,
+    media_store: MediaStore | None = None,
+    first_id: int = 900_000,
+) -> AsyncIterator[Callable[..., Awaitable[tuple[A, ChannelHealth]]]]:
+    """Start adapters of `kind` on channels with `config` (one simulated app); stopped afterwards."""
+    adapters: list[A] = []
+    http = httpx.AsyncClient(timeout=5)
+    resources = ConnectorResources(http, redis, key_prefix, media_store)
+
+    async def start(sink: Sink = ignore, *, wait: bool = True, **settings: Any) -> tuple[A, ChannelHealth]:
+        channel_id = first_id + len(adapters)
         spec = ChannelSpec(
             id=channel_id,
             name="t",
-            platform="dingtalk",
+            platform=kind.name,
             enabled=True,
             default_agent_id=None,
             session_scope="conversation",
-            config={"client_id": sim.app, "client_secret": sim.secret, "openapi_endpoint": sim.base},
+            config=config,
         )
         health = ChannelHealth(channel_id=channel_id, owner="test")
         options = {"reconnect_min_s": 0.2, **settings}
-        adapter = DingTalkAdapter(spec, ConnectorSettings(**options), sink, health, resources)
+        adapter = kind(spec, ConnectorSettings(**options), sink, health, resources)  # type: ignore[arg-type]
         adapters.append(adapter)
         await adapter.start()
         if wait:
             assert await adapter.wait_connected(10)
         return adapter, health
 
-    yield start
-    for adapter in adapters:
-        await adapter.stop()
-    await http.aclose()
+    try:
+        yield start
+    finally:
+        for adapter in adapters:
+            await adapter.stop()
+        await http.aclose()
+
+
+@pytest.fixture
+async def run_adapter(
+    sim: Sim, redis_client: Redis, key_prefix: str, media_store: MediaStore | None
+) -> AsyncIterator[Start]:
+    """Start DingTalk adapters on `sim`'s app; stopped afterwards."""
+    config = {"client_id": sim.app, "client_secret": sim.secret, "openapi_endpoint": sim.base}
+    async with adapters_of(DingTalkAdapter, config, redis_client, key_prefix, media_store) as start:
+        yield start

@@ -43,6 +43,7 @@ SENTENCES: dict[str, dict[str, str]] = {
         "no_conversation": "尚未开始",
         "minutes": "已进行 {n} 分钟",
         # The connector: cards and replies.
+        "thinking": "思考中…",
         "queued": "排队中，前面还有 {position} 条消息…",
         "continued": "（未完，见下一条）",
         "stopped": "（已停止）",
@@ -91,6 +92,7 @@ SENTENCES: dict[str, dict[str, str]] = {
         "no_agent": "not configured",
         "no_conversation": "not started yet",
         "minutes": "{n} min old",
+        "thinking": "Thinking…",
         "queued": "Queued: {position} message(s) ahead of this one…",
         "continued": "(continued in the next message)",
         "stopped": "(stopped)",

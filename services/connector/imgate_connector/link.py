@@ -15,17 +15,19 @@ import random
 import ssl
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import structlog
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from imgate_common.errors import PlatformError
 from imgate_common.messages import Attachment, InboundMessage
 from imgate_connector.health import ChannelHealth
+from imgate_connector.media import MediaSource
 from imgate_connector.pipeline import InboundPipeline
 from imgate_connector.platforms.base import PlatformAdapter
 from imgate_connector.settings import ConnectorSettings
@@ -41,6 +43,11 @@ CLOSE_TIMEOUT_S = 0.5
 OpenLink = Callable[[], Awaitable[str]]
 # One frame from the socket; set the event to have the next connection opened (a handover).
 OnFrame = Callable[[ClientConnection, str | bytes, asyncio.Event], Awaitable[None]]
+# What a platform does on an open socket besides answering frames (its own pings), for as long
+# as the socket is open.
+KeepAlive = Callable[[ClientConnection], Coroutine[Any, Any, None]]
+# The error a refused websocket handshake stands for, in the platform's words.
+Refused = Callable[[InvalidStatus], Exception]
 
 
 @functools.cache
@@ -93,6 +100,8 @@ class ReconnectingLink:
         open_link: OpenLink,
         on_frame: OnFrame,
         max_frame_bytes: int,
+        keep_alive: KeepAlive | None = None,
+        refused: Refused | None = None,
     ) -> None:
         self._names = f"{platform}-{channel_id}", f"{platform}-ws-{channel_id}"  # of its tasks
         self._settings = settings
@@ -100,6 +109,8 @@ class ReconnectingLink:
         self._open = open_link
         self._on_frame = on_frame
         self._max_frame_bytes = max_frame_bytes
+        self._keep_alive = keep_alive
+        self._refused = refused
         self._log = log.bind(channel_id=channel_id, platform=platform)
         self._supervisor: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -196,6 +207,15 @@ class ReconnectingLink:
 
     async def _connection(self, replace: asyncio.Event) -> None:
         uri = await self._open()
+        try:
+            await self._connected(uri, replace)
+        except InvalidStatus as exc:
+            refusal = exc if self._refused is None else self._refused(exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
+
+    async def _connected(self, uri: str, replace: asyncio.Event) -> None:
         async with connect(
             uri,
             ping_interval=None,  # our watchdog pings, and decides what "dead" means
@@ -211,6 +231,7 @@ class ReconnectingLink:
             self._sockets.add(ws)
             link = LinkState()
             watchdog = asyncio.create_task(self._watchdog(ws, link))
+            keep_alive = asyncio.create_task(self._keep_alive(ws)) if self._keep_alive else None
             self._health.connected()
             self._up.set()
             self._log.info("stream_connected", reconnects=self._health.reconnects)
@@ -224,6 +245,8 @@ class ReconnectingLink:
                 raise
             finally:
                 watchdog.cancel()
+                if keep_alive is not None:
+                    keep_alive.cancel()
                 self._sockets.discard(ws)
                 if not self._sockets:
                     self._up.clear()
@@ -271,6 +294,8 @@ class SocketAdapter(PlatformAdapter):
             open_link=self._open_link,
             on_frame=self._on_frame,
             max_frame_bytes=self.max_frame_bytes,
+            keep_alive=self._keep_alive,
+            refused=self._refused,
         )
 
     @abstractmethod
@@ -283,8 +308,16 @@ class SocketAdapter(PlatformAdapter):
         the next connection (the platform moves us)."""
 
     @abstractmethod
-    async def _media_url(self, message: InboundMessage, attachment: Attachment) -> str:
+    async def _media_url(self, message: InboundMessage, attachment: Attachment) -> str | MediaSource:
         """Where an attachment of a message can be downloaded from now."""
+
+    async def _keep_alive(self, ws: ClientConnection) -> None:
+        """What the platform wants sent on an open socket besides answers (its own pings);
+        cancelled when the socket closes. Nothing by default."""
+
+    def _refused(self, exc: InvalidStatus) -> Exception:
+        """The error a refused handshake stands for (what the platform's headers say)."""
+        return exc
 
     async def start(self) -> None:
         await self.link.start()

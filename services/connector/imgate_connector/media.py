@@ -21,7 +21,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import structlog
@@ -133,6 +133,7 @@ class MediaStore:
         timeout_s: float,
         head_bytes: int = 0,
         max_bytes: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> StoredMedia:
         """Download `url` into the store as `object_name`; raises `MediaTooLarge`,
         `MediaStoreFull`, `TimeoutError` or `httpx.HTTPError`."""
@@ -142,7 +143,7 @@ class MediaStore:
         size = 0
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
             async with asyncio.timeout(timeout_s):
-                async with http.stream("GET", url) as response:
+                async with http.stream("GET", url, headers=headers) as response:
                     response.raise_for_status()
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > limit:
@@ -216,11 +217,16 @@ def describe_file(attachment: Attachment, head: bytes | None, inline_max: int) -
 
 
 async def read_head(
-    http: httpx.AsyncClient, url: str, head_bytes: int, *, timeout_s: float
+    http: httpx.AsyncClient,
+    url: str,
+    head_bytes: int,
+    *,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[bytes, int | None, str | None]:
     """The first `head_bytes` of `url` (the rest is not downloaded), its declared size and type."""
     head = bytearray()
-    async with asyncio.timeout(timeout_s), http.stream("GET", url) as response:
+    async with asyncio.timeout(timeout_s), http.stream("GET", url, headers=headers) as response:
         response.raise_for_status()
         declared = response.headers.get("content-length")
         size = int(declared) if declared and declared.isdigit() else None
@@ -264,8 +270,17 @@ class AgentVision:
         return answer
 
 
-# Where a platform's attachment can be downloaded from (a short-lived URL).
-DownloadUrl = Callable[[Attachment], Awaitable[str]]
+@dataclass(frozen=True)
+class MediaSource:
+    """Where an attachment downloads from, with the headers its request needs (a platform
+    whose media API wants its token, where another hands out a short-lived URL)."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Where a platform's attachment can be downloaded from (a short-lived URL, or a `MediaSource`).
+DownloadUrl = Callable[[Attachment], Awaitable[str | MediaSource]]
 
 
 @dataclass(frozen=True)
@@ -301,10 +316,11 @@ async def fetch_attachments(
         if media is None:
             return attachment.model_copy(update={"error": "media fetching is off"})
         try:
-            url = await download_url(attachment)
+            source = await download_url(attachment)
+            url, headers = (source, None) if isinstance(source, str) else (source.url, source.headers)
             if attachment.kind == MessageKind.FILE:
                 head, size, content_type = await read_head(
-                    http, url, policy.inline_text_max_bytes + 1, timeout_s=policy.timeout_s
+                    http, url, policy.inline_text_max_bytes + 1, timeout_s=policy.timeout_s, headers=headers
                 )
                 heads[index] = head
                 return attachment.model_copy(update={"size": size, "content_type": content_type})
@@ -314,6 +330,7 @@ async def fetch_attachments(
                 f"{object_prefix}/{index}",
                 timeout_s=policy.timeout_s,
                 max_bytes=MEDIA_IMAGE_MAX_BYTES,
+                headers=headers,
             )
         except MediaTooLarge as exc:
             return attachment.model_copy(update={"error": f"too large ({exc})"})

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from imgate_common import telemetry
 from imgate_common.messages import Attachment, InboundMessage, ReplyTarget, run_id_for
-from imgate_connector.media import MediaPolicy, fetch_attachments
+from imgate_connector.media import MediaPolicy, MediaSource, fetch_attachments
 from imgate_connector.metrics import ACK_SECONDS, DEDUP_HITS, INBOUND
 from imgate_connector.platforms.base import InboundRejected, PlatformAdapter
 from imgate_connector.wording import wording_for
@@ -31,8 +31,9 @@ log = structlog.get_logger()
 # What reading a frame raises when its payload is not a message we can take.
 MALFORMED = (KeyError, ValueError, TypeError, ValidationError)
 
-# Where an attachment of a message can be downloaded from (a short-lived URL).
-MediaUrl = Callable[[InboundMessage, Attachment], Awaitable[str]]
+# Where an attachment of a message can be downloaded from (a short-lived URL, or a URL with the
+# headers its request needs).
+MediaUrl = Callable[[InboundMessage, Attachment], Awaitable[str | MediaSource]]
 
 
 class InboundFrame(ABC):
@@ -217,7 +218,7 @@ class InboundPipeline:
             images_wanted=vision is None or await vision.supports_images(adapter.spec.default_agent_id),
         )
 
-        async def download_url(attachment: Attachment) -> str:
+        async def download_url(attachment: Attachment) -> str | MediaSource:
             return await self._media_url(message, attachment)
 
         run_id = run_id_for(message.platform, message.channel_id, message.message_id)

@@ -14,6 +14,7 @@ from imgate_connector.cardcalls import (
 )
 from imgate_connector.health import ChannelHealth
 from imgate_connector.link import ReconnectingLink, SocketAdapter
+from imgate_connector.media import MediaSource
 from imgate_connector.metrics import PLATFORM_API_CALLS
 from imgate_connector.pipeline import MALFORMED, InboundFrame, InboundPipeline, MediaUrl
 from imgate_connector.platforms.base import (
@@ -27,10 +28,13 @@ from imgate_connector.platforms.base import (
 from imgate_connector.scheduler import CallClass, CardCallScheduler
 from imgate_connector.sdk_modules import load_alone
 from imgate_connector.settings import ConnectorSettings
+from imgate_connector.tokens import AccessToken, AccessTokens
 
 __all__ = [
     "MALFORMED",
     "PLATFORM_API_CALLS",
+    "AccessToken",
+    "AccessTokens",
     "CallClass",
     "CardCallScheduler",
     "CardExists",
@@ -42,6 +46,7 @@ __all__ = [
     "ConnectorSettings",
     "InboundFrame",
     "InboundPipeline",
+    "MediaSource",
     "MediaUrl",
     "PlatformAdapter",
     "ReconnectingLink",

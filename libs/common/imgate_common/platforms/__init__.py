@@ -12,6 +12,7 @@ from pydantic import Field
 
 from imgate_common.platforms.base import ConfigWithSecrets, Platform, PlatformConfig, PlatformReplyData
 from imgate_common.platforms.dingtalk import DingTalkConfig, DingTalkReplyData
+from imgate_common.platforms.feishu import FeishuConfig, FeishuReplyData
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def registry_of(*entries: PlatformModels) -> dict[Platform, PlatformModels]:
 
 REGISTRY = registry_of(
     PlatformModels(DingTalkConfig, DingTalkReplyData),
+    PlatformModels(FeishuConfig, FeishuReplyData),
 )
 
 PLATFORM_CONFIGS: dict[str, type[PlatformConfig]] = {name: e.config for name, e in REGISTRY.items()}
@@ -64,6 +66,8 @@ __all__ = [
     "ConfigWithSecrets",
     "DingTalkConfig",
     "DingTalkReplyData",
+    "FeishuConfig",
+    "FeishuReplyData",
     "Platform",
     "PlatformConfig",
     "PlatformModels",

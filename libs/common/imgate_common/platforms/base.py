@@ -10,6 +10,7 @@ class Platform(StrEnum):
     """The one declaration of each platform's name (bus subjects, database rows, configs)."""
 
     DINGTALK = "dingtalk"
+    FEISHU = "feishu"
 
 
 class ConfigWithSecrets(BaseModel):

@@ -9,20 +9,35 @@ from imgate_admin.cli.client import ApiError
 from imgate_admin.cli.output import ago, duration, table
 from imgate_admin.cli.output import fields as field_list
 from imgate_admin.cli.state import JsonOpt, YesOpt, api, parse_pairs, show
-from imgate_common.platforms import Platform
+from imgate_common.platforms import PLATFORM_CONFIGS, Platform
+
+
+def config_fields() -> str:
+    """Each platform's config fields as the platform registry declares them, secrets marked."""
+    return "; ".join(
+        f"{name}: "
+        + ", ".join(
+            f"{field} (secret)" if field in config.secret_fields else field for field in config.model_fields
+        )
+        for name, config in PLATFORM_CONFIGS.items()
+    )
+
 
 app = typer.Typer(
     help="List, create, change, enable, disable, restart and delete channels.", no_args_is_help=True
 )
 
 ConfigOpt = Annotated[
-    list[str] | None, typer.Option("--config", "-c", help="A config field as KEY=VALUE (repeatable).")
+    list[str] | None,
+    typer.Option(
+        "--config", "-c", help=f"A config field as KEY=VALUE (repeatable). Fields: {config_fields()}."
+    ),
 ]
 ConfigJsonOpt = Annotated[str | None, typer.Option("--config-json", help="The config as a JSON object.")]
 SecretOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--secret", help="A secret config field to type in hidden (repeatable), e.g. client_secret."
+        "--secret", help="A secret config field (marked so under --config) to type in hidden (repeatable)."
     ),
 ]
 MappingOpt = Annotated[
@@ -174,7 +189,9 @@ def channel_status(ctx: typer.Context, channel_id: int, as_json: JsonOpt = False
 def create_channel(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="Unique name.")],
-    platform: Annotated[str, typer.Option(help="The IM platform.")] = Platform.DINGTALK.value,
+    platform: Annotated[
+        str, typer.Option(help=f"The IM platform: {', '.join(p.value for p in Platform)}.")
+    ] = Platform.DINGTALK.value,
     config: ConfigOpt = None,
     config_json: ConfigJsonOpt = None,
     secret: SecretOpt = None,
@@ -186,7 +203,8 @@ def create_channel(
     enabled: Annotated[bool, typer.Option("--enabled/--disabled", help="Connect at once.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a channel, e.g. `--config client_id=ding… --secret client_secret`."""
+    """Create a channel: `--platform`, its config fields (`--config`, see there) and secrets
+    (`--secret`), e.g. `--platform feishu --config app_id=cli_… --secret app_secret`."""
     body: dict[str, Any] = {
         "name": name,
         "platform": platform,

@@ -27,6 +27,7 @@ from imgate_common.errors import PlatformError
 from imgate_common.messages import Attachment, InboundMessage, ReplyTarget
 from imgate_common.platforms import DingTalkReplyData, Platform
 from imgate_connector.platform_api import (
+    AccessTokens,
     InboundFrame,
     SocketAdapter,
     app_scheduler,
@@ -38,7 +39,7 @@ from imgate_connector.platforms.dingtalk.config import (
     DingTalkEnvironment,
     openapi_endpoint,
 )
-from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, DingTalkTokens, check
+from imgate_connector.platforms.dingtalk.openapi import DingTalkOpenApi, check
 from imgate_connector.platforms.dingtalk.translate import TRANSLATORS, reply_target_of, translate
 
 log = structlog.get_logger()
@@ -133,7 +134,7 @@ class DingTalkAdapter(SocketAdapter):
             http,
             self.config,
             openapi_endpoint(self.config, self.environment()),
-            self.resources.shared(DingTalkTokens),
+            self.resources.shared(AccessTokens),
         )
         scheduler = app_scheduler(self.resources, self.settings, self.config.client_id, CARD_CALLS)
         self._surface = DingTalkReplySurface(

@@ -1,8 +1,5 @@
 """DingTalk OpenAPI over httpx: access tokens cached per app, errors mapped to the gateway's own."""
 
-import asyncio
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -11,7 +8,7 @@ from opentelemetry.trace import SpanKind
 
 from imgate_common.errors import PlatformError, RateLimited
 from imgate_common.telemetry import fail, tracer
-from imgate_connector.platform_api import PLATFORM_API_CALLS
+from imgate_connector.platform_api import PLATFORM_API_CALLS, AccessTokens
 from imgate_connector.platforms.dingtalk.config import DingTalkConfig
 from imgate_connector.platforms.dingtalk.translate import PLATFORM
 
@@ -25,51 +22,26 @@ class TokenExpired(PlatformError):
     """401 from an OpenAPI call: fetch a new token and try once more."""
 
 
-@dataclass
-class _Token:
-    value: str | None = None
-    expires: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class DingTalkTokens:
-    """Access tokens of every app this process talks to, keyed by (endpoint, client id), so
-    channels of the same app share one token."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str], _Token] = {}
-
-    def slot(self, endpoint: str, client_id: str) -> _Token:
-        return self._tokens.setdefault((endpoint, client_id), _Token())
-
-
 class DingTalkOpenApi:
     def __init__(
-        self, http: httpx.AsyncClient, config: DingTalkConfig, endpoint: str, tokens: DingTalkTokens
+        self, http: httpx.AsyncClient, config: DingTalkConfig, endpoint: str, tokens: AccessTokens
     ) -> None:
         self._http = http
         self._config = config
         self.endpoint = endpoint
-        self._token = tokens.slot(endpoint, config.client_id)
+        self._token = tokens.of(endpoint, config.client_id)
         self.calls = 0  # every OpenAPI request this channel made (token fetches included)
 
     async def access_token(self, *, stale: str | None = None) -> str:
         """The app's token; `stale` is one a call was refused with (401): replace it."""
-        slot = self._token
-        async with slot.lock:
-            fresh = slot.value is not None and time.monotonic() < slot.expires
-            if not fresh or (stale is not None and slot.value == stale):
-                body = {
-                    "appKey": self._config.client_id,
-                    "appSecret": self._config.client_secret.get_secret_value(),
-                }
-                data = await self._request("POST", "/v1.0/oauth2/accessToken", body, None)
-                ttl = float(data.get("expireIn", 7200))
-                slot.value = str(data["accessToken"])
-                slot.expires = time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2)
-                log.info("dingtalk_token_refreshed", client_id=self._config.client_id, ttl_s=ttl)
-            assert slot.value is not None
-            return slot.value
+        return await self._token.get(self._fetch_token, margin_s=TOKEN_MARGIN_S, stale=stale)
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        body = {"appKey": self._config.client_id, "appSecret": self._config.client_secret.get_secret_value()}
+        data = await self._request("POST", "/v1.0/oauth2/accessToken", body, None)
+        ttl = float(data.get("expireIn", 7200))
+        log.info("dingtalk_token_refreshed", client_id=self._config.client_id, ttl_s=ttl)
+        return str(data["accessToken"]), ttl
 
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One OpenAPI call; a 401 refreshes the token and tries once more."""

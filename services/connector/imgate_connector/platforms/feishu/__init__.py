@@ -1,0 +1,1 @@
+"""Feishu / Lark: long connection (protobuf frames), message translation, CardKit streaming cards."""
