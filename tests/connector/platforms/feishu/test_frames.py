@@ -11,7 +11,7 @@ from imgate_connector.platforms.feishu import frames
 
 
 def event_frame(payload: bytes, *, message_id: str = "m1", total: int = 1, seq: int = 0) -> bytes:
-    frame = frames.Frame(SeqID=7, LogID=9, service=3, method=frames.DATA, payload=payload)
+    frame = frames.new_frame(SeqID=7, LogID=9, service=3, method=frames.DATA, payload=payload)
     for key, value in (
         ("type", "event"),
         ("message_id", message_id),
@@ -115,7 +115,7 @@ def test_after_the_sdk_was_imported_its_own_frame_module_is_used() -> None:
         import json, sys
         import lark_oapi
         from imgate_connector.platforms.feishu import frames
-        print(json.dumps({"same": frames.pbbp2 is sys.modules["lark_oapi.ws.pb.pbbp2_pb2"]}))
+        print(json.dumps({"same": frames.frame_module() is sys.modules["lark_oapi.ws.pb.pbbp2_pb2"]}))
         """
     )
     assert found == {"same": True}

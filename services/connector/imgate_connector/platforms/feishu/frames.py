@@ -8,6 +8,7 @@ placeholders while the frame module loads, and leave `sys.modules` afterwards, s
 its frame module loaded).
 """
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -66,13 +67,21 @@ def _load_frame_module() -> ModuleType:
             del sys.modules[name]
 
 
-pbbp2: Any = _load_frame_module()
-Frame: Any = pbbp2.Frame
+@functools.cache
+def frame_module() -> ModuleType:
+    """Loaded at the first frame, not at import: a connector without Feishu channels never
+    pays for it (about 9 MB)."""
+    return _load_frame_module()
+
+
+def new_frame(**fields: Any) -> Any:
+    """A `pbbp2.Frame`."""
+    return frame_module().Frame(**fields)
 
 
 def decode(raw: bytes) -> Any:
     """A frame from the socket; ValueError when the bytes are not one."""
-    frame = Frame()
+    frame = new_frame()
     try:
         frame.ParseFromString(raw)
     except Exception as exc:  # the SDK's protobuf raises its own DecodeError
@@ -88,14 +97,14 @@ def header(frame: Any, key: str) -> str | None:
 
 
 def ping(service_id: int) -> bytes:
-    frame = Frame(SeqID=0, LogID=0, service=service_id, method=CONTROL)
+    frame = new_frame(SeqID=0, LogID=0, service=service_id, method=CONTROL)
     frame.headers.add(key=TYPE, value=PING)
     return bytes(frame.SerializeToString())
 
 
 def ack(frame: Any, took_ms: int) -> bytes:
     """The frame sent back with `{"code":200}` (and how long we took): the event is ours."""
-    answer = Frame()
+    answer = new_frame()
     answer.CopyFrom(frame)
     answer.headers.add(key=BIZ_RT, value=str(max(0, took_ms)))
     answer.payload = ACK_OK
