@@ -13,9 +13,9 @@ pytestmark = pytest.mark.e2e
 
 
 def shows_text(update: dict[str, Any]) -> bool:
-    """A card update that shows answer text: streaming, or the switch to "inputing" (flowStatus 2)
-    that carries the first text."""
-    shown = update["op"] == "full" or (update["op"] == "update" and update["flow_status"] == "2")
+    """A card update that shows answer text: streaming, the switch to "inputing" (flowStatus 2)
+    that carries the first text, or the final (flowStatus 3) that carries the whole answer."""
+    shown = update["op"] == "full" or (update["op"] == "update" and update["flow_status"] in ("2", "3"))
     return shown and bool(update["len"])
 
 
