@@ -151,8 +151,9 @@ class FeishuApp:
     running: Running
     app_id: str
 
-    def url(self, what: str) -> str:
-        return f"{self.running.imsim}/sim/feishu/apps/{self.app_id}/{what}"
+    def url(self, what: str = "") -> str:
+        app = f"{self.running.imsim}/sim/feishu/apps/{self.app_id}"
+        return f"{app}/{what}" if what else app
 
     def get(self, what: str) -> Any:
         response = httpx.get(self.url(what), timeout=5)

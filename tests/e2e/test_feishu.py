@@ -1,7 +1,9 @@
 """End to end on Feishu: a message becomes a CardKit card streamed to its final answer; a
 redelivered event, /new, a follow-up while streaming, a burst under card limits, a group."""
 
+import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -163,3 +165,33 @@ def test_a_group_message_mentioning_the_bot_is_answered_in_the_group(
     [card] = feishu.wait_for_answers(sent["chat_id"], 1)
     assert card["kind"] == "card" and card["reply_to"] == sent["message_id"]
     assert card["content"] == answer_to("What is new?"), "the bot's mention is not part of the question"
+
+    # Someone else mentioned before the bot: the bot's mention is still told apart by its open_id.
+    app, erin = feishu.get(""), feishu.get("users/erin")
+    mentions = [
+        {"key": "@_user_1", "id": {"open_id": "ou_alice", "user_id": "alice"}, "name": "Alice"},
+        {"key": "@_user_2", "id": {"open_id": app["bot_open_id"]}, "name": app["name"]},
+    ]
+    message_id = f"om_{uuid.uuid4().hex}"
+    message = {
+        "message_id": message_id,
+        "chat_id": sent["chat_id"],
+        "chat_type": "group",
+        "message_type": "text",
+        "content": json.dumps({"text": "@_user_1 @_user_2 please check this"}),
+        "mentions": mentions,
+    }
+    sender = {"sender_id": {k: erin[k] for k in ("open_id", "union_id", "user_id")}, "sender_type": "user"}
+    raw_event = {
+        "schema": "2.0",
+        "header": {
+            "event_id": uuid.uuid4().hex,
+            "event_type": "im.message.receive_v1",
+            "app_id": app["app_id"],
+        },
+        "event": {"sender": {**sender, "tenant_key": app["tenant_key"]}, "message": message},
+    }
+    feishu.post("messages", {"raw_event": raw_event, "sender_id": "erin", "group": "Team"})
+    _, second = feishu.wait_for_answers(sent["chat_id"], 2)
+    assert second["reply_to"] == message_id
+    assert second["content"] == answer_to("@Alice please check this", turns=1)
