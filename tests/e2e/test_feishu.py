@@ -135,9 +135,9 @@ def test_a_follow_up_while_streaming_is_queued_then_answered_in_order(
 
 
 def test_a_burst_under_card_limits_loses_and_doubles_nothing(running: Running, feishu: FeishuApp) -> None:
-    feishu.faults(card_ops_limit=2, api_qps_limit=5)
+    feishu.faults(card_ops_limit=1, api_qps_limit=3)
     try:
-        texts = {f"burst-{i}": f"Burst question {i}" for i in range(8)}
+        texts = {f"burst-{i}": f"Burst question {i}" for i in range(12)}
         sent = {user: feishu.send(text, user) for user, text in texts.items()}
         for user, message in sent.items():
             answers = feishu.wait_for_answers(message["chat_id"], 1, timeout=120)
