@@ -1,7 +1,8 @@
 """Runs the whole product on one machine with embedded defaults (`make run`).
 
 Starts or reuses nats-server and Redis, migrates SQLite, starts imsim and the four services as
-separate processes, seeds a demo channel with the local agent, prints the URLs, and stops
+separate processes, seeds demo channels (DingTalk and Feishu) with the local agent, prints the
+URLs, and stops
 everything on Ctrl-C. The pieces are reused by the end-to-end tests.
 """
 
@@ -38,6 +39,12 @@ SERVICES = {
 }
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"
+DEMO_FEISHU_APP_ID = "cli_demo"
+DEMO_FEISHU_APP_SECRET = "demo-secret"
+DEMO_IMSIM_APPS = [
+    f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}",
+    f"feishu:{DEMO_FEISHU_APP_ID}:{DEMO_FEISHU_APP_SECRET}",
+]
 DEMO_SYSTEM_PROMPT = (
     "You are a friendly, concise assistant inside a company chat. Answer in the user's language."
 )
@@ -335,8 +342,9 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
-def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The local agent and a demo channel on imsim, created once and reused afterwards."""
+def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The local agent and the demo channels on imsim (DingTalk's, Feishu's), created once and
+    reused afterwards."""
     agents = api("GET", f"{admin}/api/v1/agents", token)
     agent = next((a for a in agents if a["name"] == "local"), None)
     if agent is None:
@@ -346,26 +354,31 @@ def seed_demo(admin: str, token: str, imsim: str) -> tuple[dict[str, Any], dict[
             token,
             {"name": "local", "provider": "local", "system_prompt": DEMO_SYSTEM_PROMPT},
         )
-    channels = api("GET", f"{admin}/api/v1/channels", token)
-    channel = next((c for c in channels if c["name"] == "demo"), None)
-    if channel is None:
-        channel = api(
-            "POST",
-            f"{admin}/api/v1/channels",
-            token,
-            {
-                "name": "demo",
-                "platform": "dingtalk",
-                "config": {
-                    "client_id": DEMO_CLIENT_ID,
-                    "client_secret": DEMO_CLIENT_SECRET,
-                    "openapi_endpoint": imsim,
-                },
+    demos = {
+        "demo": (
+            "dingtalk",
+            {"client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET, "openapi_endpoint": imsim},
+        ),
+        "demo-feishu": (
+            "feishu",
+            {"app_id": DEMO_FEISHU_APP_ID, "app_secret": DEMO_FEISHU_APP_SECRET, "domain": imsim},
+        ),
+    }
+    existing = {c["name"]: c for c in api("GET", f"{admin}/api/v1/channels", token)}
+    channels = []
+    for name, (platform, config) in demos.items():
+        channel = existing.get(name)
+        if channel is None:
+            body = {
+                "name": name,
+                "platform": platform,
+                "config": config,
                 "default_agent_id": agent["id"],
                 "enabled": True,
-            },
-        )
-    return agent, channel
+            }
+            channel = api("POST", f"{admin}/api/v1/channels", token, body)
+        channels.append(channel)
+    return agent, channels
 
 
 def main() -> int:
@@ -403,18 +416,19 @@ def run(stack: LocalStack, admin_port: int, imsim_port: int, token: str) -> int:
         subprocess.run(
             [PYTHON, "-m", "imgate_common.db.migrate"], cwd=ROOT, env={**os.environ, **stack.env}, check=True
         )
-        imsim = stack.start_imsim(imsim_port, [f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"])
+        imsim = stack.start_imsim(imsim_port, DEMO_IMSIM_APPS)
         for name in SERVICES:
             stack.start_service(name)
         admin = f"http://127.0.0.1:{admin_port}"
         wait_until(lambda: http_ok(f"{admin}/healthz"), 60, "admin-api")
-        agent, channel = seed_demo(admin, token, imsim)
+        agent, channels = seed_demo(admin, token, imsim)
+        demos = ", ".join(f"#{c['id']} {c['platform']}" for c in channels)
         print(
             "\n"
             f"  imgate is running (Ctrl-C stops everything)\n"
             f"  chat with the demo bot:  {imsim}/\n"
             f"  admin API:               {admin}/docs   (bearer token: {token})\n"
-            f"  demo channel #{channel['id']} uses agent '{agent['name']}' (local SmolLM2-135M)\n",
+            f"  demo channels ({demos}) use agent '{agent['name']}' (local SmolLM2-135M)\n",
             flush=True,
         )
         while not stopping.is_set():

@@ -1,7 +1,7 @@
 """The product as processes at chosen replica counts, for multi-replica tests, chaos runs and
 benchmarks: real connector / router / agent-runner / admin-api processes on a private
 nats-server, Redis under a key prefix of its own, SQLite or a fresh PostgreSQL database, imsim
-as DingTalk and `tools.modelsim` as the model.
+as DingTalk (or Feishu: `FleetConfig(platform="feishu")`) and `tools.modelsim` as the model.
 
     with Fleet(FleetConfig(connectors=2, routers=2, runners=2, channels=10), data_dir) as fleet:
         sent = fleet.drive(200, rate_per_s=20, conversations_per_channel=4)
@@ -43,7 +43,7 @@ from tools.devstack import PYTHON, ROOT, LocalStack, http_ok, shared_bytecode_ca
 from tools.modelsim import ModelSim, free_port, serve_model
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-PLATFORM = Platform.DINGTALK.value  # imsim speaks DingTalk
+DINGTALK, FEISHU = Platform.DINGTALK.value, Platform.FEISHU.value  # the platforms a fleet can speak
 SERVICE_OF = {
     "connector": "connector",
     "router": "router",
@@ -93,6 +93,7 @@ class FleetConfig:
     # A redis-server of the fleet's own on a free port (append-only file, so it survives a
     # restart) instead of the machine's Redis under a fresh key prefix.
     private_redis: bool = False
+    platform: str = DINGTALK  # or FEISHU: imsim's Feishu apps, channels whose domain is imsim
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Sent:
     conversation_id: str
     text: str
     sent_at: float = field(default_factory=time.time)
+    platform: str = DINGTALK
 
 
 def _service_of(name: str) -> str:
@@ -189,7 +191,8 @@ class Fleet:
             **DEFAULT_ENV,
             **config.extra_env,
         }
-        apps = [f"{c}:{c}-secret" for c in self.client_ids]
+        prefix = "feishu:" if config.platform == FEISHU else ""
+        apps = [f"{prefix}{c}:{c}-secret" for c in self.client_ids]
         imsim_argv = [PYTHON, "-m", "imsim", "--host", "127.0.0.1", "--port", str(imsim_port)]
         self.stack.spawn("imsim", [*imsim_argv, *(a for app in apps for a in ("--app", app))])
         subprocess.run(
@@ -333,7 +336,10 @@ class Fleet:
                 json={"name": "modelsim", "provider": "openai", "model": "modelsim", "base_url": self.model},
             )
             agent.raise_for_status()
-            channel: dict[str, Any] = {"platform": PLATFORM, "default_agent_id": agent.json()["id"]}
+            channel: dict[str, Any] = {
+                "platform": self.config.platform,
+                "default_agent_id": agent.json()["id"],
+            }
             # A channel's card_qps (the admin API stores 20 unless told) overrides the connector's
             # CONNECTOR_CARD_QPS: a budget given to the fleet goes to its channels too.
             if budget := self.config.extra_env.get("CONNECTOR_CARD_QPS"):
@@ -344,22 +350,35 @@ class Fleet:
                     json={
                         **channel,
                         "name": client_id,
-                        "config": {"client_id": client_id, "client_secret": f"{client_id}-secret"},
+                        "config": self._channel_config(client_id),
                         "enabled": True,
                     },
                 )
                 response.raise_for_status()
                 self.channel_ids[client_id] = int(response.json()["id"])
 
+    def _channel_config(self, client_id: str) -> dict[str, Any]:
+        secret = f"{client_id}-secret"
+        if self.config.platform == FEISHU:
+            return {"app_id": client_id, "app_secret": secret, "domain": self.imsim}
+        return {"client_id": client_id, "client_secret": secret}
+
+    def app_path(self, client_id: str) -> str:
+        """The app's place in imsim's /sim API."""
+        app = quote(client_id, safe="")
+        return f"/feishu/apps/{app}" if self.config.platform == FEISHU else f"/apps/{app}"
+
     def _configure_imsim(self) -> None:
+        # Feishu names DingTalk's card latency and QPS limit after its whole API.
+        latency, qps = ("api", "api") if self.config.platform == FEISHU else ("card", "card")
         faults: dict[str, Any] = {}
         if self.config.card_latency_ms:
-            faults["card_latency_ms"] = self.config.card_latency_ms
+            faults[f"{latency}_latency_ms"] = self.config.card_latency_ms
         if self.config.card_qps_limit is not None:
-            faults["card_qps_limit"] = self.config.card_qps_limit
+            faults[f"{qps}_qps_limit"] = self.config.card_qps_limit
         if faults:
             for client_id in self.client_ids:
-                self.sim("PATCH", f"/apps/{client_id}/faults/config", faults)
+                self.sim("PATCH", f"{self.app_path(client_id)}/faults/config", faults)
 
     def sim(self, method: str, path: str, body: Any = None) -> Any:
         """Call imsim's /sim API (e.g. `fleet.sim("PATCH", "/apps/fleet-1/faults/config", {...})`)."""
@@ -375,7 +394,7 @@ class Fleet:
 
     def connections(self, client_id: str) -> list[dict[str, Any]]:
         """The app's open Stream connections as imsim sees them."""
-        return [c for c in self.sim("GET", f"/apps/{client_id}/connections") if c["open"]]
+        return [c for c in self.sim("GET", f"{self.app_path(client_id)}/connections") if c["open"]]
 
     def owners(self) -> dict[str, str | None]:
         """Which connector replica each channel's status names as its owner."""
@@ -403,10 +422,15 @@ class Fleet:
         """The user `conversation_id` (a staff id: one 1:1 chat per user and app) sends `text`.
         The returned `Sent` carries imsim's conversation id."""
         sent_at = time.time()
-        response = self.http.post(
-            f"{self.imsim}/sim/apps/{client_id}/messages",
-            json={"text": text, "sender_staff_id": conversation_id, "sender_nick": conversation_id},
-        )
+        url = f"{self.imsim}/sim{self.app_path(client_id)}/messages"
+        if self.config.platform == FEISHU:
+            user = {"sender_id": conversation_id, "sender_name": conversation_id}
+            response = self.http.post(url, json={"text": text, **user})
+            response.raise_for_status()
+            body = response.json()
+            return Sent(client_id, body["message_id"], body["chat_id"], text, sent_at, FEISHU)
+        user = {"sender_staff_id": conversation_id, "sender_nick": conversation_id}
+        response = self.http.post(url, json={"text": text, **user})
         response.raise_for_status()
         body = response.json()
         return Sent(client_id, body["msg_id"], body["conversation_id"], text, sent_at)
@@ -448,11 +472,12 @@ class Fleet:
         return driver
 
     def card_ids(self, sent: list[Sent]) -> dict[str, str]:
-        """Card id → msg id for `sent`: imgate names a message's card after its run."""
+        """Card id → msg id for `sent`: imgate names a message's card after its run (on DingTalk;
+        a Feishu card's id is Feishu's own)."""
         return {
-            run_id_for(PLATFORM, self.channel_ids[s.client_id], s.msg_id): s.msg_id
+            run_id_for(DINGTALK, self.channel_ids[s.client_id], s.msg_id): s.msg_id
             for s in sent
-            if s.client_id in self.channel_ids
+            if s.client_id in self.channel_ids and s.platform == DINGTALK
         }
 
     def collect(
@@ -625,8 +650,25 @@ class Report:
         )
 
 
+def _feishu_card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(created, first text, final: streaming turned off) of a Feishu card. Unlike DingTalk's,
+    its history does not tell a queued line from answer text: both are content updates."""
+    created = first_text = final = None
+    for update in card.get("updates", []):
+        at = _ms(update["at"])
+        if update["op"] == "create" and created is None:
+            created = at
+        if update["op"] == "content" and update["len"] and first_text is None:
+            first_text = at
+        if not update["streaming"] and final is None:  # a card posted final is final when made
+            final = at
+    return created, first_text, final
+
+
 def _card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
     """(created, first answer text, final) of a card, from its update history."""
+    if "streaming_mode" in card:
+        return _feishu_card_times(card)
     created = delivered = first_text = final = None
     for update in card.get("updates", []):
         at = _ms(update["at"])
@@ -687,7 +729,13 @@ def read_outcomes(
         by_conversation[(s.client_id, s.conversation_id)][s.msg_id] = s
     client = http or httpx.Client(timeout=30)
     try:
-        for client_id in sorted({s.client_id for s in sent}):
+        for (client_id, platform), chats in _feishu_chats(sent).items():
+            for chat_id in sorted(chats):
+                path = f"/sim/{platform}/apps/{quote(client_id, safe='')}/chats/{quote(chat_id, safe='')}"
+                response = client.get(f"{imsim_url}{path}")
+                response.raise_for_status()
+                _attribute(response.json()["items"], by_conversation[(client_id, chat_id)], outcomes, cards)
+        for client_id in sorted({s.client_id for s in sent if s.platform == DINGTALK}):
             response = client.get(f"{imsim_url}/sim/apps/{quote(client_id, safe='')}/conversations")
             response.raise_for_status()
             for conversation in response.json():
@@ -698,6 +746,16 @@ def read_outcomes(
         if http is None:
             client.close()
     return Report([outcomes[s.msg_id] for s in sent])
+
+
+def _feishu_chats(sent: list[Sent]) -> dict[tuple[str, str], set[str]]:
+    """The Feishu chats of `sent` by (app, platform): imsim lists a Feishu app's chats without
+    their items, so each is read on its own."""
+    chats: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in sent:
+        if s.platform == FEISHU:
+            chats[(s.client_id, s.platform)].add(s.conversation_id)
+    return chats
 
 
 def _attribute(

@@ -1,4 +1,4 @@
-"""The product as processes for end-to-end tests: the four services, imsim as DingTalk, a
+"""The product as processes for end-to-end tests: the four services, imsim as DingTalk and Feishu, a
 private nats-server, and a scripted OpenAI-compatible model server (a `tools.fleet.Fleet` with
 the model in this process, so tests can script its answers and read what it was asked)."""
 
@@ -17,6 +17,7 @@ from tools.fleet import Fleet, FleetConfig
 
 CLIENT_ID, CLIENT_SECRET = "e2e-client", "e2e-secret"
 LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET = "e2e-local", "e2e-local-secret"
+FEISHU_APP_ID, FEISHU_APP_SECRET = "cli_e2e", "e2e-feishu-secret"
 
 
 @dataclass
@@ -97,13 +98,14 @@ def wait_for_items(
     raise AssertionError(f"expected {count} final answers, have {answers}\n{running.logs()}")
 
 
-@pytest.fixture(scope="module")
-def channel(running: Running) -> dict[str, Any]:
+def add_channel(running: Running, name: str, platform: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A channel on `platform` answered by the scripted model, created through the admin API as a
+    user would; returned once connected (an enabled channel must connect within 2 s)."""
     with running.admin_api() as api:
         agent = api.post(
             "/api/v1/agents",
             json={
-                "name": "scripted",
+                "name": f"scripted-{name}",
                 "provider": "openai",
                 "model": "scripted",
                 "base_url": running.model_url,
@@ -114,21 +116,85 @@ def channel(running: Running) -> dict[str, Any]:
         response = api.post(
             "/api/v1/channels",
             json={
-                "name": "e2e",
-                "platform": "dingtalk",
-                "config": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+                "name": name,
+                "platform": platform,
+                "config": config,
                 "default_agent_id": agent.json()["id"],
                 "enabled": True,
             },
         )
         assert response.status_code == 201, response.text
         created = dict(response.json())
-        assert created["config"]["client_secret"] == "***"
 
         def connected() -> bool:
             status = api.get(f"/api/v1/channels/{created['id']}/status").json()
             return bool(status["state"] == "connected")
 
-        wait_until(connected, 5, "channel connection")
+        wait_until(connected, 5, f"{platform} channel connection")
         assert time.monotonic() - created_at < 2.5, "an enabled channel must connect within 2 s"
     return created
+
+
+@pytest.fixture(scope="module")
+def channel(running: Running) -> dict[str, Any]:
+    created = add_channel(
+        running, "e2e", "dingtalk", {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    )
+    assert created["config"]["client_secret"] == "***"
+    return created
+
+
+@dataclass
+class FeishuApp:
+    """imsim's Feishu app behind a Feishu channel, played from the user's side."""
+
+    running: Running
+    app_id: str
+
+    def url(self, what: str = "") -> str:
+        app = f"{self.running.imsim}/sim/feishu/apps/{self.app_id}"
+        return f"{app}/{what}" if what else app
+
+    def get(self, what: str) -> Any:
+        response = httpx.get(self.url(what), timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, what: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = httpx.post(self.url(what), json=body or {}, timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def send(self, text: str, sender_id: str, **body: Any) -> dict[str, Any]:
+        """The user's message → `{event_id, message_id, chat_id, …}`."""
+        return self.post("messages", {"text": text, "sender_id": sender_id, **body})
+
+    def faults(self, **config: Any) -> None:
+        httpx.patch(self.url("faults/config"), json=config, timeout=5).raise_for_status()
+
+    def answers(self, chat_id: str) -> list[dict[str, Any]]:
+        return [i for i in self.get(f"chats/{chat_id}")["items"] if i["kind"] != "user"]
+
+    def wait_for_answers(self, chat_id: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until the chat holds `count` bot answers with every card out of streaming mode."""
+        deadline = time.monotonic() + timeout
+        answers: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            answers = self.answers(chat_id)
+            if len(answers) >= count and all(a["kind"] != "card" or a["state"] == "done" for a in answers):
+                return answers
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} final answers, have {answers}\n{self.running.logs()}")
+
+
+@pytest.fixture(scope="module")
+def feishu(running: Running) -> FeishuApp:
+    """A Feishu channel on imsim's Feishu app (`domain` = imsim's URL)."""
+    app = FeishuApp(running, FEISHU_APP_ID)
+    running.fleet.sim(
+        "POST", "/feishu/apps", {"app_id": app.app_id, "app_secret": FEISHU_APP_SECRET, "name": "imgate"}
+    )
+    config = {"app_id": app.app_id, "app_secret": FEISHU_APP_SECRET, "domain": running.imsim}
+    created = add_channel(running, "e2e-feishu", "feishu", config)
+    assert created["config"]["app_secret"] == "***"
+    return app

@@ -1,10 +1,11 @@
 """`make run` as a person runs it: in a terminal, chatted with, then stopped with Ctrl-C.
 
 The README's command under a pseudo-terminal, on a data directory, ports and a nats-server of
-its own. The demo channel is pointed at a scripted model so that a burst of 100 messages from 20
-new users (10 a second) is answered in seconds; its log must show no span used after it ended
-and no `database is locked` from the embedded SQLite. Ctrl-C (pressed twice) must stop every
-process and leave `make run` with exit status 0, no traceback, no make error.
+its own. The demo channels are pointed at a scripted model so that a burst of 100 messages from
+20 new users (10 a second) on DingTalk is answered in seconds, and so is a message on Feishu; its
+log must show no span used after it ended and no `database is locked` from the embedded SQLite.
+Ctrl-C (pressed twice) must stop every process and leave `make run` with exit status 0, no
+traceback, no make error.
 """
 
 import os
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from tests.support.openai_stub import ScriptedModel, serve_scripted_model
-from tools.devstack import DEMO_CLIENT_ID, ROOT, free_port, wait_until
+from tools.devstack import DEMO_CLIENT_ID, DEMO_FEISHU_APP_ID, ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -122,9 +123,16 @@ def test_make_run_answers_a_burst_of_new_users_quietly_and_stops_cleanly_on_ctrl
                     json={"name": "scripted", "provider": "openai", "model": "m", "base_url": model_url},
                 )
                 assert agent.status_code == 201, agent.text
-                [demo] = api.get("/channels").json()
-                changed = api.patch(f"/channels/{demo['id']}", json={"default_agent_id": agent.json()["id"]})
-                assert changed.status_code == 200, changed.text
+                demos = api.get("/channels").json()
+                assert sorted((c["name"], c["platform"]) for c in demos) == [
+                    ("demo", "dingtalk"),
+                    ("demo-feishu", "feishu"),
+                ]
+                for demo in demos:
+                    changed = api.patch(
+                        f"/channels/{demo['id']}", json={"default_agent_id": agent.json()["id"]}
+                    )
+                    assert changed.status_code == 200, changed.text
 
             conversations: set[str] = set()
             started = time.monotonic()
@@ -145,6 +153,14 @@ def test_make_run_answers_a_burst_of_new_users_quietly_and_stops_cleanly_on_ctrl
                 "every answer",
             )
             assert sum(len(answered(imsim, c)) for c in conversations) == MESSAGES
+            feishu = f"{imsim}/sim/feishu/apps/{DEMO_FEISHU_APP_ID}"
+            asked = httpx.post(f"{feishu}/messages", json={"text": "hello from Feishu"}, timeout=5).json()
+
+            def card_done() -> bool:
+                items = httpx.get(f"{feishu}/chats/{asked['chat_id']}", timeout=5).json()["items"]
+                return any(i["kind"] == "card" and i["state"] == "done" for i in items)
+
+            wait_until(card_done, 30, "the Feishu demo's answer")
         finally:
             run.press_ctrl_c()
             time.sleep(0.5)

@@ -55,6 +55,17 @@ async def test_a_long_lived_token_is_handed_out_again(sim, make_feishu_app):
     assert (await sim_json(sim, _path(app, "/counters")))["tokens_issued"] == 2
 
 
+async def test_bot_info_names_the_open_id_its_group_mentions_carry(sim, make_feishu_app):
+    app = await make_feishu_app(name="Helper Bot")
+    missing = await sim.get("/open-apis/bot/v3/info")
+    assert missing.status_code == 400 and missing.json()["code"] == 99991661
+    api = await OpenApi.for_app(sim, app)
+    body = (await api.call("GET", "/open-apis/bot/v3/info")).json()
+    assert body["code"] == 0
+    assert body["bot"]["open_id"] == app["bot_open_id"] and body["bot"]["app_name"] == "Helper Bot"
+    assert body["bot"]["activate_status"] == 2 and body["bot"]["ip_white_list"] == []
+
+
 async def test_streaming_card_answer_as_the_user_sees_it(sim, make_feishu_app):
     app = await make_feishu_app()
     api = await OpenApi.for_app(sim, app)

@@ -84,6 +84,39 @@ async def test_a_group_mention_of_the_bot_is_taken_out(feishu: FeishuSim, run_fe
     assert message.target.conversation_type == "group"
 
 
+async def test_the_bots_open_id_is_learned_so_a_later_mention_of_it_is_the_bots(
+    feishu: FeishuSim, run_feishu: StartFeishu
+) -> None:
+    app = (await feishu.client.get(f"{feishu.base}/sim/feishu/apps/{feishu.app}")).json()
+    got, sink = collector()
+    adapter, _ = await run_feishu(sink)
+    assert adapter.bot_open_id == app["bot_open_id"]
+    alice = {"open_id": "ou_alice", "union_id": "on_alice", "user_id": "alice01"}
+    pat = {"open_id": "ou_pat", "union_id": "on_pat", "user_id": "pat"}
+    mentions = [
+        {"key": "@_user_1", "id": alice, "name": "Alice", "tenant_key": app["tenant_key"]},
+        {"key": "@_user_2", "id": {"open_id": app["bot_open_id"]}, "name": app["name"]},
+    ]
+    message = {
+        "message_id": "om_alice_first",
+        "chat_id": "oc_team",
+        "chat_type": "group",
+        "message_type": "text",
+        "content": json.dumps({"text": "@_user_1 @_user_2 can you check?"}),
+        "mentions": mentions,
+    }
+    raw_event = {
+        "schema": "2.0",
+        "header": {"event_id": "ev_alice_first", "event_type": "im.message.receive_v1"},
+        "event": {"sender": {"sender_id": pat, "sender_type": "user"}, "message": message},
+    }
+    await feishu.post("messages", {"raw_event": raw_event})
+    await until(lambda: _nonempty(got))
+    [received] = got
+    assert received.mentions_bot and received.text == "@Alice can you check?"
+    assert [m.id for m in received.mentions] == ["ou_alice"]
+
+
 async def _nonempty(items: list[Any]) -> bool:
     return bool(items)
 

@@ -1,5 +1,5 @@
-"""Feishu's OpenAPI as a bot calls it: the tenant access token, CardKit card entities, IM
-replies and sends, and the resources (media) of users' messages."""
+"""Feishu's OpenAPI as a bot calls it: the tenant access token, the bot's own info, CardKit card
+entities, IM replies and sends, and the resources (media) of users' messages."""
 
 import asyncio
 import json
@@ -99,6 +99,22 @@ async def token_app(
 
 
 AuthedApp = Annotated[FeishuApp, Depends(token_app)]
+
+
+# -- the bot ------------------------------------------------------------------------------------
+
+
+@router.get("/open-apis/bot/v3/info")
+async def bot_info(app: AuthedApp) -> dict[str, Any]:
+    """The app's bot as it calls itself: the open_id its group mentions carry."""
+    bot = {
+        "activate_status": 2,  # activated
+        "app_name": app.name,
+        "avatar_url": "",
+        "ip_white_list": [],
+        "open_id": app.bot_open_id,
+    }
+    return {"code": 0, "msg": "ok", "bot": bot}
 
 
 # -- CardKit ------------------------------------------------------------------------------------
