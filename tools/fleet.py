@@ -102,6 +102,7 @@ class Sent:
     conversation_id: str
     text: str
     sent_at: float = field(default_factory=time.time)
+    platform: str = PLATFORM  # whose sim API holds the chat: "dingtalk" or "feishu"
 
 
 def _service_of(name: str) -> str:
@@ -627,6 +628,8 @@ class Report:
 
 def _card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
     """(created, first answer text, final) of a card, from its update history."""
+    if "card_id" in card:
+        return _feishu_card_times(card)
     created = delivered = first_text = final = None
     for update in card.get("updates", []):
         at = _ms(update["at"])
@@ -648,6 +651,19 @@ def _card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float
         final = _ms(card.get("at"))
     # The user sees a card once it is delivered (the SDK's create + deliver are two calls).
     return delivered or created, first_text, final
+
+
+def _feishu_card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """The same for a Feishu CardKit card: visible once sent (the timeline item's time), text
+    with the first content or update that carries some, final once streaming mode goes off."""
+    first_text = final = None
+    for update in card.get("updates", []):
+        at = _ms(update["at"])
+        if update["op"] in ("content", "update") and update["len"] and first_text is None:
+            first_text = at
+        if update["op"] != "create" and not update["streaming"] and final is None:
+            final = at
+    return _ms(card.get("at")), first_text, final
 
 
 def _target(
@@ -687,13 +703,21 @@ def read_outcomes(
         by_conversation[(s.client_id, s.conversation_id)][s.msg_id] = s
     client = http or httpx.Client(timeout=30)
     try:
-        for client_id in sorted({s.client_id for s in sent}):
+        for client_id in sorted({s.client_id for s in sent if s.platform == PLATFORM}):
             response = client.get(f"{imsim_url}/sim/apps/{quote(client_id, safe='')}/conversations")
             response.raise_for_status()
             for conversation in response.json():
                 mine = by_conversation.get((client_id, conversation["conversation_id"]))
                 if mine:
                     _attribute(conversation["items"], mine, outcomes, cards)
+        # Other platforms list chats without their items: each chat of `sent` is read on its own.
+        for platform, client_id, chat_id in sorted(
+            {(s.platform, s.client_id, s.conversation_id) for s in sent if s.platform != PLATFORM}
+        ):
+            app, chat = quote(client_id, safe=""), quote(chat_id, safe="")
+            response = client.get(f"{imsim_url}/sim/platforms/{platform}/apps/{app}/chats/{chat}")
+            response.raise_for_status()
+            _attribute(response.json()["items"], by_conversation[(client_id, chat_id)], outcomes, cards)
     finally:
         if http is None:
             client.close()
