@@ -694,7 +694,8 @@ def read_outcomes(
     http: httpx.Client | None = None,
     cards: Mapping[str, str] | None = None,
 ) -> Report:
-    """What the users of `sent` see right now. `cards` (card id → msg id) names the card of each
+    """What the users of `sent` see right now: DingTalk's conversations app by app, another
+    platform's (`Sent.platform`) chats one by one. `cards` (card id → msg id) names the card of each
     message when the bot's naming is known (`Fleet.card_ids`); without it, answers are tied to
     messages by the text they quote and by imsim's order."""
     outcomes = {s.msg_id: Outcome(s) for s in sent}
