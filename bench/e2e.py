@@ -1,7 +1,7 @@
 """End-to-end figures: the product as processes (tools/fleet.py) against imsim and modelsim,
 beside the SDK-style baseline bot (baseline_bot.py) on the same imsim and the same model server.
 
-The runs, the first three on one fleet (PostgreSQL), the last on a fleet of its own:
+The runs, the first four on one fleet (PostgreSQL), the last on a fleet of its own:
 
 - memory: every channel connected and idle, connector RSS against the baseline process's.
 - latency: one channel (one DingTalk app) with a card QPS limit; messages at each rate in turn
@@ -10,6 +10,9 @@ The runs, the first three on one fleet (PostgreSQL), the last on a fleet of its 
   first text / final visible, card calls per reply and per second, 403/429, complete / lost /
   doubled per rate. Then imgate once more at the first rate from users it has never seen (first
   contact: each one is created on the way).
+- Feishu latency: imgate on one Feishu app (imsim's URL as the channel's domain, imsim's default
+  Feishu limits, the card latency on every API call) at each of `feishu_rates`, judged like the
+  latency run; no Feishu SDK-pattern bot: its rows stand beside imgate's DingTalk ones.
 - cost: `cost_channels` channels, no card limit, a quick model; at each of `cost_rates` the
   SDK-pattern bots (one process per channel, as each team would run the SDK's example) and then
   imgate: answers within `cost_collect_s` of the last message, answers/s while sending, final
@@ -48,6 +51,8 @@ from tools.fleet import Fleet, FleetConfig, Report, Sent, collect_outcomes, read
 
 BASELINE_BOT = Path(__file__).resolve().parent / "baseline_bot.py"
 IMGATE, CHUNK, INTERVAL = "imgate", "baseline", "baseline_interval"
+DINGTALK, FEISHU = "dingtalk", "feishu"
+FEISHU_APP = "cli_bench"  # the Feishu latency phase's app on imsim
 # Baselines first: each runs in a fresh process that is stopped after its phase, so nothing it
 # left undone carries over; imgate's unfinished work (if any) can only spill into what follows.
 TARGETS = (CHUNK, INTERVAL, IMGATE)
@@ -71,6 +76,8 @@ class Params:
     # users per channel = rate × this: each user writes again only after this many seconds,
     # so per-conversation queueing (one run at a time) stays out of the latency figures
     user_gap_s: float = 5.0
+    # Feishu: imgate on one Feishu app (imsim's default Feishu limits), these rates; empty: off
+    feishu_rates: list[float] = field(default_factory=lambda: [2.0, 10.0])
     # first contact: imgate at the first rate, every message from a user it has never seen
     first_contact_messages: int = 30
     # cost run: no card limit, a quick model, one SDK-pattern bot process per channel
@@ -108,6 +115,7 @@ class Params:
     def smoke(cls) -> "Params":
         return cls(
             rates=[2.0],
+            feishu_rates=[2.0],
             seconds_per_rate=3.0,
             min_messages=8,
             answer_tokens=12,
@@ -165,22 +173,36 @@ class Sender:
                 self._clients.append(client)
         return client
 
-    def send(self, client_id: str, user: str, prefix: str) -> Sent:
+    def send(self, client_id: str, user: str, prefix: str, platform: str = DINGTALK) -> Sent:
         with self._lock:
             self._count += 1
             text = f"{prefix}{self._count:06d}"
         http = self._http()
         sent_at = time.time()
-        response = http.post(
-            f"{self.imsim}/sim/apps/{client_id}/messages",
-            json={"text": text, "sender_staff_id": user, "sender_nick": user},
-        )
+        if platform == DINGTALK:
+            response = http.post(
+                f"{self.imsim}/sim/apps/{client_id}/messages",
+                json={"text": text, "sender_staff_id": user, "sender_nick": user},
+            )
+        else:  # the sim API every platform shares
+            response = http.post(
+                f"{self.imsim}/sim/platforms/{platform}/apps/{client_id}/messages",
+                json={"text": text, "sender_id": user, "sender_name": user},
+            )
         response.raise_for_status()
         body = response.json()
-        return Sent(client_id, body["msg_id"], body["conversation_id"], text, sent_at)
+        chat = body["conversation_id"] if platform == DINGTALK else body["chat_id"]
+        return Sent(client_id, body["msg_id"], chat, text, sent_at, platform)
 
     def drive(
-        self, apps: list[str], count: int, rate: float, users: int, prefix: str, user: str = "user"
+        self,
+        apps: list[str],
+        count: int,
+        rate: float,
+        users: int,
+        prefix: str,
+        user: str = "user",
+        platform: str = DINGTALK,
     ) -> list[Sent]:
         """`count` messages at `rate`/s, round-robin over the apps and, per app, over `users`
         (named `<user>1`, `<user>2`, …)."""
@@ -189,7 +211,9 @@ class Sender:
         for k in range(count):
             time.sleep(max(0.0, started + k / rate - time.monotonic()))
             n = (k // len(apps)) % users
-            futures.append(self._pool.submit(self.send, apps[k % len(apps)], f"{user}{n + 1}", prefix))
+            futures.append(
+                self._pool.submit(self.send, apps[k % len(apps)], f"{user}{n + 1}", prefix, platform)
+            )
         return sorted((f.result() for f in futures), key=lambda s: s.sent_at)
 
 
@@ -204,6 +228,25 @@ def card_counters(imsim: str, apps: list[str]) -> dict[str, int]:
             total["throttled_403"] += int(counters["throttled"].get("403", 0))
             total["throttled_429"] += int(counters["throttled"].get("429", 0))
     return total
+
+
+def feishu_counters(imsim: str, app: str) -> dict[str, int]:
+    """The same for a Feishu app: CardKit calls, 429s, and calls answered with another error
+    status. A reply refused by a chat's send rate (code 230020, HTTP 200) is not in imsim's
+    counters: it shows only as an answer late or lost."""
+    counters = httpx.get(f"{imsim}/sim/platforms/{FEISHU}/apps/{app}/counters", timeout=10).json()
+    calls = counters["api_calls"]
+    statuses = {int(status): n for status, n in calls["by_status"].items()}
+    return {
+        "card_calls": sum(n for route, n in calls["by_route"].items() if "/cardkit/" in route),
+        "throttled_403": 0,
+        "throttled_429": statuses.get(429, 0),
+        "refused_other": sum(n for status, n in statuses.items() if status >= 400 and status != 429),
+    }
+
+
+def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
 
 
 def wait_model_idle(fleet: Fleet, within_s: float = 60.0, quiet_s: float = 1.0) -> None:
@@ -293,6 +336,7 @@ class Phase:
     throttled_403: int
     throttled_429: int
     send_s: float
+    refused_other: int = 0  # Feishu: calls answered with an error status other than 429
     answer_s: float = 0.0  # from the first message sent until the last final answer seen
     # What went wrong, message by message (doubled first, then a few lost), for the post-mortem.
     examples: list[str] = field(default_factory=list)
@@ -441,11 +485,17 @@ class Suite:
         results: dict[str, Any] = {}
         channels = max(p.memory_channels, p.cost_channels + 1)
         with self._fleet(self.config(p.database, channels), "postgres") as fleet:
-            results["memory"] = self.memory_idle()
+            results["memory"] = self.memory_idle() if p.memory_channels else {}
             self.log("latency run")
             results["phases"] = self.latency()
             self.log("first contact")
             results["first_contact"] = self.first_contact()
+            if p.feishu_rates:
+                self.log("Feishu latency run")
+                results["feishu"] = self.feishu()
+            results["cost"] = []
+            if not p.cost_rates:  # --set cost_rates= : no cost run (nor its SQLite repeat)
+                return results
             self.log("cost run")
             results["cost"] = self.cost(fleet.client_ids[1 : p.cost_channels + 1], p.database, baseline=True)
             results["memory"]["imgate_busy_mb"] = rss_mb(_tree(fleet, "connector"))
@@ -484,11 +534,18 @@ class Suite:
                 shutil.copytree(fleet.log_dir, self.logs_to / name, dirs_exist_ok=True)
                 self.log(f"logs: {self.logs_to / name}")
 
-    def warm(self, apps: list[str], users: int = 1, rate: float = 20.0, user: str = "user") -> None:
+    def warm(
+        self,
+        apps: list[str],
+        users: int = 1,
+        rate: float = 20.0,
+        user: str = "user",
+        platform: str = DINGTALK,
+    ) -> None:
         """An answered message from each user of each app first, so connections, tokens, caches,
         pools and the users themselves exist before anything is timed: the figures are a bot's
         steady state, not its first contact (the bot's first contact with a user costs more)."""
-        sent = self.sender.drive(apps, len(apps) * users, rate, users, "w", user)
+        sent = self.sender.drive(apps, len(apps) * users, rate, users, "w", user, platform)
         collect_outcomes(self.fleet.imsim, sent, timeout_s=60 + len(sent) / rate, settle_s=0)
         wait_model_idle(self.fleet, quiet_s=self.params.settle_s)
 
@@ -541,9 +598,7 @@ class Suite:
                     bot.stop()
                 wait_model_idle(fleet, within_s=collect_s, quiet_s=p.settle_s)
                 after = card_counters(fleet.imsim, apps)
-                phase = judge(
-                    target, rate, sent, report, p.answer_tokens, {k: after[k] - before[k] for k in after}
-                )
+                phase = judge(target, rate, sent, report, p.answer_tokens, _minus(after, before))
                 phases[target].append(phase)
                 self.log(
                     f"  {target:<17} {rate:>4g} msg/s: {phase.complete}/{phase.sent} complete, "
@@ -568,12 +623,64 @@ class Suite:
         )
         wait_model_idle(fleet, quiet_s=p.settle_s)
         after = card_counters(fleet.imsim, [app])
-        phase = judge(IMGATE, rate, sent, report, p.answer_tokens, {k: after[k] - before[k] for k in after})
+        phase = judge(IMGATE, rate, sent, report, p.answer_tokens, _minus(after, before))
         self.log(
             f"  first contact {rate:g} msg/s: {phase.complete}/{phase.sent} complete, first text p50 "
             f"{percentile(phase.first_text_ms, 0.5):.0f} ms"
         )
         return phase
+
+    def feishu(self) -> list[Phase]:
+        """imgate on one Feishu app on imsim (imsim's URL as the channel's domain), with Feishu's
+        limits as imsim keeps them by default and the DingTalk card latency on every API call:
+        at each of `feishu_rates`, the latency phase's traffic and model."""
+        p, fleet = self.params, self.fleet
+        fleet.sim("POST", f"/{FEISHU}/apps", {"app_id": FEISHU_APP, "app_secret": f"{FEISHU_APP}-secret"})
+        latency = {"api_latency_ms": p.card_latency_ms}  # Feishu's limits stay at imsim's defaults
+        fleet.sim("PATCH", f"/{FEISHU}/apps/{FEISHU_APP}/faults/config", latency)
+        budget = p.card_qps_budget if p.card_qps_budget is not None else p.card_qps_limit
+        with fleet.admin_api() as api:
+            agent = api.get("/api/v1/agents").json()[0]["id"]
+            created = api.post(
+                "/api/v1/channels",
+                json={
+                    "name": FEISHU_APP,
+                    "platform": FEISHU,
+                    "default_agent_id": agent,
+                    "card_qps": round(budget),
+                    "config": {
+                        "app_id": FEISHU_APP,
+                        "app_secret": f"{FEISHU_APP}-secret",
+                        "domain": fleet.imsim,
+                    },
+                    "enabled": True,
+                },
+            )
+            created.raise_for_status()
+            status = f"/api/v1/channels/{created.json()['id']}/status"
+            wait_until(lambda: api.get(status).json()["state"] == "connected", 60, "the Feishu channel")
+        phases: list[Phase] = []
+        users = max(2, math.ceil(max(p.feishu_rates) * p.user_gap_s))
+        self.warm([FEISHU_APP], users, rate=min(p.feishu_rates[0] * 5, 10.0), platform=FEISHU)
+        for rate in p.feishu_rates:
+            count = max(p.min_messages, round(rate * p.seconds_per_rate))
+            users = max(2, math.ceil(rate * p.user_gap_s))
+            before = feishu_counters(fleet.imsim, FEISHU_APP)
+            sent = self.sender.drive([FEISHU_APP], count, rate, users, "l", platform=FEISHU)
+            report = collect_outcomes(
+                fleet.imsim, sent, timeout_s=count / rate + p.collect_grace_s, settle_s=p.settle_s
+            )
+            wait_model_idle(fleet, quiet_s=p.settle_s)
+            after = feishu_counters(fleet.imsim, FEISHU_APP)
+            phase = judge(FEISHU, rate, sent, report, p.answer_tokens, _minus(after, before))
+            phases.append(phase)
+            self.log(
+                f"  feishu {rate:>4g} msg/s: {phase.complete}/{phase.sent} complete, {phase.lost} lost, "
+                f"{phase.doubled} doubled, first text p50 {percentile(phase.first_text_ms, 0.5):.0f} ms, "
+                f"{phase.calls_per_reply:.1f} CardKit calls/reply, "
+                f"{phase.throttled_429 + phase.refused_other} refused"
+            )
+        return phases
 
     def cost(
         self, apps: list[str], label: str, *, baseline: bool, rates: list[float] | None = None
@@ -813,6 +920,7 @@ def figures(params: Params, results: dict[str, Any]) -> list[Figure]:
             ">= 90" if top else "",
             judged(used[IMGATE], used[IMGATE] >= 90) if top else None,
         )
+    _feishu_figures(params, phases[IMGATE], results.get("feishu", []), out)
     _cost_figures(params, costs, add, judged)
     locked = results.get("sqlite_locked")
     if locked is not None:
@@ -841,7 +949,63 @@ def figures(params: Params, results: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def _feishu_figures(params: Params, dingtalk: list[Phase], feishu: list[Phase], out: list[Figure]) -> None:
+    """Feishu's rows: imgate on Feishu in the imgate column, imgate on DingTalk at the same rate
+    in the baseline column (there is no Feishu SDK-pattern bot), so the ratio is Feishu ÷ DingTalk."""
+    on_dingtalk = {phase.rate: phase for phase in dingtalk}
+    for phase in feishu:
+        out += _feishu_rate_figures(phase, on_dingtalk.get(phase.rate))
+
+
+def _feishu_rate_figures(phase: Phase, ding: Phase | None) -> list[Figure]:
+    tag = f"Feishu, {phase.rate:g} msg/s (baseline: imgate on DingTalk)"
+    rows: list[Figure] = []
+
+    def row(key: str, name: str, unit: str, pick: Any, goal: str = "", met: bool | None = None) -> None:
+        base = pick(ding) if ding is not None else None
+        key = f"feishu_{key}_at_{phase.rate:g}"
+        rows.append(Figure(key, f"9. {name}, {tag}", unit, pick(phase), base, goal=goal, met=met))
+
+    for attr, what, shares in (
+        ("thinking_ms", "thinking card visible", (0.5,)),
+        ("first_text_ms", "first visible text", (0.5, 0.99)),
+        ("final_ms", "final answer visible", (0.5, 0.99)),
+    ):
+        for share in shares:
+            label = f"p{share * 100:g}"
+            row(
+                f"{attr}_{label}",
+                f"{what} {label}",
+                "ms",
+                lambda ph, attr=attr, share=share: percentile(getattr(ph, attr), share),
+            )
+    complete = phase.complete == phase.sent
+    row(
+        "complete",
+        f"complete answers of {phase.sent}",
+        "msgs",
+        lambda ph: float(ph.complete),
+        str(phase.sent),
+        complete,
+    )
+    for attr in ("lost", "doubled"):
+        none = getattr(phase, attr) == 0
+        row(attr, attr, "msgs", lambda ph, attr=attr: float(getattr(ph, attr)), "0", none)
+    row("card_calls_per_reply", "card API calls per message", "calls", lambda ph: ph.calls_per_reply)
+    row(
+        "refused",
+        "calls refused (HTTP 429 or another error status; DingTalk: 403/429)",
+        "calls",
+        lambda ph: float(ph.throttled_403 + ph.throttled_429 + ph.refused_other),
+        "0",
+        phase.throttled_429 + phase.refused_other == 0,
+    )
+    return rows
+
+
 def _cost_figures(params: Params, costs: list[Cost], add: Any, judged: Any) -> None:
+    if not params.cost_rates:
+        return
     n = params.cost_channels
     quick = params.cost_model_ms()
     by: dict[tuple[str, float], Cost] = {}
@@ -954,6 +1118,7 @@ def run(params: Params, log: Any, logs_to: Path | None = None) -> tuple[list[Fig
     raw = {
         "phases": {t: [p.summary() for p in ps] for t, ps in results["phases"].items()},
         "first_contact": results["first_contact"].summary(),
+        "feishu": [p.summary() for p in results.get("feishu", [])],
         "cost": [asdict(c) for c in results["cost"]],
         "memory": results["memory"],
         "sqlite_locked": results.get("sqlite_locked"),

@@ -103,7 +103,7 @@ class Sent:
     conversation_id: str
     text: str
     sent_at: float = field(default_factory=time.time)
-    platform: str = DINGTALK
+    platform: str = DINGTALK  # whose sim API holds the chat
 
 
 def _service_of(name: str) -> str:
@@ -651,18 +651,20 @@ class Report:
 
 
 def _feishu_card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
-    """(created, first text, final: streaming turned off) of a Feishu card. Unlike DingTalk's,
-    its history does not tell a queued line from answer text: both are content updates."""
+    """(visible: the reply carrying it was sent, first text, final: streaming turned off) of a
+    Feishu card. Unlike DingTalk's, its history does not tell a queued line from answer text:
+    both are content updates."""
     created = first_text = final = None
     for update in card.get("updates", []):
         at = _ms(update["at"])
         if update["op"] == "create" and created is None:
             created = at
-        if update["op"] == "content" and update["len"] and first_text is None:
+        if update["op"] in ("content", "update") and update["len"] and first_text is None:
             first_text = at
         if not update["streaming"] and final is None:  # a card posted final is final when made
             final = at
-    return created, first_text, final
+    sent = card.get("at")
+    return (_ms(sent) if sent is not None else created), first_text, final
 
 
 def _card_times(card: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
@@ -720,7 +722,8 @@ def read_outcomes(
     http: httpx.Client | None = None,
     cards: Mapping[str, str] | None = None,
 ) -> Report:
-    """What the users of `sent` see right now. `cards` (card id → msg id) names the card of each
+    """What the users of `sent` see right now: DingTalk's conversations app by app, another
+    platform's (`Sent.platform`) chats one by one. `cards` (card id → msg id) names the card of each
     message when the bot's naming is known (`Fleet.card_ids`); without it, answers are tied to
     messages by the text they quote and by imsim's order."""
     outcomes = {s.msg_id: Outcome(s) for s in sent}

@@ -24,6 +24,19 @@ COMPARED = (
     "throttled_403_429",
     "card_budget_used_at_2",
 )
+# Feishu's rows, each beside imgate's own DingTalk figure at the same rate (no Feishu SDK bot).
+FEISHU = (
+    "thinking_ms_p50",
+    "first_text_ms_p50",
+    "first_text_ms_p99",
+    "final_ms_p50",
+    "final_ms_p99",
+    "complete",
+    "lost",
+    "doubled",
+    "card_calls_per_reply",
+    "refused",
+)
 COMPARED_COST = ("answered", "answers_per_s", "final_p50", "final_p99", "cpu_ms_per_answer", "cpu_machine")
 
 
@@ -50,6 +63,8 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert latest["parameters"]["rates"]
     figures = {f["key"]: f for f in latest["figures"]}
     rate = latest["parameters"]["rates"][0]
+    feishu_rate = latest["parameters"]["feishu_rates"][0]
+    assert feishu_rate == rate, "the smoke compares Feishu with DingTalk at the same rate"
     cost_rate = latest["parameters"]["cost_rates"][0]
     expected = [
         *(
@@ -72,6 +87,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
                 "card_budget_used",
             )
         ),
+        *(f"feishu_{name}_at_{feishu_rate:g}" for name in FEISHU),
         *(f"cost_{name}_at_{cost_rate:g}" for name in COMPARED_COST),
         *(
             f"cost_cpu_ms_{name}_at_{cost_rate:g}"
@@ -89,6 +105,10 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert _number(figure["imgate"]), f"{key}: {figure}"
     for key in COMPARED:
         assert _number(figures[key]["baseline"]) and _number(figures[key]["baseline_interval"]), figures[key]
+    for name in FEISHU:
+        assert _number(figures[f"feishu_{name}_at_{feishu_rate:g}"]["baseline"]), name
+    feishu = latest["raw"]["feishu"][0]
+    assert feishu["complete"] > 0 and feishu["card_calls"] > 0, feishu
     for name in COMPARED_COST:
         assert _number(figures[f"cost_{name}_at_{cost_rate:g}"]["baseline_interval"]), name
     assert _number(figures["memory_idle_mb"]["baseline"])
