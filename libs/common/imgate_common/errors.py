@@ -74,4 +74,16 @@ class PlatformError(GatewayError):
 
 
 class RateLimited(PlatformError):
-    """The platform said QpsLimit (403) or 429: back off and try again later."""
+    """The platform said QpsLimit (403) or 429: back off and try again later, not before
+    `retry_after_s` when the platform said when its window reopens."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status, code)
+        self.retry_after_s = retry_after_s

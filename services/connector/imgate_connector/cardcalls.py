@@ -173,7 +173,10 @@ class CardSurface(ReplySurface, Generic[R]):
                 throttled += 1
                 if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(min(4.0, 0.25 * 2**throttled) * random.uniform(0.5, 1.0))
+                backoff = min(4.0, 0.25 * 2**throttled) * random.uniform(0.5, 1.0)
+                # Not before the platform's window reopens, when it said (within the patience).
+                reopens = min(exc.retry_after_s or 0.0, max(0.0, deadline - time.monotonic()))
+                await asyncio.sleep(max(backoff, reopens))
                 continue
             except PlatformError as exc:
                 if self._card_exists(exc):

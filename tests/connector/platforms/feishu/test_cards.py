@@ -1,6 +1,7 @@
 """Feishu's reply surface: the CardKit calls a streaming card makes, as Feishu documents them,
 and the plain replies."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from imgate_common.errors import PlatformError
 from imgate_common.messages import ConversationType, ReplyTarget
 from imgate_common.platforms import FeishuConfig, FeishuReplyData
+from imgate_connector import cardcalls
 from imgate_connector.health import ChannelHealth
 from imgate_connector.platform_api import AccessTokens, CardExists, ConnectorSettings, app_scheduler
 from imgate_connector.platforms.feishu.cards import (
@@ -35,12 +37,20 @@ class CardKit:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.entities = 0
         self.fail_replies = 0  # the next replies answer 500
+        self.throttle: list[str] = []  # the next CardKit calls answer 429 with this reset header
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == TOKEN_PATH:
             return httpx.Response(200, json={"code": 0, "tenant_access_token": "t-1", "expire": 7200})
         body = json.loads(request.content) if request.content else {}
         self.calls.append((request.method, request.url.path, body))
+        if self.throttle and "/cardkit/" in request.url.path:
+            reset = self.throttle.pop(0)
+            return httpx.Response(
+                429,
+                headers={"x-ogw-ratelimit-reset": reset},
+                json={"code": 99991400, "msg": "request trigger frequency limit"},
+            )
         if request.url.path == "/open-apis/cardkit/v1/cards" and request.method == "POST":
             self.entities += 1
             return httpx.Response(
@@ -159,6 +169,27 @@ async def test_a_continuation_is_a_finished_card_posted_once(cardkit: CardKit, s
     [create] = cardkit.of("POST", "/cardkit/v1/cards")
     assert card_of(create)["config"]["streaming_mode"] is False
     assert len(cardkit.of("POST", "/reply")) == 1
+
+
+async def test_a_throttled_call_that_must_happen_waits_until_feishus_window_reopens(
+    cardkit: CardKit, surfaces: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Feishu says when its rate window reopens (`x-ogw-ratelimit-reset`): the retry of a final
+    waits that long rather than the first back-off step (a quarter of a second)."""
+    surface = surfaces()
+    await surface.open_card("run-9", target())
+    waited: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float, *args: Any) -> Any:
+        waited.append(delay)
+        return await sleep(0)
+
+    monkeypatch.setattr(cardcalls.asyncio, "sleep", recorded)
+    cardkit.throttle = ["2"]
+    await surface.close_card("run-9", "the answer", failed=False)
+    assert any(delay >= 2 for delay in waited), waited
+    assert cardkit.of("PUT", "/cards/735543919742821")[-1]["sequence"] >= 1  # the close went out
 
 
 async def test_plain_replies_mention_the_sender_in_a_group_and_stay_in_its_thread(

@@ -119,7 +119,9 @@ async def test_throttling_is_rate_limited(
         await api.call("PUT", "/open-apis/cardkit/v1/cards/7355/elements/answer/content", {})
     assert raised.value.code == "99991400"
     if answer.status_code == 429:
-        assert "3 s" in str(raised.value)
+        assert "3 s" in str(raised.value) and raised.value.retry_after_s == 3.0
+    else:
+        assert raised.value.retry_after_s is None
 
 
 async def test_other_refusals_keep_feishus_code_and_status(feishu: Feishu, http: httpx.AsyncClient) -> None:

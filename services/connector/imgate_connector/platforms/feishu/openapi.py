@@ -131,8 +131,20 @@ def check(response: httpx.Response) -> dict[str, Any]:
     if code in TOKEN_INVALID_CODES:
         raise TokenExpired(text, response.status_code, code_str)
     if response.status_code == 429 or code == RATE_LIMITED_CODE:
-        reset = response.headers.get("x-ogw-ratelimit-reset")
+        reset = _seconds(response.headers.get("x-ogw-ratelimit-reset"))
         raise RateLimited(
-            f"{text} (window reopens in {reset} s)" if reset else text, response.status_code, code_str
+            f"{text} (window reopens in {reset:g} s)" if reset is not None else text,
+            response.status_code,
+            code_str,
+            retry_after_s=reset,
         )
     raise PlatformError(text, response.status_code, code_str)
+
+
+def _seconds(value: str | None) -> float | None:
+    """A header's count of seconds; None when absent or not a sane number."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
