@@ -31,7 +31,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgate_common.messages import run_id_for
-from tools.fleet import PLATFORM, Driver, Fleet, FleetConfig, Report, Sent
+from tools.fleet import DINGTALK, Driver, Fleet, FleetConfig, Report, Sent
 
 MESSAGES = 100
 RATE_PER_S = 5.0
@@ -394,7 +394,7 @@ def poison_replies(lane: Lane) -> None:
 def poisoned_replies_dead_lettered(lane: Lane, report: Report) -> list[str]:
     """Exactly the poisoned messages failed, each with one dead letter of the reply consumer."""
     fleet = lane.fleet
-    poisoned = {run_id_for(PLATFORM, fleet.channel_ids[s.client_id], s.msg_id) for s in lane.extra}
+    poisoned = {run_id_for(DINGTALK, fleet.channel_ids[s.client_id], s.msg_id) for s in lane.extra}
     with fleet.admin_api() as api:
         letters = api.get("/api/v1/dead-letters", params={"limit": 500}).json()
     channels = {fleet.channel_ids[c] for c in lane.client_ids}
